@@ -1,0 +1,661 @@
+/* config: JSON + flags → validated Config. See config.h.
+ *
+ * The JSON document is walked by a schema of tables (one per object), so
+ * unknown keys, duplicates and wrong types are caught in one place and every
+ * message carries the full key path. cJSON is used only with its
+ * case-sensitive lookups, on a NUL-terminated copy of the file; corrald never
+ * calls setlocale(), so number parsing stays in the "C" locale. */
+#include <cjson/cJSON.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "policy.h"
+#include "fd-util.h"
+#include "util.h"
+
+#define CONFIG_FILE_MAX (1024 * 1024)
+#define WORKERS_MAX 4096
+#define NAME_MAX_LEN 64
+
+static const char * const balance_table[_BALANCE_MAX] = {
+        [BALANCE_SHARED] = "shared",
+        [BALANCE_ROUND_ROBIN] = "round-robin",
+        [BALANCE_LEAST_CONN] = "least-conn",
+};
+
+const char *balance_to_string(Balance b) {
+        return b >= 0 && b < _BALANCE_MAX ? balance_table[b] : "?";
+}
+
+int balance_from_string(const char *s) {
+        for (int i = 0; i < _BALANCE_MAX; i++)
+                if (streq_ptr(s, balance_table[i]))
+                        return i;
+        return -EINVAL;
+}
+
+/* ---- error reporting ---------------------------------------------------- */
+
+typedef struct Ctx {
+        const char *file;   /* shown as the first part of every message */
+        char *error;
+} Ctx;
+
+_printf_(3, 4) static int fail(Ctx *ctx, const char *key, const char *fmt, ...) {
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        free(ctx->error);
+        if (asprintf(&ctx->error, "%s: %s%s%s", ctx->file, key ? key : "", key ? ": " : "", msg) < 0) {
+                ctx->error = NULL;
+                return -ENOMEM;
+        }
+        return -EINVAL;
+}
+
+/* A short rendering of a JSON value for "got ..." in messages. */
+static const char *describe(const cJSON *v, char *buf, size_t n) {
+        char *s = cJSON_PrintUnformatted(v);
+        if (!s)
+                return "?";
+        if (strlen(s) >= n && n > 4) {
+                memcpy(buf, s, n - 4);
+                strcpy(buf + n - 4, "...");
+        } else
+                snprintf(buf, n, "%s", s);
+        free(s);
+        return buf;
+}
+
+#define GOT(v) describe((v), (char[64]){}, 64)
+
+/* ---- typed getters ------------------------------------------------------ */
+
+static int get_int(Ctx *ctx, const char *key, const cJSON *v, uint64_t min, uint64_t max, uint64_t *ret) {
+        double d = v->valuedouble;
+        /* Integers above 2^53 are not exact in a double; none of our keys
+         * needs them, so the ranges below stay far from that. */
+        if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d) || d < (double) min || d > (double) max) {
+                if (max == UINT64_MAX || max >= (1ULL << 53))
+                        return fail(ctx, key, "expected an integer >= %llu, got %s", (unsigned long long) min,
+                                    GOT(v));
+                return fail(ctx, key, "expected an integer between %llu and %llu, got %s",
+                            (unsigned long long) min, (unsigned long long) max, GOT(v));
+        }
+        *ret = (uint64_t) d;
+        return 0;
+}
+
+#define INT_MAX_SANE (1ULL << 52)
+
+static int get_string(Ctx *ctx, const char *key, const cJSON *v, char **ret) {
+        if (!cJSON_IsString(v) || !v->valuestring)
+                return fail(ctx, key, "expected a string, got %s", GOT(v));
+        char *s = strdup(v->valuestring);
+        if (!s)
+                return -ENOMEM;
+        free(*ret);
+        *ret = s;
+        return 0;
+}
+
+static int get_strv(Ctx *ctx, const char *key, const cJSON *v, char ***ret) {
+        char **l = NULL;
+        const cJSON *e;
+        if (!cJSON_IsArray(v))
+                return fail(ctx, key, "expected an array of strings, got %s", GOT(v));
+        cJSON_ArrayForEach(e, v) {
+                if (!cJSON_IsString(e) || !e->valuestring) {
+                        strv_free(l);
+                        return fail(ctx, key, "expected an array of strings, got element %s", GOT(e));
+                }
+                if (strv_extend(&l, e->valuestring) < 0) {
+                        strv_free(l);
+                        return -ENOMEM;
+                }
+        }
+        if (!l && !(l = calloc(1, sizeof(char *))))
+                return -ENOMEM;
+        strv_free(*ret);
+        *ret = l;
+        return 0;
+}
+
+/* ---- schema ------------------------------------------------------------- */
+
+typedef int (*KeyParser)(Ctx *ctx, const char *key, const cJSON *v, Config *c);
+
+typedef struct Key {
+        const char *name;
+        KeyParser parse;
+        const struct Key *children;  /* for nested objects */
+} Key;
+
+static int walk(Ctx *ctx, const char *prefix, const cJSON *obj, const Key *schema, Config *c);
+
+static int p_name(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int r = get_string(ctx, key, v, &c->name);
+        if (r < 0)
+                return r;
+        size_t n = strlen(c->name);
+        bool ok = n > 0 && n <= NAME_MAX_LEN;
+        for (const char *p = c->name; ok && *p; p++)
+                ok = (*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                     strchr("-_.@", *p);
+        if (!ok || c->name[0] == '.')
+                return fail(ctx, key, "expected 1-%d characters of [A-Za-z0-9-_.@] not starting with '.', got %s",
+                            NAME_MAX_LEN, GOT(v));
+        return 0;
+}
+
+static int p_exec(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int r = get_strv(ctx, key, v, &c->exec);
+        if (r < 0)
+                return r;
+        if (!c->exec[0] || !c->exec[0][0])
+                return fail(ctx, key, "expected a non-empty array whose first element names a program, got %s",
+                            GOT(v));
+        return 0;
+}
+
+static int p_cwd(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int r = get_string(ctx, key, v, &c->cwd);
+        if (r < 0)
+                return r;
+        if (!c->cwd[0])
+                return fail(ctx, key, "expected a directory path, got \"\"");
+        return 0;
+}
+
+static bool env_name_reserved(const char *k) {
+        static const char * const reserved[] = {
+                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
+        };
+        for (size_t i = 0; i < ELEMENTSOF(reserved); i++)
+                if (strcmp(k, reserved[i]) == 0)
+                        return true;
+        return startswith(k, "CORRAL_");
+}
+
+static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        const cJSON *e;
+        char path[300];
+        if (!cJSON_IsObject(v))
+                return fail(ctx, key, "expected an object of strings, got %s", GOT(v));
+        cJSON_ArrayForEach(e, v) {
+                snprintf(path, sizeof(path), "%s.%s", key, e->string);
+                if (!e->string[0] || strchr(e->string, '='))
+                        return fail(ctx, path, "expected a variable name without '='");
+                if (env_name_reserved(e->string))
+                        return fail(ctx, path, "is set by corrald for every worker and cannot be overridden");
+                if (!cJSON_IsString(e) || !e->valuestring)
+                        return fail(ctx, path, "expected a string, got %s", GOT(e));
+                char *kv;
+                if (asprintf(&kv, "%s=%s", e->string, e->valuestring) < 0)
+                        return -ENOMEM;
+                if (strv_push(&c->env, kv) < 0) {
+                        free(kv);
+                        return -ENOMEM;
+                }
+        }
+        return 0;
+}
+
+static int p_workers(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        uint64_t n = 0;
+        if (cJSON_IsString(v) && streq_ptr(v->valuestring, "auto")) {
+                c->workers = 0;
+                return 0;
+        }
+        if (!cJSON_IsNumber(v))
+                return fail(ctx, key, "expected an integer >= 1 or \"auto\", got %s", GOT(v));
+        int r = get_int(ctx, key, v, 1, WORKERS_MAX, &n);
+        if (r < 0)
+                return r;
+        c->workers = (unsigned) n;
+        return 0;
+}
+
+static int listen_add(Ctx *ctx, const char *key, const char *s, Config *c) {
+        ListenAddr a;
+        const char *reason;
+        if (listen_addr_parse(s, &a, &reason) < 0)
+                return fail(ctx, key, "%s, got \"%s\"", reason, s);
+        for (unsigned i = 0; i < c->n_listen; i++)
+                if (a.name[0] && strcmp(a.name, c->listen[i].name) == 0)
+                        return fail(ctx, key, "listener name \"%s\" is used twice", a.name);
+        ListenAddr *l = realloc(c->listen, (c->n_listen + 1) * sizeof(ListenAddr));
+        if (!l)
+                return -ENOMEM;
+        c->listen = l;
+        c->listen[c->n_listen++] = a;
+        return 0;
+}
+
+static int p_listen(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        const cJSON *e;
+        char path[64];
+        unsigned i = 0;
+        if (!cJSON_IsArray(v))
+                return fail(ctx, key, "expected an array of strings, got %s", GOT(v));
+        c->n_listen = 0;
+        cJSON_ArrayForEach(e, v) {
+                snprintf(path, sizeof(path), "%s[%u]", key, i++);
+                if (!cJSON_IsString(e) || !e->valuestring)
+                        return fail(ctx, path, "expected a string, got %s", GOT(e));
+                int r = listen_add(ctx, path, e->valuestring, c);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+static int p_balance(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int b = cJSON_IsString(v) ? balance_from_string(v->valuestring) : -EINVAL;
+        if (b < 0)
+                return fail(ctx, key, "expected \"shared\", \"round-robin\" or \"least-conn\", got %s", GOT(v));
+        c->balance = (Balance) b;
+        return 0;
+}
+
+static int p_ready_mode(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        if (cJSON_IsString(v) && streq_ptr(v->valuestring, "notify"))
+                c->ready_mode = READY_NOTIFY;
+        else if (cJSON_IsString(v) && streq_ptr(v->valuestring, "spawn"))
+                c->ready_mode = READY_SPAWN;
+        else
+                return fail(ctx, key, "expected \"notify\" or \"spawn\", got %s", GOT(v));
+        return 0;
+}
+
+static int p_ready_timeout(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 0, INT_MAX_SANE, &c->ready_timeout_ms);
+}
+
+static int p_stop_signal(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int sig = cJSON_IsString(v) ? parse_signal(v->valuestring) : -EINVAL;
+        if (sig < 0)
+                return fail(ctx, key, "expected a signal name such as \"SIGTERM\", got %s", GOT(v));
+        c->stop_signal = sig;
+        return 0;
+}
+
+static int p_stop_timeout(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 1, INT_MAX_SANE, &c->stop_timeout_ms);
+}
+
+static int p_restart_limit(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        uint64_t n = 0;
+        int r = get_int(ctx, key, v, 1, RESTART_LIMIT_MAX, &n);
+        if (r >= 0)
+                c->restart_limit = (unsigned) n;
+        return r;
+}
+
+static int p_restart_window(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 1, INT_MAX_SANE, &c->restart_window_ms);
+}
+
+static int p_backoff(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+                return fail(ctx, key, "expected [min, max] in milliseconds, got %s", GOT(v));
+        char path[64];
+        snprintf(path, sizeof(path), "%s[0]", key);
+        int r = get_int(ctx, path, cJSON_GetArrayItem(v, 0), 0, INT_MAX_SANE, &c->backoff_min_ms);
+        if (r < 0)
+                return r;
+        snprintf(path, sizeof(path), "%s[1]", key);
+        r = get_int(ctx, path, cJSON_GetArrayItem(v, 1), 0, INT_MAX_SANE, &c->backoff_max_ms);
+        if (r < 0)
+                return r;
+        if (c->backoff_min_ms > c->backoff_max_ms)
+                return fail(ctx, key, "expected min <= max, got %s", GOT(v));
+        return 0;
+}
+
+static int p_on_giveup(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        if (cJSON_IsString(v) && streq_ptr(v->valuestring, "exit"))
+                c->on_giveup = GIVEUP_EXIT;
+        else if (cJSON_IsString(v) && streq_ptr(v->valuestring, "stay"))
+                c->on_giveup = GIVEUP_STAY;
+        else
+                return fail(ctx, key, "expected \"exit\" or \"stay\", got %s", GOT(v));
+        return 0;
+}
+
+static int p_watchdog(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 0, INT_MAX_SANE, &c->watchdog_ms);
+}
+
+static int p_max_requests(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 0, INT_MAX_SANE, &c->recycle_max_requests);
+}
+
+static int p_max_rss(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        return get_int(ctx, key, v, 0, 1ULL << 32, &c->recycle_max_rss_mb);
+}
+
+static int p_max_surge(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        uint64_t n = 0;
+        int r = get_int(ctx, key, v, 1, WORKERS_MAX, &n);
+        if (r >= 0)
+                c->reload_max_surge = (unsigned) n;
+        return r;
+}
+
+static int p_control(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int r = get_string(ctx, key, v, &c->control);
+        if (r < 0)
+                return r;
+        if (c->control[0] != '/' || strlen(c->control) >= 108)
+                return fail(ctx, key, "expected an absolute socket path shorter than 108 bytes, got %s", GOT(v));
+        return 0;
+}
+
+static const Key ready_keys[] = {
+        { "mode", p_ready_mode, NULL },
+        { "timeout_ms", p_ready_timeout, NULL },
+        {},
+};
+static const Key stop_keys[] = {
+        { "signal", p_stop_signal, NULL },
+        { "timeout_ms", p_stop_timeout, NULL },
+        {},
+};
+static const Key restart_keys[] = {
+        { "limit", p_restart_limit, NULL },
+        { "window_ms", p_restart_window, NULL },
+        { "backoff_ms", p_backoff, NULL },
+        { "on_giveup", p_on_giveup, NULL },
+        {},
+};
+static const Key recycle_keys[] = {
+        { "max_requests", p_max_requests, NULL },
+        { "max_rss_mb", p_max_rss, NULL },
+        {},
+};
+static const Key reload_keys[] = {
+        { "max_surge", p_max_surge, NULL },
+        {},
+};
+static const Key top_keys[] = {
+        { "name", p_name, NULL },
+        { "exec", p_exec, NULL },
+        { "cwd", p_cwd, NULL },
+        { "env", p_env, NULL },
+        { "workers", p_workers, NULL },
+        { "listen", p_listen, NULL },
+        { "balance", p_balance, NULL },
+        { "ready", NULL, ready_keys },
+        { "stop", NULL, stop_keys },
+        { "restart", NULL, restart_keys },
+        { "watchdog_ms", p_watchdog, NULL },
+        { "recycle", NULL, recycle_keys },
+        { "reload", NULL, reload_keys },
+        { "control", p_control, NULL },
+        {},
+};
+
+static int walk(Ctx *ctx, const char *prefix, const cJSON *obj, const Key *schema, Config *c) {
+        const cJSON *e;
+        char path[300];
+
+        cJSON_ArrayForEach(e, obj) {
+                const Key *k;
+
+                snprintf(path, sizeof(path), "%s%s%s", prefix, prefix[0] ? "." : "", e->string);
+
+                /* cJSON keeps duplicate keys; the first would silently win in
+                 * a lookup, so refuse them outright. */
+                for (const cJSON *d = obj->child; d != e; d = d->next)
+                        if (strcmp(d->string, e->string) == 0)
+                                return fail(ctx, path, "duplicate key");
+
+                for (k = schema; k->name; k++)
+                        if (strcmp(k->name, e->string) == 0)
+                                break;
+                if (!k->name)
+                        return fail(ctx, path, "unknown key");
+
+                int r;
+                if (k->children) {
+                        if (!cJSON_IsObject(e))
+                                return fail(ctx, path, "expected an object, got %s", GOT(e));
+                        r = walk(ctx, path, e, k->children, c);
+                } else
+                        r = k->parse(ctx, path, e, c);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* ---- file loading ------------------------------------------------------- */
+
+static int read_file(Ctx *ctx, const char *path, char **ret, size_t *ret_len) {
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        struct stat st;
+        if (fd < 0)
+                return fail(ctx, NULL, "cannot open: %m");
+        if (fstat(fd, &st) == -1)
+                return fail(ctx, NULL, "cannot stat: %m");
+        if (!S_ISREG(st.st_mode))
+                return fail(ctx, NULL, "not a regular file");
+        if (st.st_size > CONFIG_FILE_MAX)
+                return fail(ctx, NULL, "larger than %d bytes", CONFIG_FILE_MAX);
+
+        /* Read up to one byte past the limit so a file that grew since
+         * fstat() is still caught; keep the buffer NUL-terminated for cJSON. */
+        char *buf = malloc(CONFIG_FILE_MAX + 2);
+        size_t len = 0;
+        if (!buf)
+                return -ENOMEM;
+        for (;;) {
+                ssize_t n = read(fd, buf + len, CONFIG_FILE_MAX + 1 - len);
+                if (n == -1 && errno == EINTR)
+                        continue;
+                if (n == -1) {
+                        free(buf);
+                        return fail(ctx, NULL, "cannot read: %m");
+                }
+                if (n == 0)
+                        break;
+                len += (size_t) n;
+                if (len > CONFIG_FILE_MAX) {
+                        free(buf);
+                        return fail(ctx, NULL, "larger than %d bytes", CONFIG_FILE_MAX);
+                }
+        }
+        buf[len] = 0;
+        *ret = buf;
+        *ret_len = len;
+        return 0;
+}
+
+static int parse_file(Ctx *ctx, const char *path, Config *c) {
+        _cleanup_free_ char *buf = NULL;
+        size_t len = 0;
+        const char *end = NULL;
+
+        int r = read_file(ctx, path, &buf, &len);
+        if (r < 0)
+                return r;
+        if (memchr(buf, 0, len))
+                return fail(ctx, NULL, "contains a NUL byte");
+
+        cJSON *root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, true);
+        if (!root) {
+                /* cJSON points at where parsing stopped; count lines up to it. */
+                const char *at = end && end >= buf && end <= buf + len ? end : cJSON_GetErrorPtr();
+                unsigned line = 1, col = 1;
+                if (!at || at < buf || at > buf + len)
+                        at = buf + len;
+                for (const char *p = buf; p < at; p++) {
+                        if (*p == '\n') {
+                                line++;
+                                col = 1;
+                        } else
+                                col++;
+                }
+                if (at == buf + len)
+                        return fail(ctx, NULL, "JSON syntax error at line %u, column %u: unexpected end of input",
+                                    line, col);
+                return fail(ctx, NULL, "JSON syntax error at line %u, column %u", line, col);
+        }
+
+        if (!cJSON_IsObject(root))
+                r = fail(ctx, NULL, "expected a JSON object at the top level");
+        else
+                r = walk(ctx, "", root, top_keys, c);
+        cJSON_Delete(root);
+        return r;
+}
+
+/* ---- building ----------------------------------------------------------- */
+
+static Config *config_new_default(void) {
+        Config *c = calloc(1, sizeof(Config));
+        if (!c)
+                return NULL;
+        *c = (Config) {
+                .n_ref = 1,
+                .workers = 0,
+                .balance = BALANCE_SHARED,
+                .ready_mode = READY_NOTIFY,
+                .ready_timeout_ms = 30000,
+                .stop_signal = SIGTERM,
+                .stop_timeout_ms = 10000,
+                .restart_limit = 10,
+                .restart_window_ms = 60000,
+                .backoff_min_ms = 100,
+                .backoff_max_ms = 10000,
+                .on_giveup = GIVEUP_EXIT,
+                .reload_max_surge = 1,
+        };
+        return c;
+}
+
+static char *default_name(const char *path) {
+        if (!path)
+                return strdup("corral");
+        const char *base = strrchr(path, '/');
+        base = base ? base + 1 : path;
+        size_t n = strlen(base);
+        if (n > 5 && strcmp(base + n - 5, ".json") == 0)
+                n -= 5;
+        return n > 0 ? strndup(base, n) : strdup("corral");
+}
+
+int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {
+        _cleanup_(config_unrefp) Config *c = config_new_default();
+        Ctx ctx = { .file = o->path ? o->path : "command line" };
+        int r = 0;
+
+        *ret_error = NULL;
+        if (!c)
+                return -ENOMEM;
+
+        if (o->path) {
+                c->path = strdup(o->path);
+                if (!c->path)
+                        return -ENOMEM;
+                r = parse_file(&ctx, o->path, c);
+                if (r < 0)
+                        goto error;
+        }
+
+        /* Command-line overrides are validated by main(); here they only win. */
+        ctx.file = "command line";
+        if (o->workers_auto)
+                c->workers = 0;
+        else if (o->workers > 0)
+                c->workers = o->workers;
+        if (o->balance_set)
+                c->balance = o->balance;
+        if (o->name) {
+                cJSON *v = cJSON_CreateString(o->name);
+                if (!v)
+                        return -ENOMEM;
+                r = p_name(&ctx, "--name", v, c);
+                cJSON_Delete(v);
+                if (r < 0)
+                        goto error;
+        }
+        if (o->control) {
+                cJSON *v = cJSON_CreateString(o->control);
+                if (!v)
+                        return -ENOMEM;
+                r = p_control(&ctx, "--control", v, c);
+                cJSON_Delete(v);
+                if (r < 0)
+                        goto error;
+        }
+        if (o->listen) {
+                c->n_listen = 0;
+                for (char **l = o->listen; *l; l++)
+                        if ((r = listen_add(&ctx, "--listen", *l, c)) < 0)
+                                goto error;
+        }
+        if (o->exec && o->exec[0]) {
+                strv_free(c->exec);
+                if (!(c->exec = strv_copy(o->exec)))
+                        return -ENOMEM;
+        }
+
+        if (!c->name && !(c->name = default_name(o->path)))
+                return -ENOMEM;
+        if (!c->exec || !c->exec[0]) {
+                ctx.file = o->path ? o->path : "command line";
+                r = fail(&ctx, o->path ? "exec" : NULL,
+                         o->path ? "is required (or give the command after --)"
+                                 : "no worker command: give one after -- or \"exec\" in a config file");
+                goto error;
+        }
+
+        *ret = TAKE_PTR(c);
+        return 0;
+
+error:
+        if (r == -ENOMEM) {
+                free(ctx.error);
+                return r;
+        }
+        *ret_error = ctx.error;
+        return r;
+}
+
+Config *config_ref(Config *c) {
+        if (c)
+                c->n_ref++;
+        return c;
+}
+
+Config *config_unref(Config *c) {
+        if (!c || --c->n_ref > 0)
+                return NULL;
+        free(c->path);
+        free(c->name);
+        strv_free(c->exec);
+        free(c->cwd);
+        strv_free(c->env);
+        free(c->listen);
+        free(c->control);
+        free(c);
+        return NULL;
+}
+
+unsigned config_worker_count(const Config *c) {
+        if (c->workers > 0)
+                return c->workers;
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        return n > 0 ? (unsigned) MIN(n, WORKERS_MAX) : 1;
+}

@@ -1,0 +1,89 @@
+/* config: an instance's configuration (SPEC §2), built from the JSON file
+ * plus command-line overrides, fully validated.
+ *
+ * A Config is immutable once built. A reload builds a new one; the old one
+ * lives until nothing refers to it (workers keep a pointer to the Config of
+ * their generation). Pure: no event loop, no logging — every problem comes
+ * back as one human-readable message naming the file, the key path and
+ * what was expected. */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "listen-addr.h"
+
+typedef enum Balance {
+        BALANCE_SHARED,
+        BALANCE_ROUND_ROBIN,
+        BALANCE_LEAST_CONN,
+        _BALANCE_MAX,
+} Balance;
+
+typedef enum ReadyMode {
+        READY_NOTIFY,
+        READY_SPAWN,
+} ReadyMode;
+
+typedef enum GiveupAction {
+        GIVEUP_EXIT,
+        GIVEUP_STAY,
+} GiveupAction;
+
+typedef struct Config {
+        unsigned n_ref;
+        char *path;              /* the file it came from, or NULL */
+        char *name;
+        char **exec;
+        char *cwd;               /* NULL: unchanged */
+        char **env;              /* "KEY=VALUE" strings */
+        unsigned workers;        /* 0: auto (online CPUs) */
+        ListenAddr *listen;
+        unsigned n_listen;
+        Balance balance;
+        ReadyMode ready_mode;
+        uint64_t ready_timeout_ms;   /* 0: no timeout */
+        int stop_signal;
+        uint64_t stop_timeout_ms;
+        unsigned restart_limit;
+        uint64_t restart_window_ms;
+        uint64_t backoff_min_ms, backoff_max_ms;
+        GiveupAction on_giveup;
+        uint64_t watchdog_ms;        /* 0: off */
+        uint64_t recycle_max_requests;
+        uint64_t recycle_max_rss_mb;
+        unsigned reload_max_surge;
+        char *control;               /* NULL: the default path of SPEC §7 */
+} Config;
+
+/* Values given on the command line. They win over the file's keys, and are
+ * re-applied on every reload. NULL / 0 members mean "not given". */
+typedef struct ConfigOverrides {
+        const char *path;
+        unsigned workers;         /* 0 not given; see workers_auto */
+        bool workers_auto;
+        char **listen;            /* raw listen strings */
+        bool balance_set;
+        Balance balance;
+        const char *name;
+        const char *control;
+        char **exec;              /* everything after "--" */
+} ConfigOverrides;
+
+/* Build a validated Config. Returns 0 and a new reference in *ret, or a
+ * negative errno and a malloc'd message in *ret_error ("FILE: KEY: expected
+ * ..., got ..."); -ENOMEM leaves *ret_error NULL. */
+int config_build(const ConfigOverrides *o, Config **ret, char **ret_error);
+
+Config *config_ref(Config *c);
+/* Drop a reference; frees on the last one. Accepts NULL, returns NULL. */
+Config *config_unref(Config *c);
+static inline void config_unrefp(Config **c) {
+        config_unref(*c);
+}
+
+/* The worker count in effect: workers, or the number of online CPUs. */
+unsigned config_worker_count(const Config *c);
+
+const char *balance_to_string(Balance b);
+int balance_from_string(const char *s);   /* Balance or -EINVAL */

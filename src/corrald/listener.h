@@ -1,0 +1,33 @@
+/* listener: the listening sockets an instance serves (SPEC §2, §3).
+ *
+ * Either received from systemd (socket activation, names from
+ * FileDescriptorName=) or bound by corrald itself from the `listen` entries.
+ * They are acquired once at start-up and kept for the life of the master:
+ * workers of every generation inherit the same sockets, which is what makes
+ * replacement seamless. All fds are CLOEXEC in the master. */
+#pragma once
+
+#include <stdbool.h>
+
+#include "config.h"
+
+typedef struct Listener {
+        int fd;
+        char name[LISTEN_NAME_MAX + 1];
+        char display[128];
+        char *unlink_path;       /* unix socket we created; removed at exit */
+} Listener;
+
+typedef struct ListenerSet {
+        Listener *items;
+        unsigned n;
+        bool activated;          /* came from systemd */
+        char *fdnames;           /* "a:b:c", ready for LISTEN_FDNAMES */
+} ListenerSet;
+
+/* Take the sockets systemd passed us, if any; otherwise bind c->listen.
+ * Returns 0, or a negative errno with a message in *ret_error. */
+int listener_set_acquire(ListenerSet *s, const Config *c, char **ret_error);
+
+/* Close every socket and unlink the unix socket files we created. */
+void listener_set_done(ListenerSet *s);

@@ -1,0 +1,184 @@
+/* corrald: command line, configuration, then the manager's event loop.
+ *
+ * Exit codes: 0 after a clean stop, 1 when the instance failed (bad config,
+ * cannot listen, gave up on its workers), 2 for command-line usage errors. */
+#include <getopt.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config.h"
+#include "log.h"
+#include "manager.h"
+#include "util.h"
+
+static void help(void) {
+        printf("Usage: corrald [OPTIONS] [-- COMMAND [ARGS...]]\n"
+               "\n"
+               "Pre-fork service manager: runs N copies of COMMAND on the listening\n"
+               "sockets systemd passes (or that it binds itself), keeps them alive and\n"
+               "reports to systemd with sd_notify.\n"
+               "\n"
+               "  -c, --config FILE       JSON configuration (see corral.json(5))\n"
+               "  -w, --workers N|auto    number of workers (default: auto = online CPUs)\n"
+               "  -l, --listen ADDR       HOST:PORT, [V6]:PORT, PORT or unix:/path, optionally\n"
+               "                          NAME=ADDR; repeatable; ignored when socket-activated\n"
+               "  -b, --balance MODE      shared (round-robin and least-conn are not available yet)\n"
+               "  -n, --name NAME         instance name (default: config file name, or corral)\n"
+               "      --control PATH      control socket path\n"
+               "      --log TARGET        auto, journal or stderr (default: auto)\n"
+               "      --check-config FILE validate FILE and exit 0 if it is valid, 1 if not\n"
+               "      --version           print the version and exit\n"
+               "  -h, --help              print this help and exit\n"
+               "\n"
+               "Signals: TERM/INT stop gracefully, TTIN/TTOU add/remove one worker.\n");
+}
+
+_printf_(1, 2) static int usage_error(const char *fmt, ...) {
+        va_list ap;
+        fprintf(stderr, "corrald: ");
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fprintf(stderr, "\nTry 'corrald --help'.\n");
+        return 2;
+}
+
+enum {
+        ARG_CONTROL = 0x100,
+        ARG_LOG,
+        ARG_CHECK_CONFIG,
+        ARG_VERSION,
+};
+
+int main(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "config", required_argument, NULL, 'c' },
+                { "workers", required_argument, NULL, 'w' },
+                { "listen", required_argument, NULL, 'l' },
+                { "balance", required_argument, NULL, 'b' },
+                { "name", required_argument, NULL, 'n' },
+                { "control", required_argument, NULL, ARG_CONTROL },
+                { "log", required_argument, NULL, ARG_LOG },
+                { "check-config", required_argument, NULL, ARG_CHECK_CONFIG },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "help", no_argument, NULL, 'h' },
+                {},
+        };
+        _cleanup_strv_free_ char **listen = NULL;
+        ConfigOverrides o = {};
+        LogTarget log_target = LOG_TARGET_AUTO;
+        bool check_only = false;
+        int c;
+
+        /* "+": stop at the first non-option, so the worker's own flags after
+         * "--" (or after a bare command) are never taken as ours. */
+        while ((c = getopt_long(argc, argv, "+c:w:l:b:n:h", options, NULL)) >= 0) {
+                switch (c) {
+                case 'c':
+                        o.path = optarg;
+                        break;
+                case 'w': {
+                        uint64_t n;
+                        if (strcmp(optarg, "auto") == 0)
+                                o.workers_auto = true;
+                        else if (parse_u64(optarg, &n) < 0 || n < 1 || n > 4096)
+                                return usage_error("--workers: expected an integer between 1 and 4096 or \"auto\", got \"%s\"",
+                                                   optarg);
+                        else {
+                                o.workers = (unsigned) n;
+                                o.workers_auto = false;
+                        }
+                        break;
+                }
+                case 'l':
+                        if (strv_extend(&listen, optarg) < 0)
+                                return 1;
+                        break;
+                case 'b': {
+                        int b = balance_from_string(optarg);
+                        if (b < 0)
+                                return usage_error("--balance: expected shared, round-robin or least-conn, got \"%s\"",
+                                                   optarg);
+                        o.balance = (Balance) b;
+                        o.balance_set = true;
+                        break;
+                }
+                case 'n':
+                        o.name = optarg;
+                        break;
+                case ARG_CONTROL:
+                        o.control = optarg;
+                        break;
+                case ARG_LOG: {
+                        int t = log_target_from_string(optarg);
+                        if (t < 0)
+                                return usage_error("--log: expected auto, journal or stderr, got \"%s\"", optarg);
+                        log_target = (LogTarget) t;
+                        break;
+                }
+                case ARG_CHECK_CONFIG:
+                        o.path = optarg;
+                        check_only = true;
+                        break;
+                case ARG_VERSION:
+                        printf("corrald %s\n", CORRAL_VERSION);
+                        return 0;
+                case 'h':
+                        help();
+                        return 0;
+                default:
+                        fprintf(stderr, "Try 'corrald --help'.\n");
+                        return 2;
+                }
+        }
+        o.listen = listen;
+        if (optind < argc)
+                o.exec = argv + optind;
+
+        _cleanup_(config_unrefp) Config *config = NULL;
+        char *error = NULL;
+        int r = config_build(&o, &config, &error);
+        if (check_only) {
+                if (r < 0) {
+                        fprintf(stderr, "corrald: %s\n", error ? error : strerror(-r));
+                        free(error);
+                        return 1;
+                }
+                printf("%s: valid\n", o.path);
+                return 0;
+        }
+
+        log_setup(log_target, config ? config->name : "corral");
+        if (r < 0) {
+                log_error("%s", error ? error : strerror(-r));
+                free(error);
+                return 1;
+        }
+        if (config->balance != BALANCE_SHARED) {
+                log_error("balance \"%s\" is not implemented yet; use \"shared\"", balance_to_string(config->balance));
+                return 1;
+        }
+
+        /* Writes to a worker's IPC socket after it died must fail with EPIPE,
+         * not kill the master. Workers get SIG_DFL back in spawn.c. */
+        signal(SIGPIPE, SIG_IGN);
+
+        uv_loop_t *loop = uv_default_loop();
+        Manager m;
+        r = manager_start(&m, loop, config, &o);
+        if (r < 0) {
+                manager_stop(&m, 1);
+                uv_run(loop, UV_RUN_DEFAULT);
+                manager_done(&m);
+                return 1;
+        }
+        uv_run(loop, UV_RUN_DEFAULT);
+        int exit_code = m.exit_code;
+        log_info("exiting with status %d", exit_code);
+        manager_done(&m);
+        (void) uv_loop_close(loop);
+        return exit_code;
+}

@@ -1,0 +1,154 @@
+/* notify-server: see notify-server.h. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "fd-util.h"
+#include "log.h"
+#include "notify-server.h"
+#include "util.h"
+
+/* sd_notify() messages are small; systemd itself accepts up to its page
+ * size. Anything larger than this is dropped as truncated. */
+#define NOTIFY_BUFFER_MAX 4096
+#define NOTIFY_FDS_MAX 16
+
+/* Dropped datagrams are logged at most once per second, with a count, so a
+ * stranger spraying the socket cannot flood the journal through us. */
+_printf_(2, 3) static void drop(NotifyServer *s, const char *fmt, ...) {
+        char why[256];
+        va_list ap;
+        uint64_t now = now_usec();
+
+        s->n_dropped++;
+        if (now - s->last_warn_usec < USEC_PER_SEC && s->last_warn_usec != 0)
+                return;
+        va_start(ap, fmt);
+        vsnprintf(why, sizeof(why), fmt, ap);
+        va_end(ap);
+        log_notice("notify socket: dropped a datagram: %s (%llu dropped so far)", why,
+                   (unsigned long long) s->n_dropped);
+        s->last_warn_usec = now;
+}
+
+static void close_passed_fds(struct msghdr *mh) {
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
+                        int *fds = (int *) CMSG_DATA(c);
+                        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                        for (size_t i = 0; i < n; i++)
+                                safe_close(fds[i]);
+                }
+}
+
+/* Returns 1 when a datagram was processed, 0 when none is pending. */
+static int receive_one(NotifyServer *s) {
+        char buf[NOTIFY_BUFFER_MAX + 1];
+        union {
+                struct cmsghdr align;
+                char raw[CMSG_SPACE(sizeof(struct ucred)) + CMSG_SPACE(sizeof(int) * NOTIFY_FDS_MAX)];
+        } control;
+        struct iovec iov = { buf, sizeof(buf) - 1 };
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = &control,
+                .msg_controllen = sizeof(control),
+        };
+        struct ucred *cred = NULL;
+
+        /* MSG_CMSG_CLOEXEC: passed fds must not leak into a worker forked
+         * before we get to close them. MSG_TRUNC reports the real length. */
+        ssize_t n = recvmsg(s->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC | MSG_TRUNC);
+        if (n == -1) {
+                if (errno == EAGAIN || errno == EINTR)
+                        return 0;
+                log_warning("notify socket: recvmsg failed: %m");
+                return 0;
+        }
+
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS &&
+                    c->cmsg_len == CMSG_LEN(sizeof(struct ucred)))
+                        cred = (struct ucred *) CMSG_DATA(c);
+
+        bool had_fds = false;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+                        had_fds = true;
+        close_passed_fds(&mh);
+
+        if (!cred || cred->pid <= 0)
+                drop(s, "no sender credentials");
+        else if ((mh.msg_flags & MSG_TRUNC) || (size_t) n > sizeof(buf) - 1)
+                drop(s, "from pid %d: longer than %d bytes", (int) cred->pid, NOTIFY_BUFFER_MAX);
+        else if (mh.msg_flags & MSG_CTRUNC)
+                drop(s, "from pid %d: too much ancillary data", (int) cred->pid);
+        else {
+                NotifyMsg msg;
+                if (notify_msg_parse(buf, (size_t) n, &msg) < 0)
+                        drop(s, "from pid %d: not a valid sd_notify message (empty, NUL byte or no VAR=VALUE)",
+                             (int) cred->pid);
+                else {
+                        if (had_fds)
+                                log_debug("notify socket: closed file descriptors sent by pid %d", (int) cred->pid);
+                        s->callback(s->userdata, cred->pid, &msg);
+                }
+        }
+        return 1;
+}
+
+void notify_server_drain(NotifyServer *s) {
+        /* Bounded, so a flood cannot starve the rest of the loop; what is
+         * left keeps the fd readable and comes back next iteration. */
+        for (unsigned i = 0; i < 256 && s->fd >= 0; i++)
+                if (receive_one(s) == 0)
+                        break;
+}
+
+static void on_readable(uv_poll_t *h, int status, int events) {
+        NotifyServer *s = h->data;
+        notify_server_drain(s);
+}
+
+int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
+                        void *userdata) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int one = 1, bufsize = 1024 * 1024;
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+
+        *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata };
+        if (fd < 0)
+                return -errno;
+
+        /* Abstract namespace: nothing to clean up on the filesystem, and
+         * the master's pid keeps two instances of the same name apart. The
+         * sender check is by SCM_CREDENTIALS, not by path permissions. */
+        snprintf(s->path, sizeof(s->path), "@corral/%s/%d/notify", instance, (int) getpid());
+        size_t len = strlen(s->path);
+        memcpy(sa.sun_path, s->path, len);
+        sa.sun_path[0] = 0;
+        if (bind(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len)) == -1)
+                return -errno;
+        if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == -1)
+                return -errno;
+        (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
+
+        int r = uv_poll_init(loop, &s->poll, fd);
+        if (r < 0)
+                return r;
+        s->poll.data = s;
+        s->fd = TAKE_FD(fd);
+        return uv_poll_start(&s->poll, UV_READABLE, on_readable);
+}
+
+void notify_server_stop(NotifyServer *s) {
+        if (s->fd < 0)
+                return;
+        uv_poll_stop(&s->poll);
+        uv_close((uv_handle_t *) &s->poll, NULL);
+        s->fd = safe_close(s->fd);
+}

@@ -1,0 +1,35 @@
+/* notify-server: corrald's private sd_notify socket for its workers.
+ *
+ * An abstract AF_UNIX datagram socket with SO_PASSCRED. Each datagram is
+ * checked (credentials present, not truncated, no NUL, parseable) and
+ * handed to the callback with the sender's pid; the callback decides
+ * whether that pid is a current worker. fds sent along are closed at once. */
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include "notify-msg.h"
+
+typedef void (*NotifyCallback)(void *userdata, pid_t pid, const NotifyMsg *msg);
+
+typedef struct NotifyServer {
+        uv_poll_t poll;
+        int fd;
+        char path[108];          /* NOTIFY_SOCKET value, "@..." */
+        NotifyCallback callback;
+        void *userdata;
+        uint64_t n_dropped;
+        uint64_t last_warn_usec;
+} NotifyServer;
+
+/* Create, bind and start polling. Returns 0 or -errno. */
+int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
+                        void *userdata);
+
+/* Read every pending datagram now. Called before reaping children, so a
+ * READY=1 or STOPPING=1 sent just before exiting is seen before the exit. */
+void notify_server_drain(NotifyServer *s);
+
+/* Stop polling and close (the handle close completes on the loop). */
+void notify_server_stop(NotifyServer *s);

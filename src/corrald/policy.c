@@ -1,0 +1,46 @@
+/* policy: backoff and failure rate limit. See policy.h. */
+#include <errno.h>
+#include <stdlib.h>
+
+#include "policy.h"
+
+uint64_t backoff_delay_ms(uint64_t min_ms, uint64_t max_ms, unsigned n) {
+        if (n == 0)
+                return 0;
+        uint64_t d = min_ms;
+        for (unsigned i = 1; i < n && d < max_ms; i++)
+                d = d > max_ms / 2 ? max_ms : d * 2;
+        /* A zero minimum never doubles; the cap still applies. */
+        return d < max_ms ? d : max_ms;
+}
+
+int failure_window_init(FailureWindow *w, unsigned limit, uint64_t window_usec) {
+        *w = (FailureWindow) { .limit = limit, .window_usec = window_usec };
+        w->stamps = calloc((size_t) limit + 1, sizeof(uint64_t));
+        return w->stamps ? 0 : -ENOMEM;
+}
+
+void failure_window_done(FailureWindow *w) {
+        free(w->stamps);
+        w->stamps = NULL;
+}
+
+unsigned failure_window_count(const FailureWindow *w, uint64_t now_usec) {
+        unsigned cap = w->limit + 1, n = 0;
+        for (unsigned i = 0; i < w->count; i++) {
+                uint64_t t = w->stamps[(w->head + cap - 1 - i) % cap];
+                if (now_usec - t > w->window_usec)
+                        break;
+                n++;
+        }
+        return n;
+}
+
+bool failure_window_record(FailureWindow *w, uint64_t now_usec) {
+        unsigned cap = w->limit + 1;
+        w->stamps[w->head] = now_usec;
+        w->head = (w->head + 1) % cap;
+        if (w->count < cap)
+                w->count++;
+        return failure_window_count(w, now_usec) > w->limit;
+}
