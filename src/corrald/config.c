@@ -19,6 +19,7 @@
 #include "policy.h"
 #include "fd-util.h"
 #include "util.h"
+#include "worker-env.h"
 
 #define CONFIG_FILE_MAX (1024 * 1024)
 #define WORKERS_MAX 4096
@@ -85,7 +86,8 @@ static int get_int(Ctx *ctx, const char *key, const cJSON *v, uint64_t min, uint
         /* Integers above 2^53 are not exact in a double; none of our keys
          * needs them, so the ranges below stay far from that. */
         if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d) || d < (double) min || d > (double) max) {
-                if (max == UINT64_MAX || max >= (1ULL << 53))
+                /* Name the upper bound only when it is what was crossed. */
+                if (!cJSON_IsNumber(v) || d <= (double) max || max >= (1ULL << 52))
                         return fail(ctx, key, "expected an integer >= %llu, got %s", (unsigned long long) min,
                                     GOT(v));
                 return fail(ctx, key, "expected an integer between %llu and %llu, got %s",
@@ -176,16 +178,6 @@ static int p_cwd(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         return 0;
 }
 
-static bool env_name_reserved(const char *k) {
-        static const char * const reserved[] = {
-                "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-        };
-        for (size_t i = 0; i < ELEMENTSOF(reserved); i++)
-                if (strcmp(k, reserved[i]) == 0)
-                        return true;
-        return startswith(k, "CORRAL_");
-}
-
 static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         const cJSON *e;
         char path[300];
@@ -195,7 +187,7 @@ static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
                 snprintf(path, sizeof(path), "%s.%s", key, e->string);
                 if (!e->string[0] || strchr(e->string, '='))
                         return fail(ctx, path, "expected a variable name without '='");
-                if (env_name_reserved(e->string))
+                if (worker_env_is_reserved(e->string, strlen(e->string)))
                         return fail(ctx, path, "is set by corrald for every worker and cannot be overridden");
                 if (!cJSON_IsString(e) || !e->valuestring)
                         return fail(ctx, path, "expected a string, got %s", GOT(e));

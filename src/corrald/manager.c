@@ -183,10 +183,35 @@ static void on_watchdog(uv_timer_t *t) {
         (void) sd_notify(0, "WATCHDOG=1");
 }
 
+/* The parent pid of a live process, or 0. */
+static pid_t read_ppid(pid_t pid) {
+        char path[64], buf[512];
+        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
+        FILE *f = fopen(path, "re");
+        if (!f)
+                return 0;
+        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        fclose(f);
+        buf[n] = 0;
+        /* The command name may contain spaces and parentheses; the fields
+         * after the last ')' are "state ppid ...". */
+        const char *p = strrchr(buf, ')');
+        int ppid = 0;
+        if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
+                return 0;
+        return ppid;
+}
+
 static void on_notify(void *userdata, pid_t pid, const NotifyMsg *msg) {
         Manager *m = userdata;
         Worker *w = manager_find_worker(m, pid);
-        if (!w) {
+
+        /* A direct child of a worker speaks for it: that is how
+         * `systemd-notify --ready` in a shell worker reaches us (it waits on
+         * BARRIER=1, so it is still alive while we look it up). */
+        if (!w)
+                w = manager_find_worker(m, read_ppid(pid));
+        if (!w || w->pid <= 0) {
                 log_debug("notify socket: ignored a message from pid %d, which is not a current worker", (int) pid);
                 m->notify.n_dropped++;
                 return;

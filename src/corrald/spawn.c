@@ -18,20 +18,16 @@
 #include "fd-util.h"
 #include "spawn.h"
 #include "util.h"
+#include "worker-env.h"
 
 extern char **environ;
 
-/* Variables that describe corrald's own relation to systemd. They must
- * never reach a worker with our values (SPEC §3); each worker gets its own. */
+/* Variables that describe corrald's own relation to systemd, or that we set
+ * per worker. They must never reach a worker with inherited values
+ * (SPEC §3); each worker gets its own. */
 static bool env_is_ours(const char *kv) {
-        static const char * const prefixes[] = {
-                "LISTEN_FDS=", "LISTEN_PID=", "LISTEN_FDNAMES=", "NOTIFY_SOCKET=",
-                "WATCHDOG_USEC=", "WATCHDOG_PID=", "CORRAL_",
-        };
-        for (size_t i = 0; i < ELEMENTSOF(prefixes); i++)
-                if (startswith(kv, prefixes[i]))
-                        return true;
-        return false;
+        const char *eq = strchr(kv, '=');
+        return worker_env_is_reserved(kv, eq ? (size_t) (eq - kv) : strlen(kv));
 }
 
 static bool env_overridden(const char *kv, char * const *extra) {

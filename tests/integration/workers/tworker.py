@@ -1,0 +1,127 @@
+#!/usr/bin/python3
+"""A configurable test worker for corral's integration tests.
+
+Usage: tworker.py MODE [ARGS]; behaviour by mode:
+  serve          HTTP server on fd 3 (LISTEN_FDS), READY=1, graceful on SIGTERM
+  dump FILE      write env + /proc/self/fd listing as JSON to FILE.<pid>, READY=1, wait
+  exit CODE      exit with CODE right away (after an optional READY=1 if READY_FIRST=1)
+  never-ready    run forever without READY=1
+  no-watchdog    READY=1, then never ping the watchdog
+  watchdog       READY=1, ping WATCHDOG=1 every WATCHDOG_USEC/3
+  leave          READY=1, wait LEAVE_MS, STOPPING=1, wait LEAVE_GRACE_MS, exit 0 (once per slot: a
+                 marker file in CORRAL_TEST_DIR keeps the replacement from leaving too)
+  pysystemd      READY=1 and STATUS= through python3-systemd's systemd.daemon.notify
+The raw sd_notify client below is deliberately tiny; pysystemd mode uses the
+real third-party library."""
+import http.server
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+
+
+def notify(msg):
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), path)
+    s.close()
+
+
+def serve():
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"
+
+        def do_GET(self):
+            if self.path.startswith("/delay/"):
+                time.sleep(int(self.path.split("/")[2]) / 1000.0)
+            body = b"Hello World\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("X-Worker-Pid", str(os.getpid()))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    sock = socket.socket(fileno=3)
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H, bind_and_activate=False)
+    srv.socket = sock
+    srv.daemon_threads = False
+    srv.block_on_close = True
+
+    def stop(*_):
+        threading.Thread(target=srv.shutdown).start()
+    signal.signal(signal.SIGTERM, stop)
+    notify("READY=1\nSTATUS=serving")
+    srv.serve_forever(poll_interval=0.05)
+    srv.server_close()      # joins request threads: in-flight requests finish
+    sys.exit(0)
+
+
+def wait_forever():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    while True:
+        time.sleep(3600)
+
+
+def main():
+    mode = sys.argv[1]
+    if mode == "serve":
+        serve()
+    elif mode == "dump":
+        fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+        info = {"env": dict(os.environ), "pid": os.getpid(), "fds": {}, "pgid": os.getpgid(0),
+                "sigmask": open("/proc/self/status").read()}
+        listdir_fd = max(fds)   # the fd os.listdir itself used is gone by now
+        for fd in fds:
+            try:
+                info["fds"][fd] = os.readlink("/proc/self/fd/%d" % fd)
+            except OSError:
+                pass
+        with open("%s.%d" % (sys.argv[2], os.getpid()), "w") as f:
+            json.dump(info, f)
+        notify("READY=1")
+        wait_forever()
+    elif mode == "exit":
+        if os.environ.get("READY_FIRST"):
+            notify("READY=1")
+        sys.exit(int(sys.argv[2]))
+    elif mode == "never-ready":
+        wait_forever()
+    elif mode == "no-watchdog":
+        notify("READY=1")
+        wait_forever()
+    elif mode == "watchdog":
+        notify("READY=1")
+        interval = int(os.environ["WATCHDOG_USEC"]) / 3e6
+        while True:
+            time.sleep(interval)
+            notify("WATCHDOG=1")
+    elif mode == "leave":
+        notify("READY=1")
+        marker = os.path.join(os.environ["CORRAL_TEST_DIR"], "left.%s" % os.environ["CORRAL_WORKER_ID"])
+        if os.path.exists(marker):
+            wait_forever()
+        time.sleep(int(os.environ.get("LEAVE_MS", "200")) / 1000.0)
+        open(marker, "w").close()
+        notify("STOPPING=1")
+        time.sleep(int(os.environ.get("LEAVE_GRACE_MS", "500")) / 1000.0)
+        sys.exit(0)
+    elif mode == "pysystemd":
+        from systemd import daemon
+        daemon.notify("READY=1")
+        daemon.notify("STATUS=python3-systemd says hi")
+        wait_forever()
+    else:
+        sys.exit("unknown mode " + mode)
+
+
+main()

@@ -1,0 +1,250 @@
+"""Helpers for corral's integration tests: find the binaries, own a notify
+socket like systemd's, run corrald and watch its log lines.
+
+The binaries come from the environment meson sets for every test
+(CORRALD, CORRAL_HELLO); running a test by hand from the source tree falls
+back to ./build. Every wait has a deadline."""
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+from tap import wait_for
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+BUILD = os.environ.get("CORRAL_BUILD_DIR", os.path.join(SRC, "build"))
+CORRALD = os.environ.get("CORRALD", os.path.join(BUILD, "src/corrald/corrald"))
+HELLO = os.environ.get("CORRAL_HELLO", os.path.join(BUILD, "src/hello/corral-hello"))
+WORKERS = os.path.join(SRC, "tests/integration/workers")
+PY = "/usr/bin/python3"
+TWORKER = [PY, os.path.join(WORKERS, "tworker.py")]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http_get(port, path="/", timeout=10):
+    """One request on a fresh connection; returns (status, headers, body)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path).encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for l in lines[1:]:
+        k, _, v = l.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body
+
+
+def pid_alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            # A zombie still has a /proc entry; it is not alive for our purposes.
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children(pid):
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def proc_environ(pid):
+    with open("/proc/%d/environ" % pid, "rb") as f:
+        items = f.read().split(b"\0")
+    return dict(i.decode().split("=", 1) for i in items if b"=" in i)
+
+
+class NotifySocket:
+    """A datagram socket standing in for systemd's NOTIFY_SOCKET. Records
+    every message with the sender's pid."""
+
+    def __init__(self, path=None):
+        self.dir = tempfile.mkdtemp(prefix="corral-notify-")
+        self.path = path or os.path.join(self.dir, "notify")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(self.path)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.sock.settimeout(0.2)
+        self.messages = []      # list of (pid, dict, raw)
+        self.lock = threading.Lock()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.closed:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(12))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            pid = 0
+            for level, typ, cdata in anc:
+                if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("iII", cdata[:12])[0]
+            fields = {}
+            for line in data.decode(errors="replace").split("\n"):
+                if "=" in line:
+                    k, v = line.split("=", 1)
+                    fields[k] = v
+            with self.lock:
+                self.messages.append((pid, fields, data))
+
+    def all(self):
+        with self.lock:
+            return list(self.messages)
+
+    def wait(self, key, value=None, timeout=20, after=0):
+        """Wait for a message (index >= after) carrying key (=value if given)."""
+        def find():
+            for i, (_, f, _) in enumerate(self.all()):
+                if i >= after and key in f and (value is None or f[key] == value or
+                                                 (hasattr(value, "search") and value.search(f[key]))):
+                    return (i, f)
+            return None
+        return wait_for(find, timeout, "notify %s=%s" % (key, getattr(value, "pattern", value)))
+
+    def keys_in_order(self):
+        out = []
+        for _, f, _ in self.all():
+            out.extend(f.keys())
+        return out
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.rmdir(self.dir)
+
+
+class Corrald:
+    """corrald run as a child with its log on stderr (captured line by
+    line). `activate` runs it under systemd-socket-activate."""
+
+    def __init__(self, args, exec_=None, notify=None, env=None, activate=None, log="stderr",
+                 user=None):
+        self.notify = notify
+        e = dict(os.environ)
+        for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
+                  "WATCHDOG_PID", "JOURNAL_STREAM"):
+            e.pop(k, None)
+        if notify:
+            e["NOTIFY_SOCKET"] = notify.path
+        if env:
+            e.update(env)
+        cmd = [CORRALD, "--log", log] + list(args)
+        if exec_:
+            cmd += ["--"] + list(exec_)
+        if activate:
+            pre = ["systemd-socket-activate"]
+            for a in activate["listen"]:
+                pre += ["-l", a]
+            if activate.get("fdnames"):
+                pre += ["--fdname=" + ":".join(activate["fdnames"])]
+            for k in ("NOTIFY_SOCKET", "PATH", "CORRAL_TEST_DIR", "CORRAL_DEBUG") + tuple((env or {}).keys()):
+                if k in e:
+                    pre += ["-E", "%s=%s" % (k, e[k])]
+            cmd = pre + cmd
+        if user:
+            cmd = ["setpriv", "--reuid", str(user), "--regid", str(user), "--clear-groups"] + cmd
+        self.lines = []
+        self.lock = threading.Lock()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, env=e, start_new_session=True)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            with self.lock:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def output(self):
+        with self.lock:
+            return "\n".join(self.lines)
+
+    def count(self, regex):
+        r = re.compile(regex)
+        with self.lock:
+            return sum(1 for l in self.lines if r.search(l))
+
+    def wait_line(self, regex, timeout=20, count=1):
+        r = re.compile(regex)
+
+        def find():
+            with self.lock:
+                hits = [m for m in (r.search(l) for l in self.lines) if m]
+            return hits[count - 1] if len(hits) >= count else None
+        try:
+            return wait_for(find, timeout, "log line /%s/" % regex)
+        except AssertionError as e:
+            raise AssertionError("%s\n--- corrald output:\n%s" % (e, self.output()))
+
+    def master_pid(self):
+        """corrald's pid (under systemd-socket-activate it is exec'd in place)."""
+        return self.proc.pid
+
+    def workers(self):
+        return sorted(children(self.master_pid()))
+
+    def wait_workers(self, n, timeout=20):
+        return wait_for(lambda: (lambda c: c if len(c) == n else None)(self.workers()), timeout,
+                        "%d worker processes" % n)
+
+    def signal(self, sig):
+        os.kill(self.proc.pid, sig)
+
+    def wait_exit(self, timeout=30):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("corrald did not exit within %ss\n%s" % (timeout, self.output()))
+
+    def stop(self, timeout=30):
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        rc = self.wait_exit(timeout)
+        self.thread.join(5)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)

@@ -1,0 +1,27 @@
+#!/bin/sh
+# The whole test suite, as CI runs it: install test dependencies, build
+# twice (plain and with AddressSanitizer + UBSan, both with -Werror), run
+# every test in both, and print one closing line "N passed, N failed, N
+# skipped" summed over every TAP case. Exits non-zero on any failure.
+set -eu
+cd "$(dirname "$0")/.."
+tools/install-deps.sh --test
+
+setup() {
+        dir=$1; shift
+        if [ ! -d "$dir" ]; then
+                meson setup "$dir" -Dwerror=true "$@" >/dev/null
+        fi
+        ninja -C "$dir" >/dev/null
+}
+setup build
+setup build-sanitize -Db_sanitize=address,undefined -Db_lundef=false
+
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0
+status=0
+meson test -C build --print-errorlogs --num-processes 2 || status=1
+meson test -C build-sanitize --print-errorlogs --num-processes 2 || status=1
+
+/usr/bin/python3 tests/summarize.py build/meson-logs/testlog.json build-sanitize/meson-logs/testlog.json || status=1
+exit $status
