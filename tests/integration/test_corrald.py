@@ -458,6 +458,37 @@ def unprivileged_embedded_mode():
         shutil.rmtree(d, ignore_errors=True)
 
 
+@case
+def valgrind_start_serve_stop_has_no_leaks():
+    import subprocess
+    if os.environ.get("CORRAL_SANITIZED") == "1":
+        raise Skip("sanitizer build: valgrind does not run ASan binaries")
+    if not shutil.which("valgrind"):
+        raise Skip("valgrind is not installed")
+    from corral import CORRALD
+    port = free_port()
+    log = os.path.join(TMP, "valgrind.log")
+    n = NotifySocket()
+    e = dict(os.environ, NOTIFY_SOCKET=n.path)
+    p = subprocess.Popen(["valgrind", "--leak-check=full", "--errors-for-leak-kinds=definite",
+                          "--error-exitcode=9", "--log-file=" + log, CORRALD, "--log", "stderr",
+                          "--listen", "127.0.0.1:%d" % port, "-w", "2", "--", HELLO],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=e)
+    try:
+        n.wait("READY", "1", timeout=60)
+        for _ in range(20):
+            eq(http_get(port)[0], 200, "served under valgrind")
+        p.send_signal(signal.SIGTERM)
+        eq(p.wait(60), 0, "exit status under valgrind (9 = errors or definite leaks)")
+        text = open(log).read()
+        assert "ERROR SUMMARY: 0 errors" in text, text[-2000:]
+        assert "definitely lost: 0" in text or "no leaks are possible" in text, text[-2000:]
+    finally:
+        if p.poll() is None:
+            p.kill()
+        n.close()
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 

@@ -1,0 +1,283 @@
+#!/usr/bin/python3
+"""corral under a real systemd (booted in namespaces by tests/lib/sandbox.py),
+driven only through systemctl, journalctl and real clients. The shipped
+unit files are used as they are, with the install paths of the binaries
+pointed at the build tree."""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
+from sandbox import Sandbox  # noqa: E402
+from corral import CORRALD, HELLO, SRC, TWORKER  # noqa: E402
+
+UNITS = os.path.join(SRC, "units")
+SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
+
+
+def shipped(name):
+    """A shipped unit with its binaries pointed at the build tree."""
+    with open(os.path.join(UNITS, name)) as f:
+        text = f.read()
+    return text.replace("/usr/bin/corrald", CORRALD).replace("/usr/libexec/corral/corral-hello", HELLO)
+
+
+CURL = ["curl", "-sS", "--max-time", "20"]
+
+# Connection-per-request client for the restart test: counts every failure.
+LOAD = r'''
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[1])
+ok = bad = 0
+errors = {}
+while time.monotonic() < end:
+    try:
+        s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            c = s.recv(4096)
+            if not c:
+                break
+            data += c
+        s.close()
+        if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
+            ok += 1
+        else:
+            bad += 1
+            errors[repr(data[:40])] = errors.get(repr(data[:40]), 0) + 1
+    except OSError as e:
+        bad += 1
+        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
+print(ok, bad, errors, flush=True)
+'''
+
+MULTI_SERVICE = """\
+[Unit]
+Requires=multi-web.socket multi-admin.socket
+After=multi-web.socket multi-admin.socket
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={corrald} --name multi -w 2 -- {tworker} dump /run/multi-dump
+KillMode=mixed
+"""
+
+
+def setup():
+    reason = Sandbox.usable()
+    if reason:
+        raise Skip(reason)
+    dropin = ""
+    if SANITIZED:
+        # LeakSanitizer needs ptrace, which the hardened units filter out.
+        dropin = "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\nSystemCallFilter=\n"
+    units = {
+        "app.socket": shipped("examples/app.socket"),
+        "app.service": shipped("examples/app.service"),
+        "corral@.socket": shipped("corral@.socket"),
+        "corral@.service": shipped("corral@.service"),
+        "corral@giveup.service.d/test.conf": "[Service]\nRestart=no\n",
+        "corral@wd.service.d/test.conf": "[Service]\nWatchdogSec=1\nTimeoutAbortSec=5\nRestartSec=100ms\n",
+        "multi-web.socket": "[Socket]\nListenStream=127.0.0.1:8091\nFileDescriptorName=web\nService=multi.service\n",
+        "multi-admin.socket": "[Socket]\nListenStream=127.0.0.1:8092\nFileDescriptorName=admin\n"
+                              "Service=multi.service\n",
+        "multi.service": MULTI_SERVICE.format(corrald=CORRALD, tworker=" ".join(TWORKER)),
+    }
+    if dropin:
+        for u in ("app.service", "corral@.service"):
+            units[u + ".d/sanitize.conf"] = dropin
+    files = {
+        "/etc/corral/giveup.json": '{"exec": %s, "workers": 2, "restart": {"limit": 3, "backoff_ms": [10, 20]}}'
+                                   % (str(TWORKER + ["exit", "1"]).replace("'", '"')),
+        "/etc/corral/wd.json": '{"exec": ["%s"], "workers": 2}' % HELLO,
+    }
+    sb = Sandbox(units=units, files=files, timeout=60)
+    sb.start()
+    return sb
+
+
+def teardown(sb):
+    if sb:
+        sb.stop()
+
+
+def workers_of(sb, unit):
+    main_pid = sb.main_pid(unit)
+    return [p for p in sb.cgroup_pids(unit) if p != main_pid]
+
+
+def nproc(sb):
+    return int(sb.run(["nproc"]).stdout.strip())
+
+
+@case
+def socket_activation_starts_service_on_first_connection(sb):
+    sb.systemctl("start", "app.socket")
+    eq(sb.prop("app.service", "ActiveState"), "inactive", "service before the first connection")
+    r = sb.run(CURL + ["-i", "http://127.0.0.1:8080/"])
+    assert r.stdout.startswith("HTTP/1.1 200"), r.stdout
+    assert r.stdout.endswith("Hello World\n"), r.stdout
+    n = nproc(sb)
+    want = "%d/%d workers ready, generation 1" % (n, n)
+    wait_for(lambda: sb.prop("app.service", "StatusText") == want, 20, "StatusText %r" % want)
+    p = sb.show("app.service", "MainPID", "ActiveState", "SubState")
+    eq((p["ActiveState"], p["SubState"]), ("active", "running"), "state")
+    comm = sb.run(["cat", "/proc/%s/comm" % p["MainPID"]]).stdout.strip()
+    eq(comm, "corrald", "main process")
+    eq(len(sb.cgroup_pids("app.service")), 1 + n, "processes in the unit's cgroup")
+
+
+@case
+def stop_lets_inflight_request_finish_and_socket_stays(sb):
+    sb.systemctl("start", "app.socket")
+    sb.run(CURL + ["http://127.0.0.1:8080/"])
+    workers = workers_of(sb, "app.service")
+    fds = lambda: sum(len(os.listdir("/proc/%d/fd" % sb.host_pid(w))) for w in workers)  # noqa: E731
+    base = fds()
+    slow = sb.spawn(CURL + ["-i", "http://127.0.0.1:8080/delay/1500"], stdout=subprocess.PIPE, text=True)
+    wait_for(lambda: fds() > base, 10, "the slow request to be accepted")
+    sb.systemctl("stop", "app.service")
+    out, _ = slow.communicate(timeout=20)
+    eq(slow.returncode, 0, "curl exit status")
+    assert out.startswith("HTTP/1.1 200") and out.endswith("Hello World\n"), out
+    eq(sb.cgroup_pids("app.service"), [], "processes left in the cgroup")
+    eq(sb.prop("app.socket", "ActiveState"), "active", "socket still listening")
+    r = sb.run(CURL + ["http://127.0.0.1:8080/"])
+    eq(r.stdout, "Hello World\n", "next connection starts the service again")
+    sb.wait_active("app.service")
+
+
+@case
+def restart_under_load_refuses_nothing(sb):
+    sb.systemctl("start", "app.socket")
+    sb.run(CURL + ["http://127.0.0.1:8080/"])
+    load = sb.spawn(["/usr/bin/python3", "-c", LOAD, "4"], stdout=subprocess.PIPE, text=True)
+    for _ in range(2):
+        time.sleep(0.8)   # let load run between restarts; the restarts themselves are synchronous
+        sb.systemctl("restart", "app.service")
+    out, _ = load.communicate(timeout=30)
+    ok, bad = (int(x) for x in out.split()[:2])
+    diag("restart under load: %s" % out.strip())
+    assert ok > 100, "too few requests to mean anything: %s" % out
+    eq(bad, 0, "failed requests (%s)" % out.strip())
+
+
+@case
+def worker_sigkill_is_replaced(sb):
+    sb.systemctl("start", "app.socket")
+    sb.run(CURL + ["http://127.0.0.1:8080/"])
+    sb.wait_active("app.service")
+    n = nproc(sb)
+    wait_for(lambda: len(workers_of(sb, "app.service")) == n, 20, "all workers")
+    before = workers_of(sb, "app.service")
+    cursor = sb.journal_cursor()
+    sb.run(["kill", "-KILL", str(before[0])])
+    e = sb.wait_journal({"CORRAL_EVENT": "exit", "CORRAL_WORKER_PID": str(before[0])}, 20, unit="app.service",
+                        since_cursor=cursor)
+    eq(e[-1].get("CORRAL_SIGNAL") if isinstance(e, list) else e.get("CORRAL_SIGNAL"), "SIGKILL", "signal field")
+    wait_for(lambda: (lambda w: len(w) == n and before[0] not in w)(workers_of(sb, "app.service")), 20,
+             "replacement worker")
+    eq(sb.run(CURL + ["http://127.0.0.1:8080/"]).stdout, "Hello World\n", "still serving")
+
+
+@case
+def master_sigkill_restarts_and_leaves_no_orphan(sb):
+    sb.systemctl("start", "app.socket")
+    sb.run(CURL + ["http://127.0.0.1:8080/"])
+    sb.wait_active("app.service")
+    n = nproc(sb)
+    wait_for(lambda: len(workers_of(sb, "app.service")) == n, 20, "all workers")
+    old_main = sb.main_pid("app.service")
+    old_workers = [sb.host_pid(w) for w in workers_of(sb, "app.service")]
+    sb.run(["kill", "-KILL", str(old_main)])
+    wait_for(lambda: sb.main_pid("app.service") not in (0, old_main) and sb.is_active("app.service"), 20,
+             "systemd to restart the service")
+    wait_for(lambda: not any(os.path.exists("/proc/%d" % p) for p in old_workers), 10, "old workers gone")
+    eq(sb.run(CURL + ["http://127.0.0.1:8080/"]).stdout, "Hello World\n", "serving after restart")
+
+
+@case
+def stopped_master_is_killed_by_systemd_watchdog(sb):
+    sb.systemctl("start", "corral@wd.service")
+    wait_for(lambda: sb.prop("corral@wd.service", "StatusText").startswith("2/2 workers ready"), 20, "ready")
+    old = sb.main_pid("corral@wd.service")
+    sb.run(["kill", "-STOP", str(old)])
+    sb.wait_journal(lambda e: "Watchdog timeout" in e.get("MESSAGE", ""), 20, "watchdog timeout",
+                    unit="corral@wd.service")
+    wait_for(lambda: sb.main_pid("corral@wd.service") not in (0, old) and sb.is_active("corral@wd.service"),
+             30, "restart after the watchdog")
+    wait_for(lambda: sb.prop("corral@wd.service", "StatusText").startswith("2/2 workers ready"), 20, "ready again")
+
+
+@case
+def giveup_fails_the_service_with_crit_event(sb):
+    sb.systemctl("start", "corral@giveup.service", check=False)
+    sb.wait_active("corral@giveup.service", state="failed", timeout=30)
+    eq(sb.prop("corral@giveup.service", "ExecMainStatus"), "1", "corrald exit status")
+    e = sb.wait_journal({"CORRAL_EVENT": "giveup"}, 10, unit="corral@giveup.service")
+    e = e[-1] if isinstance(e, list) else e
+    eq(e.get("PRIORITY"), "2", "giveup priority (crit)")
+    eq(e.get("SYSLOG_IDENTIFIER"), "corrald", "identifier")
+    eq(e.get("CORRAL_INSTANCE"), "giveup", "instance")
+    eq(sb.cgroup_pids("corral@giveup.service"), [], "no process left")
+
+
+@case
+def named_sockets_reach_workers(sb):
+    sb.systemctl("start", "multi-web.socket", "multi-admin.socket")
+    sb.run(["sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/8091 || true"], check=False)
+    sb.systemctl("start", "multi.service")
+    wait_for(lambda: sb.prop("multi.service", "StatusText").startswith("2/2 workers ready"), 20, "ready")
+    dumps = sb.run(["sh", "-c", "ls /run/multi-dump.*"]).stdout.split()
+    eq(len(dumps), 2, "one dump per worker")
+    import json
+    for d in dumps:
+        env = json.loads(sb.read_file(d))["env"]
+        names = env["LISTEN_FDNAMES"].split(":")
+        eq(sorted(names), ["admin", "web"], "LISTEN_FDNAMES")
+        eq(env["LISTEN_FDS"], "2", "LISTEN_FDS")
+    sb.systemctl("stop", "multi.service")
+
+
+@case
+def analyze_verify_is_clean(sb):
+    d = tempfile.mkdtemp(prefix="corral-units-")
+    names = ["corral@.socket", "corral@.service", "app.socket", "app.service"]
+    for name, src in zip(names, ["corral@.socket", "corral@.service", "examples/app.socket", "examples/app.service"]):
+        with open(os.path.join(d, name), "w") as f:
+            f.write(shipped(src))
+    # Template units are verified through an instance name.
+    os.symlink("corral@.socket", os.path.join(d, "corral@x.socket"))
+    os.symlink("corral@.service", os.path.join(d, "corral@x.service"))
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", "corral@x.socket", "corral@x.service",
+                        "app.socket", "app.service"], cwd=d, capture_output=True, text=True,
+                       env=dict(os.environ, SYSTEMD_UNIT_PATH=d + ":"))
+    out = "\n".join(l for l in (r.stdout + r.stderr).splitlines()
+                    if l.strip() and "Unit configuration has fatal error" not in l or r.returncode)
+    eq((r.returncode, (r.stdout + r.stderr).strip()), (0, ""), "systemd-analyze verify output")
+    del out
+
+
+@case
+def analyze_security_rates_example_ok(sb):
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                        os.path.join(UNITS, "examples/app.service")], capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for app\.service: ([0-9.]+)", r.stdout + r.stderr)
+    assert m, r.stdout + r.stderr
+    diag("systemd-analyze security: %s" % m.group(1))
+    assert float(m.group(1)) <= 2.0, "exposure %s > 2.0" % m.group(1)
+
+
+@case
+def journal_has_no_sanitizer_report(sb):
+    text = sb.journal_text()
+    for pat in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        assert pat not in text, "sanitizer report in the journal:\n" + text[text.index(pat) - 200:][:3000]
+
+
+main(setup=setup, teardown=teardown)
