@@ -43,5 +43,5 @@ int parse_u64(const char *s, uint64_t *ret);
 /* CLOCK_MONOTONIC in microseconds. */
 uint64_t now_usec(void);
 
-/* Format a duration like "3d4h", "2h05m", "4m07s", "12s" into buf. */
+/* Format a duration like "3d04h", "2h05m", "4m07s", "12s" into buf. */
 const char *format_duration(char *buf, size_t n, uint64_t usec);

@@ -185,6 +185,9 @@ static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
                 return fail(ctx, key, "expected an object of strings, got %s", GOT(v));
         cJSON_ArrayForEach(e, v) {
                 snprintf(path, sizeof(path), "%s.%s", key, e->string);
+                for (const cJSON *d = v->child; d != e; d = d->next)
+                        if (strcmp(d->string, e->string) == 0)
+                                return fail(ctx, path, "duplicate key");
                 if (!e->string[0] || strchr(e->string, '='))
                         return fail(ctx, path, "expected a variable name without '='");
                 if (worker_env_is_reserved(e->string, strlen(e->string)))
@@ -473,6 +476,64 @@ static int read_file(Ctx *ctx, const char *path, char **ret, size_t *ret_len) {
         return 0;
 }
 
+/* Skip a JSON string starting at the opening quote p; returns the byte
+ * after its closing quote, or end if it never closes. */
+static const char *skip_string(const char *p, const char *end) {
+        for (p++; p < end; p++) {
+                if (*p == '\\')
+                        p++;
+                else if (*p == '"')
+                        return p + 1;
+        }
+        return end;
+}
+
+/* cJSON's error pointer is one byte late where an object key was expected
+ * (after '{' or ','), and an unterminated string is blamed on its start.
+ * Move the pointer to where a reader would look. */
+static const char *fix_error_position(const char *buf, size_t len, const char *at) {
+        const char *end = buf + len;
+        char innermost = 0, last = 0;
+        unsigned depth = 0;
+        char stack[64];
+
+        /* A string that never closes: the problem is the end of input. */
+        for (const char *p = buf; p < end;) {
+                if (*p == '"') {
+                        const char *q = skip_string(p, end);
+                        if (q == end && (end[-1] != '"' || q - p < 2))
+                                return end;
+                        p = q;
+                } else
+                        p++;
+        }
+
+        if (at == buf)
+                return at;
+        const char *cand = at - 1;
+        for (const char *p = buf; p < cand;) {
+                if (*p == '"') {
+                        p = skip_string(p, cand);
+                        last = '"';
+                        continue;
+                }
+                if (*p == '{' || *p == '[') {
+                        if (depth < sizeof(stack))
+                                stack[depth] = *p;
+                        depth++;
+                } else if ((*p == '}' || *p == ']') && depth > 0)
+                        depth--;
+                if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r')
+                        last = *p;
+                p++;
+        }
+        if (depth > 0 && depth <= sizeof(stack))
+                innermost = stack[depth - 1];
+        if (innermost == '{' && (last == '{' || last == ',') && *cand != '"')
+                return cand;
+        return at;
+}
+
 static int parse_file(Ctx *ctx, const char *path, Config *c) {
         _cleanup_free_ char *buf = NULL;
         size_t len = 0;
@@ -483,6 +544,14 @@ static int parse_file(Ctx *ctx, const char *path, Config *c) {
                 return r;
         if (memchr(buf, 0, len))
                 return fail(ctx, NULL, "contains a NUL byte");
+        /* cJSON decodes \u0000 into a NUL that silently cuts the string
+         * short ("/srv/data\u0000/cache" would become "/srv/data"). */
+        for (size_t i = 0; i + 1 < len; i++)
+                if (buf[i] == '\\') {
+                        if (strncmp(buf + i + 1, "u0000", 5) == 0)
+                                return fail(ctx, NULL, "a string contains an escaped NUL (\\u0000)");
+                        i++;
+                }
 
         cJSON *root = cJSON_ParseWithLengthOpts(buf, len + 1, &end, true);
         if (!root) {
@@ -491,6 +560,7 @@ static int parse_file(Ctx *ctx, const char *path, Config *c) {
                 unsigned line = 1, col = 1;
                 if (!at || at < buf || at > buf + len)
                         at = buf + len;
+                at = fix_error_position(buf, len, at);
                 for (const char *p = buf; p < at; p++) {
                         if (*p == '\n') {
                                 line++;
@@ -542,7 +612,7 @@ static char *default_name(const char *path) {
         const char *base = strrchr(path, '/');
         base = base ? base + 1 : path;
         size_t n = strlen(base);
-        if (n > 5 && strcmp(base + n - 5, ".json") == 0)
+        if (n >= 5 && strcmp(base + n - 5, ".json") == 0)
                 n -= 5;
         return n > 0 ? strndup(base, n) : strdup("corral");
 }
@@ -603,8 +673,21 @@ int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {
                         return -ENOMEM;
         }
 
-        if (!c->name && !(c->name = default_name(o->path)))
-                return -ENOMEM;
+        if (!c->name) {
+                _cleanup_free_ char *d = default_name(o->path);
+                if (!d)
+                        return -ENOMEM;
+                /* The file name becomes the instance name, so it must pass
+                 * the same check as an explicit one. */
+                cJSON *v = cJSON_CreateString(d);
+                if (!v)
+                        return -ENOMEM;
+                ctx.file = o->path ? o->path : "command line";
+                r = p_name(&ctx, "name (from the file name)", v, c);
+                cJSON_Delete(v);
+                if (r < 0)
+                        goto error;
+        }
         if (!c->exec || !c->exec[0]) {
                 ctx.file = o->path ? o->path : "command line";
                 r = fail(&ctx, o->path ? "exec" : NULL,

@@ -8,7 +8,7 @@ uint64_t backoff_delay_ms(uint64_t min_ms, uint64_t max_ms, unsigned n) {
         if (n == 0)
                 return 0;
         uint64_t d = min_ms;
-        for (unsigned i = 1; i < n && d < max_ms; i++)
+        for (unsigned i = 1; i < n && d > 0 && d < max_ms; i++)
                 d = d > max_ms / 2 ? max_ms : d * 2;
         /* A zero minimum never doubles; the cap still applies. */
         return d < max_ms ? d : max_ms;

@@ -81,6 +81,8 @@ int listen_addr_parse(const char *s, ListenAddr *ret, const char **ret_reason) {
                 in6->sin6_family = AF_INET6;
                 in6->sin6_port = htons(port);
                 a.addrlen = sizeof(*in6);
+                /* Canonical form, as for IPv4: [0:0:0:0:0:0:0:1] shows as [::1]. */
+                inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
                 snprintf(a.display, sizeof(a.display), "[%s]:%u", host, port);
         } else {
                 struct sockaddr_in *in = (struct sockaddr_in *) &a.addr;

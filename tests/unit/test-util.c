@@ -1,0 +1,255 @@
+/* test-util: signal names, parse_u64, string vectors, format_duration. */
+#include <errno.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "test-helpers.h"
+
+#include "util.h"
+
+/* ---- signals ------------------------------------------------------------- */
+
+static const struct {
+        int sig;
+        const char *name;
+} known[] = {
+        { SIGHUP, "SIGHUP" },   { SIGINT, "SIGINT" },     { SIGQUIT, "SIGQUIT" }, { SIGILL, "SIGILL" },
+        { SIGTRAP, "SIGTRAP" }, { SIGABRT, "SIGABRT" },   { SIGBUS, "SIGBUS" },   { SIGFPE, "SIGFPE" },
+        { SIGKILL, "SIGKILL" }, { SIGUSR1, "SIGUSR1" },   { SIGSEGV, "SIGSEGV" }, { SIGUSR2, "SIGUSR2" },
+        { SIGPIPE, "SIGPIPE" }, { SIGALRM, "SIGALRM" },   { SIGTERM, "SIGTERM" }, { SIGSTKFLT, "SIGSTKFLT" },
+        { SIGCHLD, "SIGCHLD" }, { SIGCONT, "SIGCONT" },   { SIGSTOP, "SIGSTOP" }, { SIGTSTP, "SIGTSTP" },
+        { SIGTTIN, "SIGTTIN" }, { SIGTTOU, "SIGTTOU" },   { SIGURG, "SIGURG" },   { SIGXCPU, "SIGXCPU" },
+        { SIGXFSZ, "SIGXFSZ" }, { SIGVTALRM, "SIGVTALRM" }, { SIGPROF, "SIGPROF" }, { SIGWINCH, "SIGWINCH" },
+        { SIGIO, "SIGIO" },     { SIGPWR, "SIGPWR" },     { SIGSYS, "SIGSYS" },
+};
+
+static void test_parse_signal_names(void **state) {
+        for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+                /* "SIGTERM", "TERM" and "15" all name SIGTERM. */
+                char num[16];
+                snprintf(num, sizeof(num), "%d", known[i].sig);
+                assert_int_eq(parse_signal(known[i].name), known[i].sig);
+                assert_int_eq(parse_signal(known[i].name + 3), known[i].sig);
+                assert_int_eq(parse_signal(num), known[i].sig);
+                /* And back. */
+                assert_string_equal(signal_to_string(known[i].sig), known[i].name);
+        }
+        /* Aliases (SIGIOT, SIGPOLL) are not in the table: canonical names only. */
+        assert_int_eq(parse_signal("SIGIOT"), -EINVAL);
+        assert_int_eq(parse_signal("POLL"), -EINVAL);
+}
+
+static void test_parse_signal_numbers(void **state) {
+        char s[16];
+        assert_int_eq(parse_signal("1"), 1);
+        assert_int_eq(parse_signal("9"), SIGKILL);
+        snprintf(s, sizeof(s), "%d", SIGRTMIN);
+        assert_int_eq(parse_signal(s), SIGRTMIN);
+        snprintf(s, sizeof(s), "%d", SIGRTMAX);
+        assert_int_eq(parse_signal(s), SIGRTMAX);
+        snprintf(s, sizeof(s), "%d", SIGRTMAX + 1);
+        assert_int_eq(parse_signal(s), -EINVAL);
+        assert_int_eq(parse_signal("0"), -EINVAL);
+        assert_int_eq(parse_signal("015"), SIGTERM);
+        assert_int_eq(parse_signal("99999999999999999999999"), -EINVAL);
+        assert_int_eq(parse_signal("15x"), -EINVAL);
+        assert_int_eq(parse_signal("1.5"), -EINVAL);
+}
+
+static void test_parse_signal_bad(void **state) {
+        static const char *const bad[] = {
+                "", "SIG", "sigterm", "term", "SIGterm", "SIGBOGUS", "BOGUS", " SIGTERM", "SIGTERM ", "SIG TERM",
+                "SIGSIGTERM", "-15", "+15", " 15", "SIG15", "SIGRTMIN", "RTMIN+1", "TERM\n",
+        };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+                if (parse_signal(bad[i]) != -EINVAL)
+                        fail_msg("parse_signal(\"%s\") == %d, expected -EINVAL", bad[i], parse_signal(bad[i]));
+        assert_int_eq(parse_signal(NULL), -EINVAL);
+}
+
+static void test_signal_to_string_unknown(void **state) {
+        assert_string_equal(signal_to_string(0), "SIG?");
+        assert_string_equal(signal_to_string(-1), "SIG?");
+        assert_string_equal(signal_to_string(SIGRTMAX + 1), "SIG?");
+        assert_string_equal(signal_to_string(100000), "SIG?");
+        assert_string_equal(signal_to_string(SIGRTMIN), "SIGRT");
+        assert_string_equal(signal_to_string(SIGRTMAX), "SIGRT");
+}
+
+/* ---- parse_u64 ----------------------------------------------------------- */
+
+static void test_parse_u64(void **state) {
+        uint64_t v = 7;
+        assert_int_eq(parse_u64("0", &v), 0);
+        assert_u64_eq(v, 0);
+        assert_int_eq(parse_u64("42", &v), 0);
+        assert_u64_eq(v, 42);
+        assert_int_eq(parse_u64("0042", &v), 0);
+        assert_u64_eq(v, 42);
+        assert_int_eq(parse_u64("18446744073709551615", &v), 0);
+        assert_u64_eq(v, UINT64_MAX);
+        assert_int_eq(parse_u64("18446744073709551614", &v), 0);
+        assert_u64_eq(v, UINT64_MAX - 1);
+        assert_int_eq(parse_u64("000000000000000000000000000001", &v), 0);
+        assert_u64_eq(v, 1);
+}
+
+static void test_parse_u64_errors(void **state) {
+        uint64_t v = 1234;
+        assert_int_eq(parse_u64("18446744073709551616", &v), -ERANGE);
+        assert_int_eq(parse_u64("18446744073709551620", &v), -ERANGE);
+        assert_int_eq(parse_u64("99999999999999999999", &v), -ERANGE);
+        assert_int_eq(parse_u64("184467440737095516150", &v), -ERANGE);
+        static const char *const bad[] = { "", "-1", "+1", " 1", "1 ", "0x10", "1e3", "1.0", "abc", "1_000", "\t1",
+                                            "1\n" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                int r = parse_u64(bad[i], &v);
+                if (r != -EINVAL)
+                        fail_msg("parse_u64(\"%s\") == %d, expected -EINVAL", bad[i], r);
+        }
+        assert_int_eq(parse_u64(NULL, &v), -EINVAL);
+        /* *ret is untouched on failure. */
+        assert_u64_eq(v, 1234);
+}
+
+/* ---- string vectors ------------------------------------------------------ */
+
+static void test_strv(void **state) {
+        char **l = NULL;
+        assert_int_eq(strv_length(NULL), 0);
+        assert_null(strv_free(NULL));
+
+        assert_int_eq(strv_extend(&l, "a"), 0);
+        assert_int_eq(strv_extend(&l, ""), 0);
+        assert_int_eq(strv_extend(&l, "ccc"), 0);
+        assert_int_eq(strv_length(l), 3);
+        assert_string_equal(l[0], "a");
+        assert_string_equal(l[1], "");
+        assert_string_equal(l[2], "ccc");
+        assert_null(l[3]);
+
+        char *own = strdup("owned");
+        assert_non_null(own);
+        assert_int_eq(strv_push(&l, own), 0);
+        assert_ptr_equal(l[3], own);      /* taken, not copied */
+        assert_null(l[4]);
+        assert_int_eq(strv_length(l), 4);
+
+        char **c = strv_copy(l);
+        assert_non_null(c);
+        assert_int_eq(strv_length(c), 4);
+        for (size_t i = 0; i < 4; i++) {
+                assert_string_equal(c[i], l[i]);
+                assert_true(c[i] != l[i]);   /* deep copy */
+        }
+        assert_null(c[4]);
+        assert_null(strv_free(c));
+        assert_null(strv_free(l));
+
+        /* Copying NULL or an empty vector gives an empty, non-NULL vector. */
+        c = strv_copy(NULL);
+        assert_non_null(c);
+        assert_null(c[0]);
+        assert_int_eq(strv_length(c), 0);
+        char **e = strv_copy(c);
+        assert_non_null(e);
+        assert_null(e[0]);
+        strv_free(e);
+        strv_free(c);
+
+        /* The cleanup helper frees. */
+        {
+                _cleanup_strv_free_ char **x = NULL;
+                assert_int_eq(strv_extend(&x, "freed by cleanup"), 0);
+                assert_int_eq(strv_length(x), 1);
+        }
+        {
+                _cleanup_strv_free_ char **x = NULL;   /* NULL is fine */
+                assert_null(x);
+        }
+}
+
+static void test_streq_startswith(void **state) {
+        assert_true(streq_ptr(NULL, NULL));
+        assert_false(streq_ptr(NULL, "a"));
+        assert_false(streq_ptr("a", NULL));
+        assert_true(streq_ptr("a", "a"));
+        assert_true(streq_ptr("", ""));
+        assert_false(streq_ptr("a", "ab"));
+        assert_false(streq_ptr("a", "A"));
+
+        assert_true(startswith("SIGTERM", "SIG"));
+        assert_true(startswith("SIG", "SIG"));
+        assert_true(startswith("anything", ""));
+        assert_true(startswith("", ""));
+        assert_false(startswith("SI", "SIG"));
+        assert_false(startswith("", "a"));
+        assert_false(startswith("sigterm", "SIG"));
+}
+
+/* ---- time ---------------------------------------------------------------- */
+
+static void test_format_duration(void **state) {
+        static const struct {
+                uint64_t sec;
+                const char *text;
+        } cases[] = {
+                { 0, "0s" },
+                { 12, "12s" },
+                { 59, "59s" },
+                { 60, "1m00s" },
+                { 4 * 60 + 7, "4m07s" },
+                { 59 * 60 + 59, "59m59s" },
+                { 3600, "1h00m" },
+                { 2 * 3600 + 5 * 60 + 59, "2h05m" },   /* truncated, not rounded */
+                { 23 * 3600 + 59 * 60 + 59, "23h59m" },
+                { 86400, "1d00h" },
+                /* util.h shows "3d4h" as the example, but days are followed by
+                 * zero-padded hours like every other unit here ("2h05m",
+                 * "4m07s"); the code prints "3d04h". Reported to the lead as a
+                 * header/code mismatch; this asserts the code. */
+                { 3 * 86400 + 4 * 3600, "3d04h" },
+                { 3 * 86400 + 14 * 3600 + 59 * 60, "3d14h" },
+                { 400 * 86400 + 23 * 3600, "400d23h" },
+        };
+        char buf[32];
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                const char *r = format_duration(buf, sizeof(buf), cases[i].sec * USEC_PER_SEC);
+                assert_ptr_equal(r, buf);
+                assert_string_equal(buf, cases[i].text);
+        }
+        /* Sub-second parts are dropped. */
+        assert_string_equal(format_duration(buf, sizeof(buf), 999999), "0s");
+        assert_string_equal(format_duration(buf, sizeof(buf), 59999999), "59s");
+        assert_string_equal(format_duration(buf, sizeof(buf), 60000000), "1m00s");
+        /* Huge values do not overflow the buffer. */
+        assert_string_equal(format_duration(buf, sizeof(buf), UINT64_MAX), "213503982d08h");
+        /* A short buffer is truncated and stays NUL-terminated. */
+        char small[4];
+        assert_string_equal(format_duration(small, sizeof(small), 4 * 60 * USEC_PER_SEC + 7 * USEC_PER_SEC), "4m0");
+}
+
+static void test_now_usec(void **state) {
+        uint64_t a = now_usec(), b = now_usec();
+        assert_true(a > 0);
+        assert_true(b >= a);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test(test_parse_signal_names),
+                cmocka_unit_test(test_parse_signal_numbers),
+                cmocka_unit_test(test_parse_signal_bad),
+                cmocka_unit_test(test_signal_to_string_unknown),
+                cmocka_unit_test(test_parse_u64),
+                cmocka_unit_test(test_parse_u64_errors),
+                cmocka_unit_test(test_strv),
+                cmocka_unit_test(test_streq_startswith),
+                cmocka_unit_test(test_format_duration),
+                cmocka_unit_test(test_now_usec),
+        };
+        return cmocka_run_group_tests_name("util", tests, NULL, NULL);
+}
