@@ -4,9 +4,8 @@
  * Each test gets its own temporary directory (setup/teardown) holding the
  * config files it writes; the default file is DIR/app.json. JSON given to
  * build() is written with ' for " to stay readable; build_raw() writes bytes
- * unchanged, for the syntax-error tests. Tests marked "Regression" assert the
- * behaviour the SPEC or config.c's own comments promise and that the code
- * does not deliver yet. */
+ * unchanged, for the syntax-error tests. Tests marked "Regression" cover bugs
+ * these tests found, fixed since. */
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
