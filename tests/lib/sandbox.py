@@ -268,6 +268,15 @@ def _flatten(entry):
     return out
 
 
+def _seq(entry):
+    """Order of a journal entry: the cursor's seqnum ("q=" field, hex), which
+    grows with every entry journald writes, falling back to its time."""
+    for part in entry.get("__CURSOR", "").split(";"):
+        if part.startswith("q="):
+            return (0, int(part[2:], 16))
+    return (1, int(entry.get("__REALTIME_TIMESTAMP", "0")))
+
+
 def _journal_pred(pred):
     if callable(pred):
         return pred
@@ -338,6 +347,7 @@ class Sandbox:
         self._proc = None
         self._console = None
         self._stopped = False
+        self._cursor_seq = {}      # cursors from journal_cursor() -> _seq()
 
     @staticmethod
     def usable():
@@ -817,7 +827,13 @@ class Sandbox:
         args = ["journalctl", "--no-pager", "-o", "json", "-q"]
         if unit:
             args += ["-u", unit]
-        if since_cursor:
+        # journalctl 252 returns nothing for --after-cursor combined with a
+        # match when the cursor's own entry does not match; so a cursor we
+        # handed out is applied here, by the entry's sequence position.
+        after_seq = None
+        if since_cursor and since_cursor in self._cursor_seq:
+            after_seq = self._cursor_seq[since_cursor]
+        elif since_cursor:
             args += ["--after-cursor", since_cursor]
         if lines is not None:
             args += ["-n", str(lines)]
@@ -827,13 +843,18 @@ class Sandbox:
         for line in out.splitlines():
             line = line.strip()
             if line:
-                res.append(_flatten(json.loads(line)))
+                e = _flatten(json.loads(line))
+                if after_seq is None or _seq(e) > after_seq:
+                    res.append(e)
         return res
 
     def journal_cursor(self):
         """Cursor of the newest journal entry (pass as since_cursor)."""
         e = self.journal(lines=1)
-        return e[-1]["__CURSOR"] if e else None
+        if not e:
+            return None
+        self._cursor_seq[e[-1]["__CURSOR"]] = _seq(e[-1])
+        return e[-1]["__CURSOR"]
 
     def journal_text(self, unit=None, matches=(), since_cursor=None, lines=None):
         """Journal entries as 'UNIT[PID]: MESSAGE' lines (for diagnostics)."""
