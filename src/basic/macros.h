@@ -34,10 +34,10 @@ static inline void freep(void *p) {
 }
 #define _cleanup_free_ _cleanup_(freep)
 
-#undef MIN
-#define MIN(a, b) ((a) < (b) ? (a) : (b))
-#undef MAX
-#define MAX(a, b) ((a) > (b) ? (a) : (b))
+/* Token for token glibc's <sys/param.h> definitions (uv.h pulls that
+ * header in), so either may come first without a redefinition warning. */
+#define MIN(a,b) (((a)<(b))?(a):(b))
+#define MAX(a,b) (((a)>(b))?(a):(b))
 
 #define USEC_PER_MSEC 1000ULL
 #define USEC_PER_SEC 1000000ULL
