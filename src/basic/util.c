@@ -1,6 +1,7 @@
 /* util: small pure helpers used across corral. */
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -42,6 +43,20 @@ int strv_extend(char ***l, const char *s) {
         int r = strv_push(l, c);
         if (r < 0)
                 free(c);
+        return r;
+}
+
+int strv_extendf(char ***l, const char *fmt, ...) {
+        char *s;
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        if (k < 0)
+                return -ENOMEM;
+        int r = strv_push(l, s);
+        if (r < 0)
+                free(s);
         return r;
 }
 

@@ -18,6 +18,8 @@ size_t strv_length(char * const *l);
 int strv_extend(char ***l, const char *s);
 /* Append s itself, taking ownership on success only. */
 int strv_push(char ***l, char *s);
+/* Append a formatted string. Returns 0 or -ENOMEM. */
+_printf_(2, 3) int strv_extendf(char ***l, const char *fmt, ...);
 char **strv_copy(char * const *l);
 
 bool streq_ptr(const char *a, const char *b);

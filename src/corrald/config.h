@@ -75,6 +75,12 @@ typedef struct ConfigOverrides {
  * ..., got ..."); -ENOMEM leaves *ret_error NULL. */
 int config_build(const ConfigOverrides *o, Config **ret, char **ret_error);
 
+/* Whether this version of corrald can run c: the schema is the whole of
+ * SPEC §2, but "round-robin" and "least-conn" balance are not implemented
+ * yet. Returns 0, or -EOPNOTSUPP with a malloc'd message in *ret_error
+ * ("FILE: balance: ..."). */
+int config_check_supported(const Config *c, char **ret_error);
+
 Config *config_ref(Config *c);
 /* Drop a reference; frees on the last one. Accepts NULL, returns NULL. */
 Config *config_unref(Config *c);

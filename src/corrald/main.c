@@ -25,7 +25,7 @@ static void help(void) {
                "  -w, --workers N|auto    number of workers (default: auto = online CPUs)\n"
                "  -l, --listen ADDR       HOST:PORT, [V6]:PORT, PORT or unix:/path, optionally\n"
                "                          NAME=ADDR; repeatable; ignored when socket-activated\n"
-               "  -b, --balance MODE      shared (round-robin and least-conn are not available yet)\n"
+               "  -b, --balance MODE      shared (round-robin and least-conn are not implemented yet)\n"
                "  -n, --name NAME         instance name (default: config file name, or corral)\n"
                "      --control PATH      control socket path\n"
                "      --log TARGET        auto, journal or stderr (default: auto)\n"
@@ -33,7 +33,7 @@ static void help(void) {
                "      --version           print the version and exit\n"
                "  -h, --help              print this help and exit\n"
                "\n"
-               "Signals: TERM/INT stop gracefully, TTIN/TTOU add/remove one worker.\n");
+               "Signals: TERM/INT stop gracefully, HUP reloads, TTIN/TTOU add/remove one worker.\n");
 }
 
 _printf_(1, 2) static int usage_error(const char *fmt, ...) {
@@ -141,6 +141,8 @@ int main(int argc, char *argv[]) {
         _cleanup_(config_unrefp) Config *config = NULL;
         char *error = NULL;
         int r = config_build(&o, &config, &error);
+        if (r >= 0)
+                r = config_check_supported(config, &error);
         if (check_only) {
                 if (r < 0) {
                         fprintf(stderr, "corrald: %s\n", error ? error : strerror(-r));
@@ -155,10 +157,6 @@ int main(int argc, char *argv[]) {
         if (r < 0) {
                 log_error("%s", error ? error : strerror(-r));
                 free(error);
-                return 1;
-        }
-        if (config->balance != BALANCE_SHARED) {
-                log_error("balance \"%s\" is not implemented yet; use \"shared\"", balance_to_string(config->balance));
                 return 1;
         }
 

@@ -10,8 +10,11 @@
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 
+#include "commands.h"
 #include "log.h"
 #include "manager.h"
+#include "procfs.h"
+#include "rollout.h"
 #include "util.h"
 
 Worker *manager_find_worker(Manager *m, pid_t pid) {
@@ -32,7 +35,7 @@ static unsigned count_ready(const Manager *m) {
 static void shutdown_handles(Manager *m);
 
 void manager_update(Manager *m) {
-        char status[sizeof(m->status)];
+        char status[sizeof(m->status)], rolling[64];
         unsigned ready = count_ready(m);
 
         if (m->stopping)
@@ -41,6 +44,9 @@ void manager_update(Manager *m) {
         else if (m->gave_up)
                 snprintf(status, sizeof(status), "Gave up: %s; %u/%u workers ready, generation %u",
                          m->giveup_reason, ready, m->n_slots, m->generation);
+        else if (rollout_describe(m, rolling, sizeof(rolling)))
+                snprintf(status, sizeof(status), "%s; %u/%u workers ready, generation %u", rolling, ready,
+                         m->n_slots, m->generation);
         else
                 snprintf(status, sizeof(status), "%u/%u workers ready, generation %u", ready, m->n_slots,
                          m->generation);
@@ -123,6 +129,7 @@ void manager_stop(Manager *m, int exit_code) {
                 return;
         m->stopping = true;
         m->exit_code = exit_code;
+        rollout_abort(m, "corrald is stopping");
         LogFields f = LOG_FIELDS_NONE;
         f.event = "stop";
         f.generation = m->generation;
@@ -164,10 +171,11 @@ static void on_sigterm(uv_signal_t *h, int signum) {
         manager_stop(m, 0);
 }
 
+/* SIGHUP and the control socket's "reload" share one code path. */
 static void on_sighup(uv_signal_t *h, int signum) {
-        /* Rolling reload arrives with the control socket (issue #5); until
-         * then SIGHUP must at least not kill the master. */
-        log_notice("received SIGHUP: reload is not implemented yet; nothing changed");
+        Manager *m = h->data;
+        log_info("received SIGHUP: reloading");
+        rollout_reload(m, NULL);
 }
 
 /* SIGTTIN adds a worker, SIGTTOU removes one (never the last). */
@@ -177,6 +185,39 @@ static void on_sigttin(uv_signal_t *h, int signum) {
                 manager_scale(m, m->n_slots + 1);
         else if (m->n_slots > 1)
                 manager_scale(m, m->n_slots - 1);
+}
+
+/* recycle.max_rss_mb: a ready worker over the limit gets a replacement
+ * started beside it and is stopped once that one is ready, like a
+ * one-slot rollout; nothing happens while a rollout runs. */
+static void on_recycle_check(uv_timer_t *t) {
+        Manager *m = t->data;
+        uint64_t limit_kb = m->config->recycle_max_rss_mb * 1024;
+
+        if (!limit_kb || m->stopping || m->rollout)
+                return;
+        for (unsigned i = 0; i < m->n_slots; i++) {
+                Slot *s = m->slots[i];
+                Worker *w = s->current;
+                ProcStats ps;
+                if (!w || w->state != WORKER_READY || s->incoming || w->pid <= 0 ||
+                    procfs_read_stats(w->pid, &ps) < 0 || ps.rss_kb <= limit_kb)
+                        continue;
+                LogFields f = LOG_FIELDS_NONE;
+                f.worker_id = (int) w->id;
+                f.pid = w->pid;
+                f.generation = w->generation;
+                log_emit(LOG_NOTICE, &f, "recycling %s: RSS %llu MiB exceeds recycle.max_rss_mb=%llu", w->who,
+                         (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) m->config->recycle_max_rss_mb);
+                (void) slot_spawn_incoming(s);
+        }
+}
+
+void manager_arm_recycle(Manager *m) {
+        if (m->config->recycle_max_rss_mb > 0 && !m->stopping)
+                uv_timer_start(&m->recycle, on_recycle_check, 1000, 1000);
+        else
+                uv_timer_stop(&m->recycle);
 }
 
 static void on_watchdog(uv_timer_t *t) {
@@ -240,7 +281,9 @@ static void shutdown_handles(Manager *m) {
         close_handle((uv_handle_t *) &m->sig_ttin);
         close_handle((uv_handle_t *) &m->sig_ttou);
         close_handle((uv_handle_t *) &m->watchdog);
+        close_handle((uv_handle_t *) &m->recycle);
         notify_server_stop(&m->notify);
+        control_server_stop(&m->control);
         for (unsigned i = 0; i < m->n_slots; i++)
                 slot_free(m->slots[i]);
         m->n_slots = 0;
@@ -250,7 +293,8 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         char *error = NULL;
         int r;
 
-        *m = (Manager) { .loop = loop, .config = config_ref(config), .overrides = o, .generation = 1 };
+        *m = (Manager) { .loop = loop, .config = config_ref(config), .overrides = o, .generation = 1,
+                         .start_usec = now_usec() };
 
         r = failure_window_init(&m->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
         if (r < 0)
@@ -272,6 +316,12 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         if (r < 0)
                 return log_error_errno(r, "cannot create the notify socket: %m");
 
+        _cleanup_free_ char *control = control_socket_path(config->control, config->name);
+        if (!control)
+                log_notice("no control socket: set XDG_RUNTIME_DIR or --control to use corralctl");
+        else if ((r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
+                return r;
+
         start_signal(m, &m->sig_chld, on_sigchld, SIGCHLD);
         start_signal(m, &m->sig_term, on_sigterm, SIGTERM);
         start_signal(m, &m->sig_int, on_sigterm, SIGINT);
@@ -285,6 +335,10 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 log_info("systemd watchdog enabled: pinging every %llu ms", (unsigned long long) ms);
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
+
+        uv_timer_init(loop, &m->recycle);
+        m->recycle.data = m;
+        manager_arm_recycle(m);
 
         log_info("starting %u workers: %s", config_worker_count(config), config->exec[0]);
         manager_scale(m, config_worker_count(config));

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "control.h"
 #include "ipc.h"
 #include "listener.h"
 #include "notify-server.h"
@@ -22,6 +23,7 @@
 typedef struct Manager Manager;
 typedef struct Slot Slot;
 typedef struct Worker Worker;
+typedef struct Rollout Rollout;
 
 typedef enum WorkerState {
         WORKER_STARTING,
@@ -63,6 +65,7 @@ struct Slot {
         Manager *manager;
         unsigned id;
         Worker *current;
+        Worker *incoming;          /* its replacement while a rollout runs */
         bool failed;               /* given up on (restart.on_giveup = stay) */
         unsigned consecutive_failures;
         unsigned restarts;
@@ -84,6 +87,9 @@ struct Manager {
         unsigned n_workers;
 
         FailureWindow failures;
+        Rollout *rollout;          /* the reload/restart in progress, or NULL */
+        ControlServer control;
+        uint64_t start_usec;
         bool sent_ready;
         bool stopping;
         bool gave_up;
@@ -93,6 +99,7 @@ struct Manager {
 
         uv_signal_t sig_term, sig_int, sig_hup, sig_chld, sig_ttin, sig_ttou;
         uv_timer_t watchdog;       /* pings systemd's watchdog */
+        uv_timer_t recycle;        /* checks RSS against recycle.max_rss_mb */
         uint64_t watchdog_usec;
 };
 
@@ -116,6 +123,10 @@ void manager_update(Manager *m);
  * true if the instance has given up (this or an earlier failure). */
 bool manager_record_failure(Manager *m, const Worker *w, const char *what);
 
+/* (Re)start or stop the RSS check for the current config's
+ * recycle.max_rss_mb. */
+void manager_arm_recycle(Manager *m);
+
 /* Change the number of slots (>= 1). */
 void manager_scale(Manager *m, unsigned n);
 
@@ -131,6 +142,9 @@ const char *worker_state_to_string(WorkerState s);
 
 /* Start a new worker of the current generation in the slot. */
 void slot_spawn(Slot *s);
+/* Start the slot's replacement during a rollout (s->incoming). Returns it,
+ * or NULL if it could not be started (logged). */
+Worker *slot_spawn_incoming(Slot *s);
 /* Events. */
 void worker_on_notify(Worker *w, const NotifyMsg *msg);
 void worker_on_exit(Worker *w, int wait_status);

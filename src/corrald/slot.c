@@ -23,6 +23,7 @@
 #include "fd-util.h"
 #include "log.h"
 #include "manager.h"
+#include "rollout.h"
 #include "spawn.h"
 #include "util.h"
 
@@ -114,7 +115,13 @@ static void worker_arm(Worker *w, uint64_t ms, uv_timer_cb cb) {
 static void detach(Worker *w) {
         if (w->slot && w->slot->current == w)
                 w->slot->current = NULL;
+        if (w->slot && w->slot->incoming == w)
+                w->slot->incoming = NULL;
         w->slot = NULL;
+}
+
+static bool is_incoming(const Worker *w) {
+        return w->slot && w->slot->incoming == w;
 }
 
 /* ---- deadlines ---------------------------------------------------------- */
@@ -165,6 +172,8 @@ static void become_ready(Worker *w) {
         worker_arm(w, w->config->watchdog_ms, on_watchdog_timeout);
         log_emit(LOG_INFO, &f, "%s is ready (%.1f ms after spawn)", w->who,
                  (double) (w->ready_usec - w->start_usec) / 1000.0);
+        if (is_incoming(w))
+                rollout_on_ready(w->manager, w);
         manager_update(w->manager);
 }
 
@@ -254,7 +263,8 @@ void slot_spawn(Slot *s) {
 
         s->backoff_armed = false;
         uv_timer_stop(&s->backoff);
-        if (m->stopping || s->failed || s->current)
+        /* A slot whose replacement is starting gets it as its worker. */
+        if (m->stopping || s->failed || s->current || s->incoming)
                 return;
 
         Worker *w = worker_spawn(s);
@@ -272,6 +282,25 @@ void slot_spawn(Slot *s) {
         else
                 worker_arm(w, w->config->ready_timeout_ms, on_ready_timeout);
         manager_update(m);
+}
+
+static void on_spawn_ready(uv_timer_t *t) {
+        become_ready(t->data);
+}
+
+Worker *slot_spawn_incoming(Slot *s) {
+        Worker *w = worker_spawn(s);
+        if (!w)
+                return NULL;
+        s->incoming = w;
+        /* ready.mode=spawn: ready on the next loop iteration, so the
+         * rollout never re-enters itself from its own spawn call. */
+        if (w->config->ready_mode == READY_SPAWN)
+                uv_timer_start(&w->timer, on_spawn_ready, 0, 0);
+        else
+                worker_arm(w, w->config->ready_timeout_ms, on_ready_timeout);
+        manager_update(s->manager);
+        return w;
 }
 
 static void on_backoff_done(uv_timer_t *t) {
@@ -359,6 +388,7 @@ void worker_on_exit(Worker *w, int st) {
         describe_exit(st, how, sizeof(how), &code, &sig);
         bool clean = code == 0;
         bool expected = !w->failure && (w->stop_sent || (w->said_stopping && clean));
+        bool incoming = is_incoming(w);
 
         LogFields f = worker_fields(w, "exit");
         f.exit_status = code;
@@ -373,7 +403,13 @@ void worker_on_exit(Worker *w, int st) {
         w->pid = -w->pid;   /* reaped: never signal this pid again */
         detach(w);
 
-        if (!expected) {
+        if (incoming) {
+                /* A replacement that dies before it is ready fails its
+                 * rollout; the slot keeps its old worker, and a broken
+                 * release does not count towards giving up. */
+                if (!expected)
+                        rollout_on_incoming_failed(m, w, how);
+        } else if (!expected) {
                 /* Backoff grows with consecutive failures, but a worker that
                  * served for a whole window earns its slot a fresh start. */
                 if (s && w->ready_usec && now_usec() - w->ready_usec >= m->config->restart_window_ms * USEC_PER_MSEC)

@@ -407,6 +407,22 @@ def scale_with_sigttin_sigttou():
 
 
 @case
+def recycle_max_rss_replaces_a_bloated_worker():
+    path = config("hog", workers=1, exec=TWORKER + ["hog", "60"], recycle={"max_rss_mb": 40},
+                  restart={"limit": 100})
+    c, n = run(["-c", path])
+    try:
+        m = c.wait_line(r"worker 0 \(pid (\d+)\) started")
+        first = int(m.group(1))
+        c.wait_line(r"recycling worker 0 \(pid %d\): RSS \d+ MiB exceeds recycle.max_rss_mb=40" % first)
+        c.wait_line(r"worker 0 \(pid \d+\) is ready", count=2)
+        c.wait_line(r"worker 0 \(pid %d\) exited" % first)
+        eq(c.count("unexpectedly"), 0, "recycling is not a failure")
+    finally:
+        finish(c, n)
+
+
+@case
 def bad_config_and_check_config():
     import subprocess
     from corral import CORRALD
@@ -432,30 +448,40 @@ def bad_config_and_check_config():
     r = subprocess.run([CORRALD, "--log", "stderr"], capture_output=True, text=True, timeout=10)
     eq(r.returncode, 1, "no command")
     assert "no worker command" in r.stderr, r.stderr
+    rr = config("rr", exec=["x"], balance="round-robin")
+    r = subprocess.run([CORRALD, "--check-config", rr], capture_output=True, text=True)
+    eq(r.returncode, 1, "round-robin is refused until it is implemented")
+    assert 'balance: "round-robin" is not implemented' in r.stderr, r.stderr
 
 
 @case
 def unprivileged_embedded_mode():
-    if os.geteuid() != 0:
-        uid = None
-    else:
-        uid = 65534
+    """As a normal user: binds its own port, control socket under
+    $XDG_RUNTIME_DIR/corral/NAME.sock with mode 0600."""
+    uid = 65534 if os.geteuid() == 0 else os.getuid()
     port = free_port()
     d = tempfile.mkdtemp(prefix="corral-user-")
-    os.chmod(d, 0o755)
+    os.chmod(d, 0o700)
+    if os.geteuid() == 0:
+        os.chown(d, uid, uid)
     n = NotifySocket()
     os.chmod(n.dir, 0o777)
     os.chmod(n.path, 0o777)
-    c = Corrald(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO], notify=n,
-                env={"XDG_RUNTIME_DIR": d}, user=uid)
+    c = Corrald(["--listen", "127.0.0.1:%d" % port, "-w", "2", "-n", "mine"], [HELLO], notify=n,
+                env={"XDG_RUNTIME_DIR": d}, user=uid if os.geteuid() == 0 else None, own_control=False)
     try:
         n.wait("READY", "1")
         eq(http_get(port)[0], 200, "served as an unprivileged user")
         for p in c.workers():
-            eq(os.stat("/proc/%d" % p).st_uid, uid if uid is not None else os.getuid(), "worker uid")
+            eq(os.stat("/proc/%d" % p).st_uid, uid, "worker uid")
+        sock = os.path.join(d, "corral", "mine.sock")
+        st = os.stat(sock)
+        eq(oct(st.st_mode & 0o777), oct(0o600), "control socket mode")
+        eq(st.st_uid, uid, "control socket owner")
     finally:
         finish(c, n)
-        shutil.rmtree(d, ignore_errors=True)
+    assert not os.path.exists(os.path.join(d, "corral", "mine.sock")), "control socket removed at exit"
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @case

@@ -13,17 +13,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
-from corral import CORRALD, HELLO, SRC, TWORKER  # noqa: E402
+from corral import CORRALD, CORRALCTL, HELLO, SRC, TWORKER, shipped_unit  # noqa: E402
 
 UNITS = os.path.join(SRC, "units")
 SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
-
-
-def shipped(name):
-    """A shipped unit with its binaries pointed at the build tree."""
-    with open(os.path.join(UNITS, name)) as f:
-        text = f.read()
-    return text.replace("/usr/bin/corrald", CORRALD).replace("/usr/libexec/corral/corral-hello", HELLO)
 
 
 CURL = ["curl", "-sS", "--max-time", "20"]
@@ -77,10 +70,10 @@ def setup():
         # LeakSanitizer needs ptrace, which the hardened units filter out.
         dropin = "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\nSystemCallFilter=\n"
     units = {
-        "app.socket": shipped("examples/app.socket"),
-        "app.service": shipped("examples/app.service"),
-        "corral@.socket": shipped("corral@.socket"),
-        "corral@.service": shipped("corral@.service"),
+        "app.socket": shipped_unit("examples/app.socket"),
+        "app.service": shipped_unit("examples/app.service"),
+        "corral@.socket": shipped_unit("corral@.socket"),
+        "corral@.service": shipped_unit("corral@.service"),
         "corral@giveup.service.d/test.conf": "[Service]\nRestart=no\n",
         "corral@wd.service.d/test.conf": "[Service]\nWatchdogSec=1\nTimeoutAbortSec=5\nRestartSec=100ms\n",
         "multi-web.socket": "[Socket]\nListenStream=127.0.0.1:8091\nFileDescriptorName=web\nService=multi.service\n",
@@ -250,7 +243,7 @@ def analyze_verify_is_clean(sb):
     names = ["corral@.socket", "corral@.service", "app.socket", "app.service"]
     for name, src in zip(names, ["corral@.socket", "corral@.service", "examples/app.socket", "examples/app.service"]):
         with open(os.path.join(d, name), "w") as f:
-            f.write(shipped(src))
+            f.write(shipped_unit(src))
     # Template units are verified through an instance name.
     os.symlink("corral@.socket", os.path.join(d, "corral@x.socket"))
     os.symlink("corral@.service", os.path.join(d, "corral@x.service"))

@@ -21,9 +21,19 @@ SRC = os.path.dirname(os.path.dirname(HERE))
 BUILD = os.environ.get("CORRAL_BUILD_DIR", os.path.join(SRC, "build"))
 CORRALD = os.environ.get("CORRALD", os.path.join(BUILD, "src/corrald/corrald"))
 HELLO = os.environ.get("CORRAL_HELLO", os.path.join(BUILD, "src/hello/corral-hello"))
+CORRALCTL = os.environ.get("CORRALCTL", os.path.join(BUILD, "src/corralctl/corralctl"))
 WORKERS = os.path.join(SRC, "tests/integration/workers")
 PY = "/usr/bin/python3"
 TWORKER = [PY, os.path.join(WORKERS, "tworker.py")]
+
+
+def shipped_unit(name):
+    """A unit file from units/ (e.g. "examples/app.service") with the
+    installed paths of corral's binaries pointed at the build tree."""
+    with open(os.path.join(SRC, "units", name)) as f:
+        text = f.read()
+    return (text.replace("/usr/bin/corralctl", CORRALCTL).replace("/usr/bin/corrald", CORRALD)
+            .replace("/usr/libexec/corral/corral-hello", HELLO))
 
 
 def free_port():
@@ -152,7 +162,7 @@ class Corrald:
     line). `activate` runs it under systemd-socket-activate."""
 
     def __init__(self, args, exec_=None, notify=None, env=None, activate=None, log="stderr",
-                 user=None):
+                 user=None, own_control=True):
         self.notify = notify
         e = dict(os.environ)
         for k in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC",
@@ -162,6 +172,14 @@ class Corrald:
             e["NOTIFY_SOCKET"] = notify.path
         if env:
             e.update(env)
+        # Each instance gets its own control socket unless the test picks
+        # one: tests run in parallel, and instance names repeat.
+        self.control = None
+        if own_control and "--control" not in args:
+            self.control_dir = tempfile.mkdtemp(prefix="corral-ctl-")
+            os.chmod(self.control_dir, 0o777)
+            self.control = os.path.join(self.control_dir, "ctl.sock")
+            args = list(args) + ["--control", self.control]
         cmd = [CORRALD, "--log", log] + list(args)
         if exec_:
             cmd += ["--"] + list(exec_)

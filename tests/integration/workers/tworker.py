@@ -10,6 +10,7 @@ Usage: tworker.py MODE [ARGS]; behaviour by mode:
   watchdog       READY=1, ping WATCHDOG=1 every WATCHDOG_USEC/3
   leave          READY=1, wait LEAVE_MS, STOPPING=1, wait LEAVE_GRACE_MS, exit 0 (once per slot: a
                  marker file in CORRAL_TEST_DIR keeps the replacement from leaving too)
+  hog MB         READY=1, then hold MB megabytes of touched memory
   pysystemd      READY=1 and STATUS= through python3-systemd's systemd.daemon.notify
 The raw sd_notify client below is deliberately tiny; pysystemd mode uses the
 real third-party library."""
@@ -115,6 +116,12 @@ def main():
         notify("STOPPING=1")
         time.sleep(int(os.environ.get("LEAVE_GRACE_MS", "500")) / 1000.0)
         sys.exit(0)
+    elif mode == "hog":
+        notify("READY=1")
+        hold = bytearray(int(sys.argv[2]) * 1024 * 1024)
+        for i in range(0, len(hold), 4096):
+            hold[i] = 1
+        wait_forever()
     elif mode == "pysystemd":
         from systemd import daemon
         daemon.notify("READY=1")

@@ -1,0 +1,219 @@
+/* client: control-socket connection and line framing; see client.h.
+ *
+ * The socket is non-blocking and every read and write waits in poll() for
+ * what is left of the call's deadline, so a server that stalls can delay
+ * corralctl by at most the timeout. Reply bytes are buffered until a
+ * newline; a line that would not fit in CLIENT_LINE_MAX bytes ends the
+ * call with -EMSGSIZE. Bytes that arrive after a result stay buffered for
+ * the next call on the same connection. */
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client.h"
+#include "fd-util.h"
+#include "util.h"
+
+struct Client {
+        int fd;
+        char *buf;              /* CLIENT_LINE_MAX + 1 bytes: a full line and its newline */
+        size_t len;
+        volatile sig_atomic_t *interrupt;
+};
+
+Client *client_free(Client *c) {
+        if (!c)
+                return NULL;
+        safe_close(c->fd);
+        free(c->buf);
+        free(c);
+        return NULL;
+}
+
+void client_set_interrupt(Client *c, volatile sig_atomic_t *flag) {
+        c->interrupt = flag;
+}
+
+static void sleep_usec(uint64_t usec) {
+        struct timespec ts = { .tv_sec = (time_t) (usec / USEC_PER_SEC),
+                               .tv_nsec = (long) (usec % USEC_PER_SEC) * 1000 };
+        (void) nanosleep(&ts, NULL);
+}
+
+int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        uint64_t deadline = now_usec() + timeout_usec;
+
+        if (strlen(path) >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        strcpy(sa.sun_path, path);
+
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        for (;;) {
+                if (connect(fd, (struct sockaddr *) &sa, sizeof(sa)) == 0)
+                        break;
+                /* A non-blocking AF_UNIX connect() fails with EAGAIN when the
+                 * server's listen backlog is full (unix(7)); it never returns
+                 * EINPROGRESS, so retry briefly until the deadline. */
+                if (errno != EAGAIN)
+                        return -errno;
+                if (now_usec() >= deadline)
+                        return -ETIMEDOUT;
+                sleep_usec(10 * USEC_PER_MSEC);
+        }
+
+        Client *c = calloc(1, sizeof(Client));
+        if (!c)
+                return -ENOMEM;
+        c->buf = malloc(CLIENT_LINE_MAX + 1);
+        if (!c->buf) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->fd = TAKE_FD(fd);
+        *ret = c;
+        return 0;
+}
+
+/* poll() for events until deadline. Returns 0 when ready, -ETIMEDOUT, -EINTR
+ * (interrupt flag set) or -errno. */
+static int wait_fd(Client *c, short events, uint64_t deadline) {
+        for (;;) {
+                if (c->interrupt && *c->interrupt)
+                        return -EINTR;
+                uint64_t now = now_usec();
+                if (now >= deadline)
+                        return -ETIMEDOUT;
+                uint64_t ms = (deadline - now + 999) / 1000;
+                struct pollfd p = { .fd = c->fd, .events = events };
+                int n = poll(&p, 1, (int) MIN(ms, (uint64_t) 60000));
+                if (n < 0 && errno != EINTR)
+                        return -errno;
+                if (n > 0)
+                        return 0;
+        }
+}
+
+static int send_line(Client *c, const char *s, size_t len, uint64_t deadline) {
+        while (len > 0) {
+                /* MSG_NOSIGNAL: a closed peer gives EPIPE, not SIGPIPE. */
+                ssize_t n = send(c->fd, s, len, MSG_NOSIGNAL);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        if (errno != EAGAIN)
+                                return -errno;
+                        int r = wait_fd(c, POLLOUT, deadline);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                s += n;
+                len -= (size_t) n;
+        }
+        return 0;
+}
+
+/* Interpret one complete line (NUL-terminated in place, no newline).
+ * Returns 1 and the result in *ret for a result line, 0 for a line that
+ * was handled or skipped, or -EBADMSG / -ENOMEM. */
+static int handle_line(char *line, size_t len, client_progress_t progress, void *userdata, cJSON **ret) {
+        if (len == 0)
+                return 0;
+        if (memchr(line, '\0', len))
+                return -EBADMSG;
+        cJSON *j = cJSON_ParseWithOpts(line, NULL, true);
+        if (!j)
+                return -EBADMSG;
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(j, "type");
+        if (!cJSON_IsObject(j) || !cJSON_IsString(type)) {
+                cJSON_Delete(j);
+                return -EBADMSG;
+        }
+        if (strcmp(type->valuestring, "result") == 0) {
+                if (!cJSON_IsBool(cJSON_GetObjectItemCaseSensitive(j, "ok"))) {
+                        cJSON_Delete(j);
+                        return -EBADMSG;
+                }
+                *ret = j;
+                return 1;
+        }
+        if (strcmp(type->valuestring, "progress") == 0 && progress) {
+                const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
+                progress(cJSON_IsString(m) ? m->valuestring : "", j, userdata);
+        }
+        cJSON_Delete(j);
+        return 0;
+}
+
+/* Consume every complete line in the buffer. Returns like handle_line(). */
+static int drain_lines(Client *c, client_progress_t progress, void *userdata, cJSON **ret) {
+        int r = 0;
+        size_t start = 0;
+        while (start < c->len) {
+                char *nl = memchr(c->buf + start, '\n', c->len - start);
+                if (!nl)
+                        break;
+                *nl = '\0';
+                size_t n = (size_t) (nl - (c->buf + start));
+                r = handle_line(c->buf + start, n, progress, userdata, ret);
+                start += n + 1;
+                if (r != 0)
+                        break;
+        }
+        memmove(c->buf, c->buf + start, c->len - start);
+        c->len -= start;
+        return r;
+}
+
+int client_call(Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
+                void *userdata, cJSON **ret_result) {
+        uint64_t deadline = now_usec() + timeout_usec;
+        cJSON *result = NULL;
+        int r;
+
+        _cleanup_free_ char *s = cJSON_PrintUnformatted(request);
+        if (!s)
+                return -ENOMEM;
+        size_t len = strlen(s);
+        if (len > CLIENT_LINE_MAX)
+                return -EMSGSIZE;
+        s[len] = '\n'; /* replaces the NUL; we send exactly len + 1 bytes */
+        int write_error = send_line(c, s, len + 1, deadline);
+        if (write_error == -ETIMEDOUT || write_error == -EINTR)
+                return write_error;
+        /* On EPIPE/ECONNRESET keep reading: a server that refuses us writes
+         * its one error result before closing, and that result is the
+         * better explanation. */
+
+        for (;;) {
+                r = drain_lines(c, progress, userdata, &result);
+                if (r < 0)
+                        return r;
+                if (r > 0) {
+                        *ret_result = result;
+                        return 0;
+                }
+                if (c->len == CLIENT_LINE_MAX + 1)
+                        return -EMSGSIZE;
+                ssize_t n = read(c->fd, c->buf + c->len, CLIENT_LINE_MAX + 1 - c->len);
+                if (n > 0) {
+                        c->len += (size_t) n;
+                        continue;
+                }
+                if (n == 0)
+                        return write_error < 0 ? write_error : -ECONNRESET;
+                if (errno == EINTR)
+                        continue;
+                if (errno != EAGAIN)
+                        return errno == EPIPE ? -ECONNRESET : -errno;
+                r = wait_fd(c, POLLIN, deadline);
+                if (r < 0)
+                        return r;
+        }
+}

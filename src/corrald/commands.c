@@ -1,0 +1,262 @@
+/* commands: see commands.h. Each handler validates its arguments, acts
+ * through the manager/slot/rollout APIs and sends exactly one result. */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "log.h"
+#include "manager.h"
+#include "procfs.h"
+#include "rollout.h"
+#include "util.h"
+
+static void add_number_or_null(cJSON *o, const char *key, double v, bool valid) {
+        if (valid)
+                cJSON_AddNumberToObject(o, key, v);
+        else
+                cJSON_AddNullToObject(o, key);
+}
+
+static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state, uint64_t now) {
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+                return NULL;
+        ProcStats ps;
+        bool alive = w && w->pid > 0;
+        bool stats = alive && procfs_read_stats(w->pid, &ps) >= 0;
+        cJSON_AddNumberToObject(o, "id", s ? s->id : w->id);
+        cJSON_AddStringToObject(o, "state", state);
+        add_number_or_null(o, "pid", alive ? w->pid : 0, alive);
+        add_number_or_null(o, "generation", w ? w->generation : 0, w != NULL);
+        add_number_or_null(o, "uptime_ms", w ? (double) ((now - w->start_usec) / USEC_PER_MSEC) : 0, w != NULL);
+        cJSON_AddNumberToObject(o, "restarts", s ? s->restarts : 0);
+        add_number_or_null(o, "cpu_ms", stats ? (double) ps.cpu_ms : 0, stats);
+        add_number_or_null(o, "rss_kb", stats ? (double) ps.rss_kb : 0, stats);
+        cJSON_AddNullToObject(o, "connections");
+        if (w && w->status[0])
+                cJSON_AddStringToObject(o, "status", w->status);
+        else
+                cJSON_AddNullToObject(o, "status");
+        return o;
+}
+
+static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
+        cJSON *o = cJSON_CreateObject(), *a;
+        uint64_t now = now_usec();
+        unsigned ready = 0;
+
+        if (!o) {
+                control_reply_error(c, "out of memory");
+                return;
+        }
+        for (unsigned i = 0; i < m->n_slots; i++)
+                ready += slot_state(m->slots[i]) == SLOT_READY;
+
+        cJSON_AddStringToObject(o, "instance", m->config->name);
+        cJSON_AddNumberToObject(o, "pid", getpid());
+        cJSON_AddStringToObject(o, "version", CORRAL_VERSION);
+        cJSON_AddStringToObject(o, "balance", balance_to_string(m->config->balance));
+        cJSON_AddNumberToObject(o, "generation", m->generation);
+        cJSON_AddNumberToObject(o, "ready", ready);
+        cJSON_AddNumberToObject(o, "workers", m->n_slots);
+        cJSON_AddStringToObject(o, "state", m->stopping ? "stopping" : m->rollout ? "reloading" : m->gave_up ? "gave-up"
+                                                                                                     : "running");
+        cJSON_AddStringToObject(o, "status", m->status);
+        cJSON_AddNumberToObject(o, "uptime_ms", (double) ((now - m->start_usec) / USEC_PER_MSEC));
+
+        a = cJSON_AddArrayToObject(o, "listeners");
+        for (unsigned i = 0; a && i < m->listeners.n; i++) {
+                cJSON *l = cJSON_CreateObject();
+                if (!l)
+                        continue;
+                cJSON_AddStringToObject(l, "name", m->listeners.items[i].name);
+                cJSON_AddStringToObject(l, "address", m->listeners.items[i].display);
+                cJSON_AddItemToArray(a, l);
+        }
+
+        a = cJSON_AddArrayToObject(o, "slots");
+        for (unsigned i = 0; a && i < m->n_slots; i++) {
+                Slot *s = m->slots[i];
+                cJSON *e = describe_worker(s->current, s, slot_state_to_string(slot_state(s)), now);
+                if (e)
+                        cJSON_AddItemToArray(a, e);
+        }
+        cJSON *leaving = cJSON_AddArrayToObject(o, "leaving");
+        cJSON *incoming = cJSON_AddArrayToObject(o, "incoming");
+        for (Worker *w = m->workers; w; w = w->next) {
+                if (w->pid <= 0 || (w->slot && w->slot->current == w))
+                        continue;
+                bool inc = w->slot && w->slot->incoming == w;
+                cJSON *e = describe_worker(w, NULL, worker_state_to_string(w->state), now);
+                if (e && (inc ? incoming : leaving))
+                        cJSON_AddItemToArray(inc ? incoming : leaving, e);
+                else
+                        cJSON_Delete(e);
+        }
+        control_reply_ok(c, o);
+}
+
+/* "target": slot number or "all". Returns the slot, -1 for all, or -2 after
+ * replying with an error. */
+static int parse_target(Manager *m, ControlConn *c, const cJSON *req) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(req, "target");
+        if (cJSON_IsString(t) && streq_ptr(t->valuestring, "all"))
+                return -1;
+        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble == (double) (unsigned) t->valuedouble) {
+                if ((unsigned) t->valuedouble >= m->n_slots) {
+                        control_reply_error(c, "no worker %u: slots are 0-%u", (unsigned) t->valuedouble,
+                                            m->n_slots - 1);
+                        return -2;
+                }
+                return (int) t->valuedouble;
+        }
+        control_reply_error(c, "\"target\" must be a worker id (0-%u) or \"all\"", m->n_slots - 1);
+        return -2;
+}
+
+static void cmd_reload(Manager *m, ControlConn *c, const cJSON *req) {
+        rollout_reload(m, c);
+}
+
+static void cmd_restart(Manager *m, ControlConn *c, const cJSON *req) {
+        int t = parse_target(m, c, req);
+        if (t >= -1)
+                rollout_restart(m, t, c);
+}
+
+static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
+        const cJSON *n = cJSON_GetObjectItemCaseSensitive(req, "workers");
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(req, "delta");
+        double target;
+
+        if (m->stopping || m->rollout) {
+                control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
+                return;
+        }
+        if (cJSON_IsNumber(n) && !d)
+                target = n->valuedouble;
+        else if (cJSON_IsNumber(d) && !n)
+                target = (double) m->n_slots + d->valuedouble;
+        else {
+                control_reply_error(c, "scale needs a number in \"workers\" (absolute) or \"delta\" (relative)");
+                return;
+        }
+        if (target != (double) (long) target || target < 1 || target > 4096) {
+                control_reply_error(c, "cannot scale to %g workers: the count must be between 1 and 4096", target);
+                return;
+        }
+        manager_scale(m, (unsigned) target);
+        cJSON *o = cJSON_CreateObject();
+        if (o)
+                cJSON_AddNumberToObject(o, "workers", m->n_slots);
+        control_reply_ok(c, o);
+}
+
+/* Apply fn to the current worker of the target slot(s); reply with pids. */
+static void for_targets(Manager *m, ControlConn *c, int target, bool (*fn)(Worker *w, void *arg), void *arg,
+                        const char *what) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON *pids = o ? cJSON_AddArrayToObject(o, "pids") : NULL;
+        unsigned n = 0;
+        for (unsigned i = 0; i < m->n_slots; i++) {
+                Worker *w = m->slots[i]->current;
+                if ((target >= 0 && i != (unsigned) target) || !w || w->pid <= 0)
+                        continue;
+                if (fn(w, arg)) {
+                        n++;
+                        if (pids)
+                                cJSON_AddItemToArray(pids, cJSON_CreateNumber(w->pid));
+                }
+        }
+        if (n == 0 && target >= 0) {
+                cJSON_Delete(o);
+                control_reply_error(c, "worker %d has no running process to %s", target, what);
+                return;
+        }
+        control_reply_ok(c, o);
+}
+
+static bool send_signal(Worker *w, void *arg) {
+        int sig = *(int *) arg;
+        LogFields f = LOG_FIELDS_NONE;
+        f.worker_id = (int) w->id;
+        f.pid = w->pid;
+        f.generation = w->generation;
+        log_emit(LOG_INFO, &f, "sending %s to %s (control request)", signal_to_string(sig), w->who);
+        return kill(w->pid, sig) == 0;
+}
+
+static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
+        const cJSON *s = cJSON_GetObjectItemCaseSensitive(req, "signal");
+        int sig = -EINVAL;
+        char num[16];
+
+        if (cJSON_IsString(s))
+                sig = parse_signal(s->valuestring);
+        else if (cJSON_IsNumber(s) && s->valuedouble >= 1 && s->valuedouble <= 64) {
+                snprintf(num, sizeof(num), "%d", (int) s->valuedouble);
+                sig = parse_signal(num);
+        }
+        if (sig < 0) {
+                control_reply_error(c, "\"signal\" must be a signal name (TERM, SIGHUP, ...) or number");
+                return;
+        }
+        int t = parse_target(m, c, req);
+        if (t >= -1)
+                for_targets(m, c, t, send_signal, &sig, "signal");
+}
+
+static bool deliver(Worker *w, void *arg) {
+        int r = ipc_send_line(&w->ipc, arg);
+        if (r < 0) {
+                errno = -r;
+                log_warning("cannot deliver a message to %s: %m", w->who);
+        }
+        return r >= 0;
+}
+
+static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
+        const cJSON *data = cJSON_GetObjectItemCaseSensitive(req, "data");
+        if (!data) {
+                control_reply_error(c, "send needs \"data\": the JSON value to deliver");
+                return;
+        }
+        int t = parse_target(m, c, req);
+        if (t < -1)
+                return;
+        cJSON *msg = cJSON_CreateObject();
+        char *line = NULL;
+        if (msg) {
+                cJSON_AddStringToObject(msg, "type", "message");
+                cJSON_AddItemToObject(msg, "data", cJSON_Duplicate(data, true));
+                line = cJSON_PrintUnformatted(msg);
+                cJSON_Delete(msg);
+        }
+        if (!line) {
+                control_reply_error(c, "out of memory");
+                return;
+        }
+        for_targets(m, c, t, deliver, line, "deliver to");
+        free(line);
+}
+
+static const struct {
+        const char *name;
+        void (*fn)(Manager *m, ControlConn *c, const cJSON *req);
+} commands[] = {
+        { "status", cmd_status }, { "reload", cmd_reload }, { "restart", cmd_restart },
+        { "scale", cmd_scale },   { "signal", cmd_signal }, { "send", cmd_send },
+};
+
+void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
+        Manager *m = userdata;
+        const char *name = cJSON_GetObjectItemCaseSensitive(req, "command")->valuestring;
+        for (size_t i = 0; i < ELEMENTSOF(commands); i++)
+                if (streq_ptr(name, commands[i].name)) {
+                        commands[i].fn(m, c, req);
+                        return;
+                }
+        control_reply_error(c, "unknown command \"%.64s\" (known: status, reload, restart, scale, signal, send)", name);
+}

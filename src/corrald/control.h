@@ -1,0 +1,61 @@
+/* control: the control socket's transport (docs/internals/control-protocol.md).
+ *
+ * Owns the listening AF_UNIX socket and one ControlConn per client: peer
+ * credential check, newline framing with a size limit, bounded write
+ * queues. Requests are parsed to cJSON and handed to the manager's
+ * dispatcher one at a time per connection; the dispatcher answers with
+ * control_reply_*(), possibly later (a rollout), holding a reference. */
+#pragma once
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <uv.h>
+
+#include "macros.h"
+
+#define CONTROL_LINE_MAX (64 * 1024)
+
+typedef struct ControlConn ControlConn;
+typedef struct ControlServer ControlServer;
+
+/* Handle one request. The handler must eventually send exactly one result
+ * (control_reply_ok/control_reply_error) on c; it may keep a reference
+ * (control_conn_ref) to answer later. It does not own req. */
+typedef void (*ControlHandler)(void *userdata, ControlConn *c, const cJSON *req);
+
+struct ControlServer {
+        uv_pipe_t pipe;
+        bool active;
+        char *path;
+        ControlHandler handler;
+        void *userdata;
+        unsigned n_conns;
+        ControlConn *conns;
+};
+
+/* Work out the socket path of SPEC §7 for instance `name`: explicit
+ * (config/--control) wins, then $RUNTIME_DIRECTORY, /run/corral (root) or
+ * $XDG_RUNTIME_DIR/corral. Returns a malloc'd path, or NULL when there is
+ * nowhere to put it (non-root without XDG_RUNTIME_DIR). */
+char *control_socket_path(const char *explicit_path, const char *name);
+
+/* Create the directory if needed, refuse a path where another instance
+ * answers, remove a stale socket, bind with mode 0600 and listen.
+ * Returns 0 or -errno; logs what failed. */
+int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, ControlHandler handler,
+                         void *userdata);
+/* Close the listener and every connection; unlink the socket file. */
+void control_server_stop(ControlServer *s);
+
+ControlConn *control_conn_ref(ControlConn *c);
+ControlConn *control_conn_unref(ControlConn *c);
+/* Whether the client is still connected (replies to a gone client are dropped). */
+bool control_conn_alive(const ControlConn *c);
+
+/* Send {"type":"progress","message":...}. */
+_printf_(2, 3) void control_reply_progress(ControlConn *c, const char *fmt, ...);
+/* Send {"type":"result","ok":false,"error":...} and end the request. */
+_printf_(2, 3) void control_reply_error(ControlConn *c, const char *fmt, ...);
+/* Send {"type":"result","ok":true, ...fields} and end the request. Takes
+ * ownership of fields (may be NULL). */
+void control_reply_ok(ControlConn *c, cJSON *fields);
