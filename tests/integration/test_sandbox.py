@@ -30,7 +30,10 @@ fds = daemon.listen_fds()
 assert fds == [3], fds
 srv = HTTPServer(("127.0.0.1", 8080), H, bind_and_activate=False)
 srv.socket = socket.socket(fileno=fds[0])
-print("app: serving on inherited fd %d, tmp=%s" % (fds[0], os.listdir("/tmp")), flush=True)
+# Trees bound back in by the sandbox (a checkout under /tmp) do not count.
+binds = os.environ.get("SANDBOX_BOUND", "").split()
+tmp = [d for d in os.listdir("/tmp") if "/tmp/" + d not in binds]
+print("app: serving on inherited fd %d, tmp=%s" % (fds[0], tmp), flush=True)
 daemon.notify("READY=1")
 srv.serve_forever()
 '''

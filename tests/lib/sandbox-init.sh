@@ -84,7 +84,7 @@ ln -s /proc/self/fd/2 /dev/stderr
 # /dev/console: systemd and services may write to it; make it our console
 # log file (the same file stdout/stderr go to).
 touch /dev/console
-mount --bind "/proc/self/fd/$console_fd" /dev/console
+mount --no-canonicalize --bind "/proc/self/fd/$console_fd" /dev/console
 mount -o remount,bind,rw,nosuid,noexec /dev/console
 exec {console_fd}>&-
 
@@ -116,7 +116,9 @@ for i in "${!bind_fds[@]}"; do
         mkdir -p "$(dirname "$dst")"
         [ -e "$dst" ] || touch "$dst"
     fi
-    mount --bind "/proc/self/fd/$fd" "$dst"
+    # --no-canonicalize: mount(8) would otherwise resolve the magic link to
+    # its path string, which under /tmp or /run now names the new tmpfs.
+    mount --no-canonicalize --bind "/proc/self/fd/$fd" "$dst"
     # The clone inherits the read-only flag of the root mount; set it.
     mount -o "remount,bind,${bind_modes[$i]}" "$dst"
     exec {fd}<&-

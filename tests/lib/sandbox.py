@@ -329,6 +329,22 @@ class Sandbox:
         self.units = dict(units or {})
         self.files = dict(files or {})
         self.binds = dict(binds or {})
+        # The sandbox gets fresh tmpfs on /tmp and /run: a checkout or build
+        # tree living there (a CI clone, say) must be bound in to be seen.
+        # Services with PrivateTmp= (DynamicUser= implies it) get yet another
+        # /tmp, so they get a drop-in binding the same trees back.
+        seen = []
+        for p in (os.path.dirname(os.path.dirname(HERE)), os.environ.get("CORRAL_BUILD_DIR")):
+            p = os.path.realpath(p) if p else None
+            if p and os.path.isdir(p) and p.startswith(("/tmp/", "/run/")) and \
+                    not any(p == b or p.startswith(b.rstrip("/") + "/") for b in list(self.binds) + seen):
+                self.binds[p] = (p, "ro")
+                seen.append(p)
+        if seen:
+            for unit in [u for u in self.units if u.endswith(".service") and "/" not in u]:
+                self.units[unit + ".d/zz-sandbox-binds.conf"] = \
+                    "[Service]\nBindReadOnlyPaths=%s\nEnvironment=SANDBOX_BOUND=\"%s\"\n" % (
+                        " ".join(seen), " ".join(seen))
         self.wants = tuple(wants)
         self.timeout = timeout
         self.log_level = log_level
