@@ -3,7 +3,9 @@
  * One entry point, log_emit(), takes a priority, optional structured fields
  * and a message. In journal mode the fields become CORRAL_* journal fields;
  * in stderr mode the message is written as one readable line. Never fails
- * visibly; a message that cannot be written is dropped. */
+ * visibly; a message that cannot be written is dropped. Never blocks on the
+ * journal: what journald cannot take now waits in a bounded queue, drained
+ * from the default loop (log.c). Stderr writes block like any program's. */
 #pragma once
 
 #include <stdbool.h>

@@ -18,6 +18,7 @@
 #include "ipc.h"
 #include "listener.h"
 #include "notify-server.h"
+#include "output.h"
 #include "policy.h"
 
 typedef struct Manager Manager;
@@ -56,6 +57,7 @@ struct Worker {
         char status[NOTIFY_STATUS_MAX];
         uv_timer_t timer;          /* the deadline of the current state */
         Ipc ipc;
+        Output output;             /* its stdout/stderr pipe, in stderr log mode only */
         char who[32];              /* "worker 2 (pid 1234)" */
         unsigned n_handles;        /* open libuv handles; freed at 0 */
         Worker *prev, *next;

@@ -93,11 +93,18 @@ static void on_ipc_closed(Ipc *ipc) {
                 worker_unlink_and_free(w);
 }
 
+static void on_output_closed(Output *o) {
+        Worker *w = o->userdata;
+        if (--w->n_handles == 0)
+                worker_unlink_and_free(w);
+}
+
 /* Close the worker's handles; it is freed when the last close completes. */
 static void worker_release(Worker *w) {
         uv_timer_stop(&w->timer);
         uv_close((uv_handle_t *) &w->timer, on_handle_closed);
         ipc_close(&w->ipc);
+        output_close(&w->output);
 }
 
 static void on_ipc_line(Ipc *ipc, const char *json) {
@@ -184,6 +191,7 @@ static Worker *worker_spawn(Slot *s) {
         Config *c = m->config;
         int fds[m->listeners.n + 1];
         int pair[2];
+        int out_r = -EBADF, out_w = -EBADF;
         const char *stage;
 
         for (unsigned i = 0; i < m->listeners.n; i++)
@@ -193,6 +201,9 @@ static Worker *worker_spawn(Slot *s) {
                 log_error("slot %u: cannot create IPC socket pair: %m", s->id);
                 return NULL;
         }
+        /* Worker output (SPEC §8): journald streams the child opens itself,
+         * or in stderr mode a pipe we read; without one, it inherits ours. */
+        bool piped = log_get_target() == LOG_TARGET_STDERR && output_pipe(&out_r, &out_w) >= 0;
 
         SpawnParams p = {
                 .argv = c->exec,
@@ -207,15 +218,21 @@ static Worker *worker_spawn(Slot *s) {
                 .worker_id = s->id,
                 .generation = m->generation,
                 .watchdog_usec = c->watchdog_ms * USEC_PER_MSEC,
+                .output = piped ? SPAWN_OUTPUT_FD
+                          : log_get_target() == LOG_TARGET_JOURNAL ? SPAWN_OUTPUT_JOURNAL : SPAWN_OUTPUT_INHERIT,
+                .syslog_identifier = c->name,
+                .output_fd = out_w,
         };
         pid_t pid = spawn_worker(&p, &stage);
         safe_close(pair[1]);
+        safe_close(out_w);
         if (pid < 0) {
                 LogFields f = { .event = "spawn", .worker_id = (int) s->id, .generation = m->generation,
                                 .exit_status = -1 };
                 errno = (int) -pid;
                 log_emit(LOG_ERR, &f, "slot %u: cannot start %s: %s failed: %m", s->id, c->exec[0], stage);
                 safe_close(pair[0]);
+                safe_close(out_r);
                 return NULL;
         }
 
@@ -224,6 +241,7 @@ static Worker *worker_spawn(Slot *s) {
                 /* Cannot track it: make sure it does not outlive us untracked. */
                 (void) kill(pid, SIGKILL);
                 safe_close(pair[0]);
+                safe_close(out_r);
                 log_error("slot %u: out of memory", s->id);
                 return NULL;
         }
@@ -252,6 +270,13 @@ static Worker *worker_spawn(Slot *s) {
                 w->n_handles++;
         else
                 log_warning("%s: cannot watch its IPC channel", w->who);
+        w->output = (Output) { .on_close = on_output_closed, .userdata = w };
+        if (piped) {
+                if (output_start(&w->output, m->loop, out_r, c->name, s->id) >= 0)
+                        w->n_handles++;
+                else
+                        log_warning("%s: cannot read its output", w->who);
+        }
 
         LogFields f = worker_fields(w, "spawn");
         log_emit(LOG_INFO, &f, "%s started, generation %u", w->who, w->generation);

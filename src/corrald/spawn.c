@@ -5,7 +5,10 @@
  * runs in the child; the child resets every disposition and its mask before
  * exec; exec failure travels back over a CLOEXEC pipe and the child leaves
  * with _exit(127). We fork ourselves rather than use uv_spawn() because
- * LISTEN_PID must be the child's own pid, which only the child knows. */
+ * LISTEN_PID must be the child's own pid, which only the child knows —
+ * and, for the same reason, a journald stream must be connected by the
+ * child: journald takes _PID from the stream's SO_PEERCRED, fixed at
+ * connect(2) time (sd_journal_stream_fd(3)). */
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <signal.h>
@@ -13,6 +16,8 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
+#include <syslog.h>
+#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include "fd-util.h"
@@ -112,6 +117,28 @@ _noreturn_ static void child_fail(int pipe_fd, const char *stage, int err) {
         _exit(127);
 }
 
+/* Child side, after every fd is in place: connect stdout and stderr to
+ * journald streams of their own. Stdout lines default to info, stderr lines
+ * to warning, and both honour the "<N>" prefix of sd-daemon(3) (level_prefix
+ * = 1), which is why there are two streams rather than one shared. A stream
+ * that cannot be opened (no journald) leaves that fd as corrald's own. The
+ * stream socket is SOCK_CLOEXEC; only its dup on 1 or 2 survives exec.
+ * socket(2) returns the lowest free fd, so this cannot clobber fds 3.. that
+ * are already in place. */
+static void child_journal_streams(const SpawnParams *p) {
+        static const struct { int fd, prio; } streams[] = {
+                { STDOUT_FILENO, LOG_INFO },
+                { STDERR_FILENO, LOG_WARNING },
+        };
+        for (size_t i = 0; i < ELEMENTSOF(streams); i++) {
+                int s = sd_journal_stream_fd(p->syslog_identifier, streams[i].prio, 1);
+                if (s < 0)
+                        continue;
+                if (fd_move_to(s, streams[i].fd) >= 0 && s != streams[i].fd)
+                        (void) close(s);
+        }
+}
+
 _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid, char *watchdog_pid,
                              int devnull, int err_pipe, pid_t parent) {
         struct sigaction sa = { .sa_handler = SIG_DFL };
@@ -119,6 +146,7 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
         unsigned n_fds = p->n_listen + 1;   /* listeners, then the IPC socket */
         int high = 3 + (int) n_fds;
         int moved[n_fds];
+        int output = -EBADF;
 
         /* Our own process group, so a signal aimed at a worker group never
          * hits the master; and die with the master (PR_SET_PDEATHSIG). */
@@ -141,6 +169,11 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
                 if (moved[i] < 0)
                         child_fail(err_pipe, "setup", errno);
         }
+        if (p->output == SPAWN_OUTPUT_FD) {
+                output = fcntl(p->output_fd, F_DUPFD_CLOEXEC, high);
+                if (output < 0)
+                        child_fail(err_pipe, "setup", errno);
+        }
         if (err_pipe < high) {
                 int e = fcntl(err_pipe, F_DUPFD_CLOEXEC, high);
                 if (e < 0)
@@ -152,6 +185,10 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
         for (unsigned i = 0; i < n_fds; i++)
                 if (fd_move_to(moved[i], 3 + (int) i) < 0)
                         child_fail(err_pipe, "setup", errno);
+        if (output >= 0 && (fd_move_to(output, STDOUT_FILENO) < 0 || fd_move_to(output, STDERR_FILENO) < 0))
+                child_fail(err_pipe, "setup", errno);
+        if (p->output == SPAWN_OUTPUT_JOURNAL)
+                child_journal_streams(p);
 
         /* Anything above our set that is not CLOEXEC came from whoever
          * started corrald; mark it CLOEXEC so the worker sees exactly 0-2,

@@ -3,11 +3,22 @@
  * Everything the child needs is prepared in the parent before fork(); the
  * child only moves fds into place, resets signals and execs, using
  * async-signal-safe calls. An exec (or chdir) failure is reported back over
- * a CLOEXEC pipe, so spawn_worker() knows whether the program started. */
+ * a CLOEXEC pipe, so spawn_worker() knows whether the program started.
+ *
+ * The worker's stdout and stderr (SPEC §8) are set up in the child too: in
+ * journal mode it connects its own journald streams, so that journald
+ * records the worker's pid, not ours; in stderr mode they become the write
+ * end of a pipe the master reads (output.c). */
 #pragma once
 
 #include <stdint.h>
 #include <sys/types.h>
+
+typedef enum SpawnOutput {
+        SPAWN_OUTPUT_INHERIT,        /* stdout and stderr are corrald's own */
+        SPAWN_OUTPUT_JOURNAL,        /* a journald stream each, opened in the child */
+        SPAWN_OUTPUT_FD,             /* output_fd becomes stdout and stderr */
+} SpawnOutput;
 
 typedef struct SpawnParams {
         char * const *argv;
@@ -22,9 +33,15 @@ typedef struct SpawnParams {
         unsigned worker_id;
         unsigned generation;
         uint64_t watchdog_usec;      /* 0: no WATCHDOG_USEC */
+        SpawnOutput output;
+        const char *syslog_identifier; /* SPAWN_OUTPUT_JOURNAL: SYSLOG_IDENTIFIER of its lines */
+        int output_fd;               /* SPAWN_OUTPUT_FD: the pipe's write end */
 } SpawnParams;
 
 /* Start a worker. Returns its pid (> 0), or a negative errno; on failure
  * *ret_stage names what failed ("fork", "exec", "chdir", "setup") and any
- * child process has already been reaped. Does not log. */
+ * child process has already been reaped. Does not log. With
+ * SPAWN_OUTPUT_JOURNAL, a stream that cannot be opened (no journald) is not
+ * a failure: that fd stays corrald's own, as with SPAWN_OUTPUT_INHERIT.
+ * output_fd is not closed; the caller closes its copy after the call. */
 pid_t spawn_worker(const SpawnParams *p, const char **ret_stage);

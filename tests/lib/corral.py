@@ -12,7 +12,6 @@ import struct
 import subprocess
 import tempfile
 import threading
-import time
 
 from tap import wait_for
 
@@ -34,6 +33,12 @@ def shipped_unit(name):
         text = f.read()
     return (text.replace("/usr/bin/corralctl", CORRALCTL).replace("/usr/bin/corrald", CORRALD)
             .replace("/usr/libexec/corral/corral-hello", HELLO))
+
+
+def workers_of(sb, unit):
+    """The worker pids of a corral unit in a Sandbox: its cgroup less corrald."""
+    main_pid = sb.main_pid(unit)
+    return [p for p in sb.cgroup_pids(unit) if p != main_pid]
 
 
 def free_port():
