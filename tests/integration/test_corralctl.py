@@ -23,7 +23,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
+from tap import case, main, wait_for, eq, Skip  # noqa: E402
 from corral import BUILD, Corrald, NotifySocket, HELLO, free_port, pid_alive  # noqa: E402
 
 CORRALCTL = os.environ.get("CORRALCTL", os.path.join(BUILD, "src/corralctl/corralctl"))

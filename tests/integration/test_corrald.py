@@ -367,18 +367,16 @@ def node_worker_on_inherited_fd():
     port = free_port()
     js = ("require('http').createServer((q,s)=>s.end('node '+process.pid+'\\n'))"
           ".listen({fd:3},()=>{})")
-    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], ["node", "-e", js],
-               )
+    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], ["node", "-e", js])
     try:
-        # Node has no sd_notify; this also exercises ready.mode=spawn via config-less start.
-        raise_if = None
+        # Node has no sd_notify: the worker never says READY=1, so wait for
+        # it to answer instead.
         c.wait_line(r"worker 1 \(pid \d+\) started")
         status, _, body = wait_for(lambda: _try_get(port), 20, "node answering")
         eq(status, 200, "node status")
         assert body.startswith(b"node "), body
         pid = int(body.split()[1])
         assert pid in c.workers(), "answered by a worker"
-        del raise_if
     finally:
         finish(c, n)
 

@@ -81,7 +81,6 @@ def main():
         fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
         info = {"env": dict(os.environ), "pid": os.getpid(), "fds": {}, "pgid": os.getpgid(0),
                 "sigmask": open("/proc/self/status").read()}
-        listdir_fd = max(fds)   # the fd os.listdir itself used is gone by now
         for fd in fds:
             try:
                 info["fds"][fd] = os.readlink("/proc/self/fd/%d" % fd)
