@@ -168,7 +168,7 @@ int main(int argc, char *argv[]) {
         Manager m;
         r = manager_start(&m, loop, config, &o);
         if (r < 0) {
-                manager_stop(&m, 1);
+                manager_close(&m);
                 uv_run(loop, UV_RUN_DEFAULT);
                 manager_done(&m);
                 return 1;

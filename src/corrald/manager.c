@@ -32,7 +32,6 @@ static unsigned count_ready(const Manager *m) {
         return n;
 }
 
-static void shutdown_handles(Manager *m);
 
 void manager_update(Manager *m) {
         char status[sizeof(m->status)], rolling[64];
@@ -62,7 +61,7 @@ void manager_update(Manager *m) {
         }
 
         if (m->stopping && m->n_workers == 0)
-                shutdown_handles(m);
+                manager_close(m);
 }
 
 bool manager_record_failure(Manager *m, const Worker *w, const char *what) {
@@ -262,18 +261,12 @@ static void on_notify(void *userdata, pid_t pid, const NotifyMsg *msg) {
 
 /* ---- start and end ------------------------------------------------------ */
 
-static void start_signal(Manager *m, uv_signal_t *h, uv_signal_cb cb, int sig) {
-        uv_signal_init(m->loop, h);
-        h->data = m;
-        uv_signal_start(h, cb, sig);
-}
-
 static void close_handle(uv_handle_t *h) {
         if (!uv_is_closing(h))
                 uv_close(h, NULL);
 }
 
-static void shutdown_handles(Manager *m) {
+void manager_close(Manager *m) {
         close_handle((uv_handle_t *) &m->sig_term);
         close_handle((uv_handle_t *) &m->sig_int);
         close_handle((uv_handle_t *) &m->sig_hup);
@@ -294,7 +287,18 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         int r;
 
         *m = (Manager) { .loop = loop, .config = config_ref(config), .overrides = o, .generation = 1,
-                         .start_usec = now_usec() };
+                         .start_usec = now_usec(), .notify.fd = -EBADF };
+
+        /* Every handle exists from here on, so manager_close() is safe
+         * whatever fails below. */
+        uv_signal_t *signals[] = { &m->sig_chld, &m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_ttin, &m->sig_ttou };
+        for (size_t i = 0; i < ELEMENTSOF(signals); i++) {
+                uv_signal_init(loop, signals[i]);
+                signals[i]->data = m;
+        }
+        uv_timer_init(loop, &m->watchdog);
+        uv_timer_init(loop, &m->recycle);
+        m->recycle.data = m;
 
         r = failure_window_init(&m->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
         if (r < 0)
@@ -322,22 +326,19 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         else if ((r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
                 return r;
 
-        start_signal(m, &m->sig_chld, on_sigchld, SIGCHLD);
-        start_signal(m, &m->sig_term, on_sigterm, SIGTERM);
-        start_signal(m, &m->sig_int, on_sigterm, SIGINT);
-        start_signal(m, &m->sig_hup, on_sighup, SIGHUP);
-        start_signal(m, &m->sig_ttin, on_sigttin, SIGTTIN);
-        start_signal(m, &m->sig_ttou, on_sigttin, SIGTTOU);
+        uv_signal_start(&m->sig_chld, on_sigchld, SIGCHLD);
+        uv_signal_start(&m->sig_term, on_sigterm, SIGTERM);
+        uv_signal_start(&m->sig_int, on_sigterm, SIGINT);
+        uv_signal_start(&m->sig_hup, on_sighup, SIGHUP);
+        uv_signal_start(&m->sig_ttin, on_sigttin, SIGTTIN);
+        uv_signal_start(&m->sig_ttou, on_sigttin, SIGTTOU);
 
-        uv_timer_init(loop, &m->watchdog);
         if (sd_watchdog_enabled(0, &m->watchdog_usec) > 0 && m->watchdog_usec > 0) {
                 uint64_t ms = MAX(m->watchdog_usec / 2 / USEC_PER_MSEC, 1);
                 log_info("systemd watchdog enabled: pinging every %llu ms", (unsigned long long) ms);
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
 
-        uv_timer_init(loop, &m->recycle);
-        m->recycle.data = m;
         manager_arm_recycle(m);
 
         log_info("starting %u workers: %s", config_worker_count(config), config->exec[0]);

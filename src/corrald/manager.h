@@ -114,6 +114,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
  * every handle is closed. exit_code is what main() should return. */
 void manager_stop(Manager *m, int exit_code);
 
+/* Close every handle of the manager (idempotent); uv_run() then returns
+ * once the closes complete. Used when the last worker is gone, and by
+ * main() when manager_start() failed. */
+void manager_close(Manager *m);
+
 /* Release what manager_start() acquired, after uv_run() returned. */
 void manager_done(Manager *m);
 

@@ -140,6 +140,50 @@ def socket_activated_hello_answers_the_waking_connection():
 
 
 @case
+def inherited_socket_that_is_not_listening_is_refused():
+    n = NotifySocket()
+    port = free_port()
+    c = Corrald(["-w", "1"], [HELLO], notify=n, activate={"listen": ["127.0.0.1:%d" % port], "datagram": True})
+    try:
+        wait_for(lambda: "Listening on" in c.output(), 10, "socket-activate listening")
+        # A datagram wakes systemd-socket-activate, which execs corrald.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.sendto(b"x", ("127.0.0.1", port))
+        s.close()
+        eq(c.wait_exit(20), 1, "corrald exit status")
+        c.wait_line(r"inherited fd 3 \(unknown\) is not a listening socket; use ListenStream= with Accept=no")
+        eq(c.count("started"), 0, "no worker was started")
+    finally:
+        c.kill()
+        n.close()
+
+
+@case
+def second_reload_while_one_runs_is_refused():
+    import subprocess
+    from corral import CORRALCTL
+    path = config("twice", workers=1, exec=TWORKER + ["no-watchdog"])
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        # The next generation takes a while to become ready.
+        with open(path, "w") as f:
+            json.dump({"workers": 1, "exec": ["/bin/sh", "-c", "sleep 1; exec \"$0\" \"$@\"", *TWORKER,
+                                              "no-watchdog"]}, f)
+        first = subprocess.Popen([CORRALCTL, "-s", c.control, "reload"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+        c.wait_line(r"reload: started 1/1")
+        r = subprocess.run([CORRALCTL, "-s", c.control, "reload"], capture_output=True, text=True, timeout=20)
+        eq(r.returncode, 1, "second reload exit status")
+        assert "another reload or restart is in progress" in r.stderr, r.stderr
+        out, err = first.communicate(timeout=30)
+        eq(first.returncode, 0, "first reload exit status (%s)" % err)
+        c.wait_line(r"reload done: generation 2")
+    finally:
+        finish(c, n)
+
+
+@case
 def kill9_worker_is_replaced_in_same_slot():
     port = free_port()
     c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO])
@@ -446,6 +490,12 @@ def bad_config_and_check_config():
     r = subprocess.run([CORRALD, "--log", "stderr"], capture_output=True, text=True, timeout=10)
     eq(r.returncode, 1, "no command")
     assert "no worker command" in r.stderr, r.stderr
+    # cJSON caps nesting (1000): a hostile file is a syntax error, not a crash.
+    with open(bad, "w") as f:
+        f.write('{"exec": ["x"], "env": ' + "[" * 5000 + "]" * 5000 + "}")
+    r = subprocess.run([CORRALD, "--check-config", bad], capture_output=True, text=True)
+    eq(r.returncode, 1, "deeply nested config")
+    assert "JSON syntax error" in r.stderr, r.stderr
     rr = config("rr", exec=["x"], balance="round-robin")
     r = subprocess.run([CORRALD, "--check-config", rr], capture_output=True, text=True)
     eq(r.returncode, 1, "round-robin is refused until it is implemented")

@@ -192,6 +192,8 @@ class Corrald:
             pre = ["systemd-socket-activate"]
             for a in activate["listen"]:
                 pre += ["-l", a]
+            if activate.get("datagram"):
+                pre += ["--datagram"]
             if activate.get("fdnames"):
                 pre += ["--fdname=" + ":".join(activate["fdnames"])]
             for k in ("NOTIFY_SOCKET", "PATH", "CORRAL_TEST_DIR", "CORRAL_DEBUG") + tuple((env or {}).keys()):
