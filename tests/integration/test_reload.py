@@ -244,6 +244,24 @@ def worker_count_follows_config_on_reload(sb):
 
 
 @case
+def corralctl_logs_follow_a_slot_across_restarts(sb):
+    s = wait_ready(sb, 2)
+    sb.systemctl("reload", UNIT)
+    wait_ready(sb, 2, s["generation"] + 1)
+    spawns = sb.journal(unit=UNIT, matches=["CORRAL_EVENT=spawn", "CORRAL_WORKER_ID=0"])
+    pids = {e["CORRAL_WORKER_PID"] for e in spawns}
+    assert len(pids) >= 2, "slot 0 had several workers: %r" % pids
+    r = sb.run([CORRALCTL, "-i", "rl", "--json", "logs", "-w", "0", "-n", "all"])
+    entries = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    got = {e.get("_PID") for e in entries} | {e.get("CORRAL_WORKER_PID") for e in entries}
+    assert pids <= got, "slot 0's workers %r not all in corralctl logs -w 0 (%r)" % (pids, got)
+    others = [e for e in entries if e.get("CORRAL_WORKER_ID") not in (None, "0")]
+    eq(others, [], "entries of other slots")
+    r = sb.run([CORRALCTL, "-i", "rl", "logs", "-n", "5"])
+    assert r.stdout.strip(), "corralctl logs shows the instance's journal"
+
+
+@case
 def corralctl_errors_and_bad_requests(sb):
     r = sb.run([CORRALCTL, "-i", "nosuch", "status"], check=False)
     eq(r.returncode, 3, "missing instance exit status")
