@@ -104,7 +104,9 @@ static int parse_target(Manager *m, ControlConn *c, const cJSON *req) {
         const cJSON *t = cJSON_GetObjectItemCaseSensitive(req, "target");
         if (cJSON_IsString(t) && streq_ptr(t->valuestring, "all"))
                 return -1;
-        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble == (double) (unsigned) t->valuedouble) {
+        /* Range before the cast: converting an out-of-range double is undefined. */
+        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 4096 &&
+            t->valuedouble == (double) (unsigned) t->valuedouble) {
                 if ((unsigned) t->valuedouble >= m->n_slots) {
                         control_reply_error(c, "no worker %u: slots are 0-%u", (unsigned) t->valuedouble,
                                             m->n_slots - 1);
@@ -143,7 +145,7 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
                 control_reply_error(c, "scale needs a number in \"workers\" (absolute) or \"delta\" (relative)");
                 return;
         }
-        if (target != (double) (long) target || target < 1 || target > 4096) {
+        if (!(target >= 1 && target <= 4096) || target != (double) (long) target) {
                 control_reply_error(c, "cannot scale to %g workers: the count must be between 1 and 4096", target);
                 return;
         }

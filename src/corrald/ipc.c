@@ -93,9 +93,15 @@ int ipc_send_line(Ipc *ipc, const char *line) {
         ssize_t w = sendmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (w == -1)
                 return -errno;
-        /* A short write would split a line; callers keep messages far below
-         * the socket buffer, so report it rather than queueing. */
-        return (size_t) w == n + 1 ? 0 : -EAGAIN;
+        if ((size_t) w != n + 1) {
+                /* Half a line is in the stream now and the next message
+                 * would be glued onto it: a worker that does not read its
+                 * channel loses it rather than getting corrupt messages. */
+                log_warning("%s does not read its IPC channel; closing it", ipc->who);
+                ipc_close(ipc);
+                return -EAGAIN;
+        }
+        return 0;
 }
 
 static void on_closed(uv_handle_t *h) {

@@ -88,25 +88,30 @@ bool manager_record_failure(Manager *m, const Worker *w, const char *what) {
         return true;
 }
 
+unsigned manager_grow_slots(Manager *m, unsigned n) {
+        unsigned i = m->n_slots;
+        if (n <= i)
+                return i;
+        Slot **l = realloc(m->slots, n * sizeof(Slot *));
+        if (!l) {
+                log_error("cannot grow to %u workers: out of memory", n);
+                return i;
+        }
+        m->slots = l;
+        for (; i < n; i++)
+                if (!(m->slots[i] = slot_new(m, i)))
+                        break;
+        m->n_slots = i;
+        return i;
+}
+
 void manager_scale(Manager *m, unsigned n) {
         unsigned old = m->n_slots;
         if (n < 1 || n == old || m->stopping)
                 return;
 
-        if (n > old) {
-                Slot **l = realloc(m->slots, n * sizeof(Slot *));
-                if (!l) {
-                        log_error("cannot scale to %u workers: out of memory", n);
-                        return;
-                }
-                m->slots = l;
-                for (unsigned i = old; i < n; i++) {
-                        if (!(m->slots[i] = slot_new(m, i))) {
-                                n = i;
-                                break;
-                        }
-                }
-        }
+        if (n > old)
+                n = manager_grow_slots(m, n);
         if (old > 0) {
                 LogFields f = LOG_FIELDS_NONE;
                 f.event = "scale";
@@ -116,9 +121,8 @@ void manager_scale(Manager *m, unsigned n) {
 
         for (unsigned i = n; i < old; i++)
                 slot_free(m->slots[i]);
-        unsigned first_new = m->n_slots;
         m->n_slots = n;
-        for (unsigned i = first_new; i < n; i++)
+        for (unsigned i = old; i < n; i++)
                 slot_spawn(m->slots[i]);
         manager_update(m);
 }
@@ -180,7 +184,13 @@ static void on_sighup(uv_signal_t *h, int signum) {
 /* SIGTTIN adds a worker, SIGTTOU removes one (never the last). */
 static void on_sigttin(uv_signal_t *h, int signum) {
         Manager *m = h->data;
-        if (signum == SIGTTIN)
+        if (m->rollout) {
+                log_warning("%s ignored: a reload or restart is in progress", signal_to_string(signum));
+                return;
+        }
+        if (signum == SIGTTIN && m->n_slots >= 4096)
+                log_warning("SIGTTIN ignored: already at the maximum of 4096 workers");
+        else if (signum == SIGTTIN)
                 manager_scale(m, m->n_slots + 1);
         else if (m->n_slots > 1)
                 manager_scale(m, m->n_slots - 1);

@@ -134,6 +134,10 @@ bool manager_record_failure(Manager *m, const Worker *w, const char *what);
  * recycle.max_rss_mb. */
 void manager_arm_recycle(Manager *m);
 
+/* Add empty slots up to n (nothing is spawned in them). Returns the new
+ * slot count, smaller than n only when out of memory (logged). */
+unsigned manager_grow_slots(Manager *m, unsigned n);
+
 /* Change the number of slots (>= 1). */
 void manager_scale(Manager *m, unsigned n);
 

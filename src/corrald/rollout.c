@@ -22,6 +22,7 @@ struct Rollout {
         unsigned n_queue, next;
         unsigned in_flight;        /* replacements started, not yet ready */
         unsigned replaced;
+        unsigned old_workers;      /* the worker count before the rollout */
         unsigned target_workers;   /* reload: the new worker count */
         ControlConn *client;
         uint64_t start_usec;
@@ -112,17 +113,29 @@ _printf_(2, 3) static void fail(Rollout *r, const char *fmt, ...) {
         va_end(ap);
 
         m->rollout = NULL;
+        for (unsigned i = 0; i < m->n_slots; i++)
+                if (m->slots[i]->incoming)
+                        worker_stop(m->slots[i]->incoming);
         if (r->kind == ROLLOUT_RELOAD) {
                 /* New workers already promoted keep their generation; new
-                 * spawns (respawns included) use the old configuration. */
+                 * spawns (respawns included) use the old configuration,
+                 * restart policy and worker count. */
                 config_unref(m->config);
                 m->config = TAKE_PTR(r->old_config);
                 m->generation = r->old_generation;
+                FailureWindow fw;
+                if (failure_window_init(&fw, m->config->restart_limit,
+                                        m->config->restart_window_ms * USEC_PER_MSEC) >= 0) {
+                        failure_window_done(&m->failures);
+                        m->failures = fw;
+                }
+                if (m->n_slots > r->old_workers)
+                        manager_scale(m, r->old_workers);
         }
+        /* Slots the rollout took over (their backoff was cancelled) or
+         * whose worker died meanwhile get one again. */
         for (unsigned i = 0; i < m->n_slots; i++) {
                 Slot *s = m->slots[i];
-                if (s->incoming)
-                        worker_stop(s->incoming);
                 if (!s->current && !s->backoff_armed && !m->stopping)
                         slot_spawn(s);
         }
@@ -148,15 +161,14 @@ static void step(Rollout *r) {
         while (r->in_flight < m->config->reload_max_surge && r->next < r->n_queue) {
                 unsigned id = r->queue[r->next++];
                 Slot *s = id < m->n_slots ? m->slots[id] : NULL;
-                if (!s || !s->current) {
-                        /* Crashed meanwhile: its respawn uses the new
-                         * configuration anyway. */
+                if (!s) {
                         r->replaced++;
                         continue;
                 }
-                /* A recycle replacement of the old generation yields. */
-                if (s->incoming)
-                        worker_stop(s->incoming);
+                /* A slot without a worker (it crashed, or is a new one)
+                 * gets its first worker the same way: as a replacement
+                 * that must become ready, whose failure fails the rollout
+                 * rather than counting towards giving up. */
                 Worker *w = slot_spawn_incoming(s);
                 if (!w) {
                         fail(r, "cannot start a new worker for slot %u", id);
@@ -188,6 +200,7 @@ void rollout_on_ready(Manager *m, Worker *w) {
 }
 
 void rollout_on_incoming_failed(Manager *m, Worker *w, const char *how) {
+        pid_t pid = w->pid > 0 ? w->pid : -w->pid;
         Rollout *r = m->rollout;
         if (!r) {
                 /* A recycle replacement: the old worker stays; a worker that
@@ -196,7 +209,7 @@ void rollout_on_incoming_failed(Manager *m, Worker *w, const char *how) {
                 return;
         }
         r->in_flight--;
-        fail(r, "the new worker for slot %u (pid %d) %s%s%s", w->id, -w->pid, how, w->failure ? " after it " : "",
+        fail(r, "the new worker for slot %u (pid %d) %s%s%s", w->id, (int) pid, how, w->failure ? " after it " : "",
              w->failure ? w->failure : "");
 }
 
@@ -210,11 +223,13 @@ void rollout_abort(Manager *m, const char *why) {
         rollout_free(r);
 }
 
-static Rollout *rollout_new(Manager *m, RolloutKind kind, ControlConn *client) {
+/* Prepare a rollout over up to `slots` slots. Replacements that are not the
+ * rollout's own (recycle) yield to it; nothing is started yet. */
+static Rollout *rollout_new(Manager *m, RolloutKind kind, unsigned slots, ControlConn *client) {
         Rollout *r = calloc(1, sizeof(Rollout));
         if (!r)
                 return NULL;
-        r->queue = calloc(m->n_slots + 1, sizeof(unsigned));
+        r->queue = calloc(MAX(slots, m->n_slots) + 1, sizeof(unsigned));
         if (!r->queue) {
                 free(r);
                 return NULL;
@@ -223,7 +238,22 @@ static Rollout *rollout_new(Manager *m, RolloutKind kind, ControlConn *client) {
         r->kind = kind;
         r->client = client ? control_conn_ref(client) : NULL;
         r->start_usec = now_usec();
+        r->old_workers = m->n_slots;
+        for (unsigned i = 0; i < m->n_slots; i++)
+                if (m->slots[i]->incoming)
+                        worker_stop(m->slots[i]->incoming);
         return r;
+}
+
+/* Queue slot i: the rollout alone gives it its next worker, so a pending
+ * respawn is cancelled and a given-up slot gets another chance. */
+static void enqueue(Rollout *r, unsigned i) {
+        Slot *s = r->manager->slots[i];
+        uv_timer_stop(&s->backoff);
+        s->backoff_armed = false;
+        s->failed = false;
+        s->consecutive_failures = 0;
+        r->queue[r->n_queue++] = i;
 }
 
 static bool refuse_busy(Manager *m, ControlConn *client, const char *what) {
@@ -265,7 +295,8 @@ void rollout_reload(Manager *m, ControlConn *client) {
                                                                c->n_listen * sizeof(ListenAddr)) != 0)))
                 log_warning("reload: listen changes take effect only when corrald restarts");
 
-        Rollout *ro = rollout_new(m, ROLLOUT_RELOAD, client);
+        unsigned target = config_worker_count(c);
+        Rollout *ro = rollout_new(m, ROLLOUT_RELOAD, target, client);
         if (!ro) {
                 if (client)
                         control_reply_error(client, "out of memory");
@@ -276,7 +307,7 @@ void rollout_reload(Manager *m, ControlConn *client) {
         ro->old_generation = m->generation;
         m->config = TAKE_PTR(c);
         m->generation++;
-        ro->target_workers = config_worker_count(m->config);
+        ro->target_workers = target;
 
         /* New restart policy, and a reload is a fresh start after giving up. */
         FailureWindow fw;
@@ -289,24 +320,16 @@ void rollout_reload(Manager *m, ControlConn *client) {
         (void) sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading: generation %u",
                           (unsigned long long) now_usec(), m->generation);
         LogFields f = event(m, "reload_begin");
-        log_emit(LOG_INFO, &f, "reload: generation %u, %u -> %u workers", m->generation, m->n_slots,
-                 ro->target_workers);
+        log_emit(LOG_INFO, &f, "reload: generation %u, %u -> %u workers", m->generation, m->n_slots, target);
 
-        unsigned keep = MIN(m->n_slots, ro->target_workers);
-        for (unsigned i = 0; i < keep; i++) {
-                Slot *s = m->slots[i];
-                s->failed = false;
-                if (s->current)
-                        ro->queue[ro->n_queue++] = i;
-                else {
-                        /* In backoff or failed: start the new generation now. */
-                        s->consecutive_failures = 0;
-                        slot_spawn(s);
-                }
-        }
-        if (ro->target_workers > m->n_slots)
-                manager_scale(m, ro->target_workers);
-        progress(ro, "generation %u: replacing %u workers, at most %u at a time", m->generation, ro->n_queue,
+        /* Slots that stay are replaced; new ones get their first worker
+         * the same way, so a broken release that adds workers fails the
+         * reload instead of crash-looping into a give-up. Surplus slots
+         * go once the rollout is done. */
+        unsigned have = manager_grow_slots(m, target);
+        for (unsigned i = 0; i < MIN(have, target); i++)
+                enqueue(ro, i);
+        progress(ro, "generation %u: starting %u workers, at most %u at a time", m->generation, ro->n_queue,
                  m->config->reload_max_surge);
         step(ro);
 }
@@ -319,24 +342,16 @@ void rollout_restart(Manager *m, int slot, ControlConn *client) {
                         control_reply_error(client, "no slot %d (there are %u workers)", slot, m->n_slots);
                 return;
         }
-        Rollout *r = rollout_new(m, ROLLOUT_RESTART, client);
+        Rollout *r = rollout_new(m, ROLLOUT_RESTART, m->n_slots, client);
         if (!r) {
                 if (client)
                         control_reply_error(client, "out of memory");
                 return;
         }
         m->rollout = r;
-        for (unsigned i = 0; i < m->n_slots; i++) {
-                if (slot >= 0 && i != (unsigned) slot)
-                        continue;
-                Slot *s = m->slots[i];
-                if (s->current)
-                        r->queue[r->n_queue++] = i;
-                else if (!s->backoff_armed) {
-                        s->failed = false;
-                        slot_spawn(s);
-                }
-        }
+        for (unsigned i = 0; i < m->n_slots; i++)
+                if (slot < 0 || i == (unsigned) slot)
+                        enqueue(r, i);
         progress(r, "replacing %u workers, at most %u at a time", r->n_queue, m->config->reload_max_surge);
         step(r);
 }

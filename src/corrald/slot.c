@@ -342,6 +342,15 @@ static void schedule_respawn(Slot *s) {
         uv_timer_start(&s->backoff, on_backoff_done, delay, 0);
 }
 
+/* A slot whose replacement went away: if nothing else will give it a
+ * worker (no current one, no respawn pending, no rollout to refill it),
+ * schedule one through the slot's backoff. */
+static void refill(Slot *s) {
+        Manager *m = s->manager;
+        if (!s->current && !s->incoming && !s->backoff_armed && !s->failed && !m->stopping && !m->rollout)
+                schedule_respawn(s);
+}
+
 void worker_stop(Worker *w) {
         detach(w);
         if (w->stop_sent)
@@ -358,18 +367,32 @@ void worker_stop(Worker *w) {
 }
 
 static void on_stopping_announced(Worker *w) {
+        Manager *m = w->manager;
         Slot *s = w->slot;
+        bool incoming = is_incoming(w), was_ready = w->state == WORKER_READY;
         LogFields f = worker_fields(w, "stop");
 
         if (w->said_stopping || w->stop_sent)
                 return;
         w->said_stopping = true;
-        log_emit(LOG_INFO, &f, "%s announced STOPPING=1; starting its replacement", w->who);
+        log_emit(LOG_INFO, &f, "%s announced STOPPING=1; %s", w->who,
+                 incoming ? "it was a replacement that never became ready" : "starting its replacement");
         detach(w);
         enter_stopping(w);
-        if (s)
+        if (incoming) {
+                /* A replacement leaving before it is ready is a release that
+                 * does not work: fail its rollout (or recycle). */
+                rollout_on_incoming_failed(m, w, "sent STOPPING=1 before it was ready");
+                if (s)
+                        refill(s);
+        } else if (s && was_ready)
                 slot_spawn(s);
-        manager_update(w->manager);
+        else if (s)
+                /* Leaving before it was ever ready: respawn through the
+                 * slot's backoff, or such a worker would be restarted in a
+                 * tight loop. Its exit is still not counted as a failure. */
+                schedule_respawn(s);
+        manager_update(m);
 }
 
 void worker_on_notify(Worker *w, const NotifyMsg *msg) {
@@ -434,6 +457,8 @@ void worker_on_exit(Worker *w, int st) {
                  * release does not count towards giving up. */
                 if (!expected)
                         rollout_on_incoming_failed(m, w, how);
+                if (s)
+                        refill(s);
         } else if (!expected) {
                 /* Backoff grows with consecutive failures, but a worker that
                  * served for a whole window earns its slot a fresh start. */
@@ -478,6 +503,8 @@ void slot_free(Slot *s) {
                 return;
         if (s->current)
                 worker_stop(s->current);
+        if (s->incoming)
+                worker_stop(s->incoming);
         uv_timer_stop(&s->backoff);
         uv_close((uv_handle_t *) &s->backoff, on_slot_timer_closed);
 }

@@ -1,0 +1,339 @@
+#!/usr/bin/python3
+"""corrald lifecycle edge cases: rollouts racing scale, recycle and
+STOPPING=1, give-up inside a reload. Each case drives the real binary with
+small inline Python workers; run it against the ASan+UBSan build to see the
+memory errors (CORRALD=build-sanitize/src/corrald/corrald)."""
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq  # noqa: E402
+from corral import Corrald, NotifySocket, PY, pid_alive  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="corral-edge-")
+
+PRELUDE = r'''
+import os, socket, sys, time, signal
+def notify(msg):
+    path = os.environ["NOTIFY_SOCKET"]
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(msg.encode(), path)
+    s.close()
+GEN = int(os.environ["CORRAL_GENERATION"])
+ID = int(os.environ["CORRAL_WORKER_ID"])
+DIR = os.environ["CORRAL_TEST_DIR"]
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+def forever():
+    while True:
+        time.sleep(3600)
+def nth(tag):
+    """How many workers of this slot ran this code before (0 for the first)."""
+    m = os.path.join(DIR, "%s.%d" % (tag, ID))
+    k = int(open(m).read()) if os.path.exists(m) else 0
+    open(m, "w").write(str(k + 1))
+    return k
+'''
+
+
+def worker(name, code):
+    path = os.path.join(TMP, name + ".py")
+    with open(path, "w") as f:
+        f.write(PRELUDE + code)
+    return [PY, path]
+
+
+def config(name, **keys):
+    path = os.path.join(TMP, name + ".json")
+    with open(path, "w") as f:
+        json.dump(keys, f)
+    return path
+
+
+def run(args):
+    n = NotifySocket()
+    c = Corrald(args, notify=n, env={"CORRAL_TEST_DIR": TMP})
+    return c, n
+
+
+def sanitizer_report(c):
+    out = c.output()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        i = out.find(marker)
+        if i >= 0:
+            return out[i:i + 2000]
+    return None
+
+
+def assert_clean(c):
+    rep = sanitizer_report(c)
+    assert rep is None, "sanitizer report:\n" + rep
+
+
+def finish(c, n, expect=0):
+    try:
+        rc = c.stop()
+        assert_clean(c)
+        eq(rc, expect, "corrald exit status\n" + c.output())
+    finally:
+        c.kill()
+        n.close()
+
+
+class Ctl:
+    """One control connection; every read has a deadline."""
+
+    def __init__(self, path):
+        wait_for(lambda: os.path.exists(path), 10, "control socket")
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.s.connect(path)
+        self.s.settimeout(0.5)
+        self.buf = b""
+
+    def send(self, obj):
+        self.s.sendall((json.dumps(obj) + "\n").encode())
+
+    def result(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                o = json.loads(line)
+                seen.append(o)
+                if o.get("type") == "result":
+                    return o
+            if time.monotonic() >= deadline:
+                raise AssertionError("no result within %ss; got %r" % (timeout, seen))
+            try:
+                d = self.s.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                raise AssertionError("control connection closed; got %r" % seen)
+            self.buf += d
+
+    def req(self, obj, timeout=20):
+        self.send(obj)
+        return self.result(timeout)
+
+    def close(self):
+        self.s.close()
+
+
+def status(c):
+    k = Ctl(c.control)
+    try:
+        return k.req({"command": "status"}, 10)
+    finally:
+        k.close()
+
+
+@case
+def replacement_that_announces_stopping_does_not_hang_the_reload():
+    # The new generation sends STOPPING=1 before READY=1 and exits 0. The
+    # rollout must end (fail, or go on with a replacement), not wait forever
+    # with in_flight stuck at 1 and every later reload refused.
+    w = worker("stopping_incoming", r'''
+if GEN >= 2:
+    time.sleep(0.3); notify("STOPPING=1"); time.sleep(0.3); sys.exit(0)
+notify("READY=1"); forever()
+''')
+    c, n = run(["-c", config("stopping_incoming", workers=1, exec=w)])
+    try:
+        n.wait("READY", "1")
+        k = Ctl(c.control)
+        k.req({"command": "reload"}, timeout=15)
+        k.close()
+        wait_for(lambda: status(c)["state"] != "reloading", 10, "the rollout to end")
+    finally:
+        finish(c, n)
+
+
+@case
+def stopping_before_ready_respawns_through_backoff():
+    # A worker that sends STOPPING=1 at once and exits 0 is not a failure,
+    # but its replacement must not start in a tight loop (it was respawned
+    # 124 times in 3 s): a worker that never became ready goes through the
+    # slot's backoff.
+    w = worker("leave_at_once", r'''
+notify("STOPPING=1"); sys.exit(0)
+''')
+    c, n = run(["-c", config("leave_at_once", workers=1, exec=w, restart={"backoff_ms": [200, 1000]})])
+    try:
+        c.wait_line(r"worker 0 \(pid \d+\) started", count=2, timeout=10)
+        time.sleep(2.0)     # a bounded window in which to count respawns
+        spawns = c.count(r"worker 0 \(pid \d+\) started")
+        assert spawns <= 6, "respawned %d times in about 2 s" % spawns
+        eq(c.count("unexpectedly"), 0, "STOPPING=1 then exit 0 is not a failure")
+    finally:
+        finish(c, n)
+
+
+@case
+def sigttou_while_the_last_slot_is_being_replaced():
+    # Scaling down would free the slot whose `incoming` worker is still
+    # starting (its READY=1 then read the freed Slot: heap-use-after-free).
+    # Scaling is refused while a rollout runs, as the control socket's
+    # scale already was; the rollout completes with both workers.
+    w = worker("ttou_rollout", r'''
+if GEN >= 2: time.sleep(1.5)
+notify("READY=1"); forever()
+''')
+    c, n = run(["-c", config("ttou_rollout", workers=2, exec=w, reload={"max_surge": 2})])
+    try:
+        n.wait("READY", "1")
+        c.signal(signal.SIGHUP)
+        c.wait_line(r"started 2/2: slot 1", timeout=10)
+        c.signal(signal.SIGTTOU)
+        c.wait_line(r"SIGTTOU ignored: a reload or restart is in progress", timeout=10)
+        wait_for(lambda: c.proc.poll() is not None or status(c)["state"] == "running", 15,
+                 "the rollout to end")
+        assert c.proc.poll() is None, "corrald died:\n" + c.output()
+        assert_clean(c)
+        s = status(c)
+        eq((s["workers"], s["ready"], s["generation"]), (2, 2, 2), "workers, ready, generation")
+    finally:
+        finish(c, n)
+
+
+@case
+def scale_down_while_a_recycle_replacement_starts():
+    # recycle.max_rss_mb starts a replacement (slot->incoming) outside any
+    # rollout, so `scale` is not refused; the removed slot is freed under it.
+    w = worker("scale_recycle", r'''
+if nth("scale_recycle") > 0: time.sleep(2)
+notify("READY=1"); forever()
+''')
+    c, n = run(["-c", config("scale_recycle", workers=2, exec=w, recycle={"max_rss_mb": 1})])
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"recycling worker 1", timeout=10)
+        k = Ctl(c.control)
+        eq(k.req({"command": "scale", "workers": 1})["ok"], True, "scale accepted")
+        k.close()
+        time.sleep(3.5)     # the orphaned replacement sends READY=1 after 2 s
+        assert c.proc.poll() is None, "corrald died:\n" + c.output()
+        assert_clean(c)
+        eq(status(c)["workers"], 1, "worker count")
+    finally:
+        finish(c, n)
+
+
+@case
+def giveup_while_a_reload_spawns_new_slots():
+    # The reload adds slots whose exec cannot even start; the spawn failures
+    # reach give-up (exit) inside rollout_reload(), which then keeps using
+    # the Rollout that manager_stop() -> rollout_abort() just freed.
+    w = worker("giveup_in_reload", r'''
+notify("READY=1"); forever()
+''')
+    path = config("giveup_in_reload", workers=1, exec=w)
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        config("giveup_in_reload", workers=3, exec=["/nonexistent/corral-test-prog"], restart={"limit": 1})
+        k = Ctl(c.control)
+        r = k.req({"command": "reload"}, timeout=15)
+        k.close()
+        eq(r["ok"], False, "a release that cannot start fails the reload")
+        time.sleep(0.5)
+        assert_clean(c)
+    finally:
+        c.kill()
+        n.close()
+
+
+@case
+def broken_release_that_adds_workers_does_not_take_the_instance_down():
+    # SPEC §4 / lifecycle.md: a failed reload keeps the old workers serving;
+    # a broken release must not count towards giving up. Here the new slots
+    # of the broken release crash-loop and give-up (exit 1) stops everything.
+    good = worker("broken_grow_good", r'''
+notify("READY=1"); forever()
+''')
+    bad = worker("broken_grow_bad", r'''
+if ID == 0: time.sleep(3)
+sys.exit(1)
+''')
+    path = config("broken_grow", workers=1, exec=good)
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        old = status(c)["slots"][0]["pid"]
+        config("broken_grow", workers=3, exec=bad, restart={"limit": 2})
+        k = Ctl(c.control)
+        r = k.req({"command": "reload"}, timeout=20)
+        k.close()
+        eq(r["ok"], False, "reload result")
+        assert "aborted" not in r["error"], "reload was aborted by a give-up: %r\n%s" % (r, c.output())
+        time.sleep(1)
+        assert c.proc.poll() is None, "corrald exited:\n" + c.output()
+        assert pid_alive(old), "the old worker was stopped"
+    finally:
+        finish(c, n)
+
+
+@case
+def recycle_replacement_failing_after_its_worker_crashed_refills_the_slot():
+    # Slot 0's worker crashes while its recycle replacement is starting (the
+    # backoff respawn yields to the replacement); then the replacement dies
+    # too. Nothing respawns the slot: it stays "backoff" with no timer.
+    w = worker("recycle_empty", r'''
+k = nth("recycle_empty")
+if k == 0:
+    notify("READY=1"); time.sleep(1.6); sys.exit(1)
+if k == 1:
+    time.sleep(2.5); sys.exit(1)
+notify("READY=1"); forever()
+''')
+    c, n = run(["-c", config("recycle_empty", workers=1, exec=w, recycle={"max_rss_mb": 1})])
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"recycling worker 0", timeout=10)
+        c.wait_line(r"exited with status 1 unexpectedly", timeout=10, count=2)
+        wait_for(lambda: status(c)["slots"][0]["state"] == "ready", 10, "slot 0 to be refilled")
+    finally:
+        finish(c, n)
+
+
+@case
+def failing_recycle_replacement_is_not_blamed_on_a_reload():
+    # A recycle replacement of the old generation, started before the
+    # reload, is taken for one of the rollout's own: its failure fails the
+    # reload (and its READY=1 would decrement the rollout's in_flight).
+    w = worker("recycle_vs_reload", r'''
+if GEN >= 2:
+    time.sleep(4); notify("READY=1"); forever()
+if nth("recycle_vs_reload") == 1:
+    time.sleep(2.5); sys.exit(1)
+notify("READY=1"); forever()
+''')
+    c, n = run(["-c", config("recycle_vs_reload", workers=2, exec=w, recycle={"max_rss_mb": 1})])
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"recycling worker 1", timeout=10)
+        k = Ctl(c.control)
+        r = k.req({"command": "reload"}, timeout=30)
+        k.close()
+        eq(r["ok"], True, "reload result (%r)" % r)
+    finally:
+        finish(c, n)
+
+
+def teardown(_=None):
+    import shutil
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        teardown()
