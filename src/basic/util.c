@@ -78,6 +78,22 @@ bool streq_ptr(const char *a, const char *b) {
         return strcmp(a, b) == 0;
 }
 
+const char *str_escape(const char *s, char *buf, size_t n) {
+        size_t o = 0;
+        if (n == 0)
+                return buf;
+        for (const unsigned char *p = (const unsigned char *) s; *p && o + 1 < n; p++) {
+                if (*p >= 0x20 && *p < 0x7f && *p != '\\')
+                        buf[o++] = (char) *p;
+                else if (o + 4 < n)
+                        o += (size_t) snprintf(buf + o, n - o, "\\x%02x", *p);
+                else
+                        break;
+        }
+        buf[o] = 0;
+        return buf;
+}
+
 static const struct {
         int sig;
         const char *name;

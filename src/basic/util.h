@@ -23,6 +23,11 @@ _printf_(2, 3) int strv_extendf(char ***l, const char *fmt, ...);
 char **strv_copy(char * const *l);
 
 bool streq_ptr(const char *a, const char *b);
+
+/* Copy s into buf (size n), escaping control characters and bytes >= 0x80
+ * as \xNN, so text that came from outside can go into one line of a log,
+ * a terminal or a JSON reply. Truncates to fit; returns buf. */
+const char *str_escape(const char *s, char *buf, size_t n);
 static inline bool startswith(const char *s, const char *prefix) {
         size_t n = 0;
         while (prefix[n]) n++;

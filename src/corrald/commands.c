@@ -156,38 +156,48 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
         control_reply_ok(c, o);
 }
 
-/* Apply fn to the current worker of the target slot(s); reply with pids. */
-static void for_targets(Manager *m, ControlConn *c, int target, bool (*fn)(Worker *w, void *arg), void *arg,
-                        const char *what) {
+/* Apply fn (0 or -errno) to the current worker of the target slot(s);
+ * reply with the pids it succeeded for. For one target that failed, the
+ * reply says why, in fn's own words (describe). */
+static void for_targets(Manager *m, ControlConn *c, int target, int (*fn)(Worker *w, void *arg), void *arg,
+                        const char *(*describe)(int r)) {
         cJSON *o = cJSON_CreateObject();
         cJSON *pids = o ? cJSON_AddArrayToObject(o, "pids") : NULL;
+        int err = -ESRCH;
         unsigned n = 0;
         for (unsigned i = 0; i < m->n_slots; i++) {
                 Worker *w = m->slots[i]->current;
                 if ((target >= 0 && i != (unsigned) target) || !w || w->pid <= 0)
                         continue;
-                if (fn(w, arg)) {
-                        n++;
-                        if (pids)
-                                cJSON_AddItemToArray(pids, cJSON_CreateNumber(w->pid));
+                int r = fn(w, arg);
+                if (r < 0) {
+                        err = r;
+                        continue;
                 }
+                n++;
+                if (pids)
+                        cJSON_AddItemToArray(pids, cJSON_CreateNumber(w->pid));
         }
         if (n == 0 && target >= 0) {
                 cJSON_Delete(o);
-                control_reply_error(c, "worker %d has no running process to %s", target, what);
+                control_reply_error(c, "worker %d: %s", target, describe(err));
                 return;
         }
         control_reply_ok(c, o);
 }
 
-static bool send_signal(Worker *w, void *arg) {
+static int send_signal(Worker *w, void *arg) {
         int sig = *(int *) arg;
         LogFields f = LOG_FIELDS_NONE;
         f.worker_id = (int) w->id;
         f.pid = w->pid;
         f.generation = w->generation;
         log_emit(LOG_INFO, &f, "sending %s to %s (control request)", signal_to_string(sig), w->who);
-        return kill(w->pid, sig) == 0;
+        return kill(w->pid, sig) == 0 ? 0 : -errno;
+}
+
+static const char *describe_signal_error(int r) {
+        return r == -ESRCH ? "no running process to signal" : "the signal could not be sent";
 }
 
 static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
@@ -207,16 +217,31 @@ static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
         }
         int t = parse_target(m, c, req);
         if (t >= -1)
-                for_targets(m, c, t, send_signal, &sig, "signal");
+                for_targets(m, c, t, send_signal, &sig, describe_signal_error);
 }
 
-static bool deliver(Worker *w, void *arg) {
+static int deliver(Worker *w, void *arg) {
         int r = ipc_send_line(&w->ipc, arg);
         if (r < 0) {
                 errno = -r;
                 log_warning("cannot deliver a message to %s: %m", w->who);
         }
-        return r >= 0;
+        return r;
+}
+
+static const char *describe_deliver_error(int r) {
+        switch (r) {
+        case -ESRCH:
+                return "no running process to deliver to";
+        case -EAGAIN:
+                return "not delivered: the worker is not reading its IPC channel (CORRAL_IPC_FD) and it is full";
+        case -ENOTCONN:
+        case -EPIPE:
+                return "not delivered: its IPC channel (CORRAL_IPC_FD) is closed (the worker closed it, or "
+                       "stopped reading it)";
+        default:
+                return "not delivered: writing to its IPC channel failed";
+        }
 }
 
 static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
@@ -240,7 +265,7 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
                 control_reply_error(c, "out of memory");
                 return;
         }
-        for_targets(m, c, t, deliver, line, "deliver to");
+        for_targets(m, c, t, deliver, line, describe_deliver_error);
         free(line);
 }
 
@@ -260,5 +285,7 @@ void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
                         commands[i].fn(m, c, req);
                         return;
                 }
-        control_reply_error(c, "unknown command \"%.64s\" (known: status, reload, restart, scale, signal, send)", name);
+        char esc[80];
+        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send)",
+                            str_escape(name, esc, sizeof(esc)));
 }

@@ -24,6 +24,8 @@
 #define CONFIG_FILE_MAX (1024 * 1024)
 #define WORKERS_MAX 4096
 #define NAME_MAX_LEN 64
+#define ENV_MAX 4096
+#define LISTEN_MAX 256
 
 static const char * const balance_table[_BALANCE_MAX] = {
         [BALANCE_SHARED] = "shared",
@@ -56,7 +58,12 @@ _printf_(3, 4) static int fail(Ctx *ctx, const char *key, const char *fmt, ...) 
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
         free(ctx->error);
-        if (asprintf(&ctx->error, "%s: %s%s%s", ctx->file, key ? key : "", key ? ": " : "", msg) < 0) {
+        /* Key names come from the file: escape them, so an error is always
+         * one plain line (no newlines, no terminal escapes). The value in
+         * msg went through cJSON's printer, which escapes already. */
+        char k[300];
+        str_escape(key ? key : "", k, sizeof(k));
+        if (asprintf(&ctx->error, "%s: %s%s%s", ctx->file, k, key ? ": " : "", msg) < 0) {
                 ctx->error = NULL;
                 return -ENOMEM;
         }
@@ -183,6 +190,9 @@ static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         char path[300];
         if (!cJSON_IsObject(v))
                 return fail(ctx, key, "expected an object of strings, got %s", GOT(v));
+        /* Bounded, as the duplicate check below is quadratic. */
+        if (cJSON_GetArraySize(v) > ENV_MAX)
+                return fail(ctx, key, "more than %d variables", ENV_MAX);
         cJSON_ArrayForEach(e, v) {
                 snprintf(path, sizeof(path), "%s.%s", key, e->string);
                 for (const cJSON *d = v->child; d != e; d = d->next)
@@ -242,6 +252,8 @@ static int p_listen(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         unsigned i = 0;
         if (!cJSON_IsArray(v))
                 return fail(ctx, key, "expected an array of strings, got %s", GOT(v));
+        if (cJSON_GetArraySize(v) > LISTEN_MAX)
+                return fail(ctx, key, "more than %d listeners", LISTEN_MAX);
         c->n_listen = 0;
         cJSON_ArrayForEach(e, v) {
                 snprintf(path, sizeof(path), "%s[%u]", key, i++);
@@ -437,7 +449,9 @@ static int walk(Ctx *ctx, const char *prefix, const cJSON *obj, const Key *schem
 /* ---- file loading ------------------------------------------------------- */
 
 static int read_file(Ctx *ctx, const char *path, char **ret, size_t *ret_len) {
-        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /* O_NONBLOCK: opening a FIFO must not wait for a writer (a reload
+         * would hang the master); it is refused as not a regular file. */
+        _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         struct stat st;
         if (fd < 0)
                 return fail(ctx, NULL, "cannot open: %m");

@@ -496,6 +496,21 @@ def bad_config_and_check_config():
     r = subprocess.run([CORRALD, "--check-config", bad], capture_output=True, text=True)
     eq(r.returncode, 1, "deeply nested config")
     assert "JSON syntax error" in r.stderr, r.stderr
+    # A FIFO must not block (a reload would hang the master): refused at once.
+    fifo = os.path.join(TMP, "fifo.json")
+    os.mkfifo(fifo)
+    r = subprocess.run([CORRALD, "--check-config", fifo], capture_output=True, text=True, timeout=10)
+    eq((r.returncode, r.stderr.strip()), (1, "corrald: %s: not a regular file" % fifo), "fifo config")
+    # Key names from the file are escaped: one plain line, no terminal codes.
+    with open(bad, "w") as f:
+        f.write('{"exec": ["x"], "\\n\\u001b[31mkey": 1}')
+    r = subprocess.run([CORRALD, "--check-config", bad], capture_output=True, text=True)
+    eq(r.stderr, "corrald: %s: \\x0a\\x1b[31mkey: unknown key\n" % bad, "escaped key name")
+    # Bounded work: a huge env is refused, not checked quadratically.
+    big = config("bigenv", exec=["x"], env={"V%d" % i: "x" for i in range(5000)})
+    r = subprocess.run([CORRALD, "--check-config", big], capture_output=True, text=True, timeout=10)
+    eq(r.returncode, 1, "huge env")
+    assert "env: more than 4096 variables" in r.stderr, r.stderr
     rr = config("rr", exec=["x"], balance="round-robin")
     r = subprocess.run([CORRALD, "--check-config", rr], capture_output=True, text=True)
     eq(r.returncode, 1, "round-robin is refused until it is implemented")
