@@ -11,7 +11,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
-from corral import CORRALCTL, HELLO, TWORKER, shipped_unit  # noqa: E402
+from corral import CORRALCTL, HELLO, TWORKER, WORKERS, shipped_unit  # noqa: E402
 
 SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
 CONF = "/etc/corral/rl.json"
@@ -24,76 +24,9 @@ def conf(workers=2, exec_=None, **extra):
     return json.dumps(d)
 
 
-# Load generator: connection-per-request (or keep-alive with one retry of a
-# request whose connection the server closed before answering, as HTTP
-# clients do) until STOP exists. Prints "ok bad {errors}".
-LOAD = r'''
-import os, socket, sys, time
-mode, stop = sys.argv[1], sys.argv[2]
-ok = bad = 0
-errors = {}
-def err(k):
-    global bad
-    bad += 1
-    errors[k] = errors.get(k, 0) + 1
-def read_response(s):
-    data = b""
-    while b"\r\n\r\n" not in data:
-        c = s.recv(4096)
-        if not c:
-            return data, True
-        data += c
-    head, _, body = data.partition(b"\r\n\r\n")
-    n = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
-    while len(body) < n:
-        c = s.recv(4096)
-        if not c:
-            return data, True
-        body += c
-    return head + b"\r\n\r\n" + body, b"connection: close" in head.lower()
-s = None
-while not os.path.exists(stop):
-    if mode == "close":
-        try:
-            c = socket.create_connection(("127.0.0.1", 8080), timeout=10)
-            c.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                b = c.recv(4096)
-                if not b:
-                    break
-                data += b
-            c.close()
-            if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
-                ok += 1
-            else:
-                err("bad response %r" % data[:30])
-        except OSError as e:
-            err(type(e).__name__)
-    else:
-        for attempt in (0, 1):
-            fresh = s is None
-            try:
-                if s is None:
-                    s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
-                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                data, closed = read_response(s)
-            except OSError as e:
-                data, closed = b"", True
-            if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
-                ok += 1
-                if closed:
-                    s.close(); s = None
-                break
-            if s:
-                s.close(); s = None
-            # Closed before any byte of the answer on a reused connection:
-            # the server was closing it idle; retry once on a new one.
-            if data or fresh or attempt == 1:
-                err("keepalive %r fresh=%s" % (data[:30], fresh))
-                break
-print(ok, bad, errors, flush=True)
-'''
+# Load generator (tests/integration/workers/loadgen.py): counts every
+# failed request until its stop file appears.
+LOADGEN = os.path.join(WORKERS, "loadgen.py")
 
 
 def setup():
@@ -145,7 +78,7 @@ def worker_env(sb, pid):
 
 def start_load(sb, mode):
     stop = "/run/stop-load-%s-%d" % (mode, time.monotonic_ns())
-    p = sb.spawn(["/usr/bin/python3", "-c", LOAD, mode, stop], stdout=subprocess.PIPE, text=True)
+    p = sb.spawn(["/usr/bin/python3", LOADGEN, mode, stop], stdout=subprocess.PIPE, text=True)
     return p, stop
 
 

@@ -13,7 +13,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
-from corral import CORRALD, HELLO, SRC, TWORKER, shipped_unit, workers_of  # noqa: E402
+from corral import CORRALD, HELLO, SRC, TWORKER, WORKERS, shipped_unit, workers_of  # noqa: E402
 
 UNITS = os.path.join(SRC, "units")
 SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
@@ -21,33 +21,7 @@ SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
 
 CURL = ["curl", "-sS", "--max-time", "20"]
 
-# Connection-per-request client for the restart test: counts every failure.
-LOAD = r'''
-import socket, sys, time
-end = time.monotonic() + float(sys.argv[1])
-ok = bad = 0
-errors = {}
-while time.monotonic() < end:
-    try:
-        s = socket.create_connection(("127.0.0.1", 8080), timeout=10)
-        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            c = s.recv(4096)
-            if not c:
-                break
-            data += c
-        s.close()
-        if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
-            ok += 1
-        else:
-            bad += 1
-            errors[repr(data[:40])] = errors.get(repr(data[:40]), 0) + 1
-    except OSError as e:
-        bad += 1
-        errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
-print(ok, bad, errors, flush=True)
-'''
+LOADGEN = os.path.join(WORKERS, "loadgen.py")
 
 MULTI_SERVICE = """\
 [Unit]
@@ -144,10 +118,13 @@ def stop_lets_inflight_request_finish_and_socket_stays(sb):
 def restart_under_load_refuses_nothing(sb):
     sb.systemctl("start", "app.socket")
     sb.run(CURL + ["http://127.0.0.1:8080/"])
-    load = sb.spawn(["/usr/bin/python3", "-c", LOAD, "4"], stdout=subprocess.PIPE, text=True)
+    stop = "/run/stop-restart-load"
+    load = sb.spawn(["/usr/bin/python3", LOADGEN, "close", stop], stdout=subprocess.PIPE, text=True)
     for _ in range(2):
         time.sleep(0.8)   # let load run between restarts; the restarts themselves are synchronous
         sb.systemctl("restart", "app.service")
+    time.sleep(0.5)
+    sb.run(["touch", stop])
     out, _ = load.communicate(timeout=30)
     ok, bad = (int(x) for x in out.split()[:2])
     diag("restart under load: %s" % out.strip())
