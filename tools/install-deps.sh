@@ -5,7 +5,7 @@
 set -eu
 pkgs="gcc meson ninja-build pkg-config libsystemd-dev libuv1-dev libcjson-dev"
 if [ "${1:-}" = "--test" ]; then
-        pkgs="$pkgs libcmocka-dev python3 python3-systemd systemd curl wrk nodejs util-linux iproute2 valgrind debhelper dpkg-dev lintian scdoc"
+        pkgs="$pkgs libcmocka-dev python3 python3-systemd systemd curl wrk nodejs util-linux iproute2 valgrind debhelper dpkg-dev build-essential lintian scdoc"
 fi
 missing=""
 for p in $pkgs; do
