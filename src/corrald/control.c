@@ -250,18 +250,22 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         ControlConn *c = st->data;
-        if (n == UV_ENOBUFS || (n >= 0 && c->len + (size_t) n > CONTROL_LINE_MAX && !memchr(c->buf, '\n', c->len + (size_t) n))) {
-                /* A full buffer without a newline: the line is too long. */
-                control_reply_error(c, "request line longer than %d bytes", CONTROL_LINE_MAX);
+        if (n >= 0) {
+                c->len += (size_t) n;
+                conn_dispatch(c);
+                /* A full buffer of queued requests waits for the one in
+                 * progress (reading has stopped); only a full buffer
+                 * without any newline is an oversize line. */
+                if (c->closed || c->len <= CONTROL_LINE_MAX || memchr(c->buf, '\n', c->len))
+                        return;
+        } else if (n != UV_ENOBUFS) {
                 conn_close(c);
                 return;
         }
-        if (n < 0) {
-                conn_close(c);
-                return;
-        }
-        c->len += (size_t) n;
-        conn_dispatch(c);
+        /* The buffer (CONTROL_LINE_MAX + 1) is full with no newline, or
+         * libuv found no room to read into: the request line is too long. */
+        control_reply_error(c, "request line longer than %d bytes", CONTROL_LINE_MAX);
+        conn_close(c);
 }
 
 static void on_connection(uv_stream_t *server, int status) {
