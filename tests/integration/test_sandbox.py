@@ -201,17 +201,7 @@ def teardown_leaves_nothing(sb):
     assert sb.pid in pids and len(pids) >= 3, pids   # systemd, journald, app
     sb.stop()
     sb.stop()   # idempotent
-    left = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            s = os.stat("/proc/%s/ns/pid" % d)
-        except OSError:
-            continue
-        if (s.st_dev, s.st_ino) == pidns:
-            left.append(int(d))
-    eq(left, [], "processes left in the sandbox pid namespace")
+    eq(sandbox.pids_in_pidns(pidns), [], "processes left in the sandbox pid namespace")
     assert not any(os.path.exists("/proc/%d" % p) for p in pids), pids
     assert not os.path.exists(cg), cg
     assert not os.path.exists(sb.state_dir) or os.environ.get("CORRAL_SANDBOX_KEEP")

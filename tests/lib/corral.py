@@ -6,6 +6,7 @@ The binaries come from the environment meson sets for every test
 back to ./build. Every wait has a deadline."""
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -179,7 +180,7 @@ class Corrald:
             e.update(env)
         # Each instance gets its own control socket unless the test picks
         # one: tests run in parallel, and instance names repeat.
-        self.control = None
+        self.control = self.control_dir = None
         if own_control and "--control" not in args:
             self.control_dir = tempfile.mkdtemp(prefix="corral-ctl-")
             os.chmod(self.control_dir, 0o777)
@@ -267,9 +268,13 @@ class Corrald:
         return rc
 
     def kill(self):
+        """End corrald if it still runs, and remove its control directory."""
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.proc.wait(10)
+        if self.control_dir:
+            shutil.rmtree(self.control_dir, ignore_errors=True)
+            self.control_dir = None

@@ -268,6 +268,21 @@ def _flatten(entry):
     return out
 
 
+def pids_in_pidns(pidns):
+    """Host pids of the processes in the pid namespace (st_dev, st_ino)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            s = os.stat("/proc/%s/ns/pid" % d)
+        except OSError:
+            continue
+        if (s.st_dev, s.st_ino) == pidns:
+            pids.append(int(d))
+    return pids
+
+
 def _seq(entry):
     """Order of a journal entry: the cursor's seqnum ("q=" field, hex), which
     grows with every entry journald writes, falling back to its time."""
@@ -802,17 +817,7 @@ class Sandbox:
         """Host pids of all processes in the sandbox's pid namespace."""
         if self.pidns is None:
             return []
-        pids = []
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                s = os.stat("/proc/%s/ns/pid" % d)
-            except OSError:
-                continue
-            if (s.st_dev, s.st_ino) == self.pidns:
-                pids.append(int(d))
-        return sorted(pids)
+        return sorted(pids_in_pidns(self.pidns))
 
     # ---------------------------------------------------------------- files
     def write_file(self, path, text, mode=0o644):
