@@ -44,3 +44,23 @@ bool failure_window_record(FailureWindow *w, uint64_t now_usec) {
                 w->count++;
         return failure_window_count(w, now_usec) > w->limit;
 }
+
+bool ratelimit_below(RateLimit *rl, uint64_t now_usec, unsigned *ret_suppressed) {
+        unsigned suppressed = 0;
+
+        if (!rl->started || now_usec - rl->begin >= rl->interval_usec) {
+                suppressed = rl->suppressed;
+                rl->started = true;
+                rl->begin = now_usec;
+                rl->n = 0;
+                rl->suppressed = 0;
+        }
+        if (ret_suppressed)
+                *ret_suppressed = suppressed;
+        if (rl->n < rl->burst) {
+                rl->n++;
+                return true;
+        }
+        rl->suppressed++;
+        return false;
+}

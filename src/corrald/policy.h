@@ -29,3 +29,21 @@ bool failure_window_record(FailureWindow *w, uint64_t now_usec);
 
 /* Failures currently inside the window ending at now_usec. */
 unsigned failure_window_count(const FailureWindow *w, uint64_t now_usec);
+
+/* A log rate limit, as journald's: at most `burst` events per
+ * `interval_usec`; the rest are counted. Zero-initialise the counters. */
+typedef struct RateLimit {
+        uint64_t interval_usec;
+        unsigned burst;
+        uint64_t begin;            /* start of the current interval */
+        bool started;              /* begin is set */
+        unsigned n;                /* events let through in it */
+        unsigned suppressed;       /* events refused in it */
+} RateLimit;
+
+#define RATELIMIT_INIT(interval, b) ((RateLimit) { .interval_usec = (interval), .burst = (b) })
+
+/* Should an event at now_usec be let through? When it starts a new interval
+ * and the previous one refused events, *ret_suppressed (may be NULL) gets
+ * how many, so the caller can say "suppressed N" once; else 0. */
+bool ratelimit_below(RateLimit *rl, uint64_t now_usec, unsigned *ret_suppressed);

@@ -231,6 +231,37 @@ static void test_window_large_limit(void **state) {
         failure_window_done(&w);
 }
 
+/* ---- log rate limit ------------------------------------------------------ */
+
+static void test_ratelimit_burst_then_summary(void **state) {
+        RateLimit rl = RATELIMIT_INIT(1000 * MS, 3);
+        unsigned sup = 99;
+        for (unsigned i = 0; i < 3; i++) {
+                assert_true(ratelimit_below(&rl, 5 * MS + i, &sup));
+                assert_int_eq(sup, 0);
+        }
+        for (unsigned i = 0; i < 10; i++)
+                assert_false(ratelimit_below(&rl, 500 * MS, &sup));
+        /* The last microsecond of the interval is still inside it. */
+        assert_false(ratelimit_below(&rl, 1005 * MS - 1, NULL));
+        /* The next interval lets events through and reports the 11 refused. */
+        assert_true(ratelimit_below(&rl, 1005 * MS, &sup));
+        assert_int_eq(sup, 11);
+        assert_true(ratelimit_below(&rl, 1006 * MS, &sup));
+        assert_int_eq(sup, 0);
+}
+
+static void test_ratelimit_time_zero_and_zero_burst(void **state) {
+        RateLimit rl = RATELIMIT_INIT(10, 1);
+        assert_true(ratelimit_below(&rl, 0, NULL));
+        assert_false(ratelimit_below(&rl, 0, NULL));
+        RateLimit none = RATELIMIT_INIT(10, 0);
+        unsigned sup;
+        assert_false(ratelimit_below(&none, 100, &sup));
+        assert_false(ratelimit_below(&none, 200, &sup));
+        assert_int_eq(sup, 1);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_backoff_doubling_and_cap),
@@ -247,6 +278,8 @@ int main(void) {
                 cmocka_unit_test(test_window_spaced_failures_never_give_up),
                 cmocka_unit_test(test_window_ring_wraparound),
                 cmocka_unit_test(test_window_large_limit),
+                cmocka_unit_test(test_ratelimit_burst_then_summary),
+                cmocka_unit_test(test_ratelimit_time_zero_and_zero_burst),
         };
         return cmocka_run_group_tests_name("policy", tests, NULL, NULL);
 }
