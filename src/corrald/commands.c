@@ -6,10 +6,10 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "ipc.h"
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
-#include "rollout.h"
 #include "util.h"
 
 static void add_number_or_null(cJSON *o, const char *key, double v, bool valid) {
@@ -26,12 +26,12 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         ProcStats ps;
         bool alive = w && w->pid > 0;
         bool stats = alive && procfs_read_stats(w->pid, &ps) >= 0;
-        cJSON_AddNumberToObject(o, "id", s ? s->id : w->id);
+        cJSON_AddNumberToObject(o, "id", s ? slot_id(s) : w->id);
         cJSON_AddStringToObject(o, "state", state);
         add_number_or_null(o, "pid", alive ? w->pid : 0, alive);
         add_number_or_null(o, "generation", w ? w->generation : 0, w != NULL);
         add_number_or_null(o, "uptime_ms", w ? (double) ((now - w->start_usec) / USEC_PER_MSEC) : 0, w != NULL);
-        cJSON_AddNumberToObject(o, "restarts", s ? s->restarts : 0);
+        cJSON_AddNumberToObject(o, "restarts", s ? slot_restarts(s) : 0);
         add_number_or_null(o, "cpu_ms", stats ? (double) ps.cpu_ms : 0, stats);
         add_number_or_null(o, "rss_kb", stats ? (double) ps.rss_kb : 0, stats);
         cJSON_AddNullToObject(o, "connections");
@@ -45,24 +45,25 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
 static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON *o = cJSON_CreateObject(), *a;
         uint64_t now = now_usec();
-        unsigned ready = 0;
+        unsigned ready = manager_count_ready(m);
+        const Config *config = manager_config(m);
 
         if (!o) {
                 control_reply_error(c, "out of memory");
                 return;
         }
-        for (unsigned i = 0; i < m->n_slots; i++)
-                ready += slot_state(m->slots[i]) == SLOT_READY;
-
-        cJSON_AddStringToObject(o, "instance", m->config->name);
+        cJSON_AddStringToObject(o, "instance", config->name);
         cJSON_AddNumberToObject(o, "pid", getpid());
         cJSON_AddStringToObject(o, "version", CORRAL_VERSION);
-        cJSON_AddStringToObject(o, "balance", balance_to_string(m->config->balance));
-        cJSON_AddNumberToObject(o, "generation", m->generation);
+        cJSON_AddStringToObject(o, "balance", balance_to_string(config->balance));
+        cJSON_AddNumberToObject(o, "generation", m->pool.generation);
         cJSON_AddNumberToObject(o, "ready", ready);
         cJSON_AddNumberToObject(o, "workers", m->n_slots);
-        cJSON_AddStringToObject(o, "state", m->stopping ? "stopping" : m->rollout ? "reloading" : m->gave_up ? "gave-up"
-                                                                                                     : "running");
+        bool rolling = m->rollout && m->rollout->kind != ROLLOUT_RECYCLE;
+        cJSON_AddStringToObject(o, "state", m->stopping       ? "stopping"
+                                            : rolling         ? "reloading"
+                                            : m->pool.gave_up ? "gave-up"
+                                                              : "running");
         cJSON_AddStringToObject(o, "status", m->status);
         cJSON_AddNumberToObject(o, "uptime_ms", (double) ((now - m->start_usec) / USEC_PER_MSEC));
 
@@ -79,16 +80,16 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         a = cJSON_AddArrayToObject(o, "slots");
         for (unsigned i = 0; a && i < m->n_slots; i++) {
                 Slot *s = m->slots[i];
-                cJSON *e = describe_worker(s->current, s, slot_state_to_string(slot_state(s)), now);
+                cJSON *e = describe_worker(slot_current(s), s, slot_display_state(s), now);
                 if (e)
                         cJSON_AddItemToArray(a, e);
         }
         cJSON *leaving = cJSON_AddArrayToObject(o, "leaving");
         cJSON *incoming = cJSON_AddArrayToObject(o, "incoming");
-        for (Worker *w = m->workers; w; w = w->next) {
-                if (w->pid <= 0 || (w->slot && w->slot->current == w))
+        LIST_FOREACH(all, w, m->pool.workers) {
+                if (w->pid <= 0 || w->role == WORKER_CURRENT)
                         continue;
-                bool inc = w->slot && w->slot->incoming == w;
+                bool inc = w->role == WORKER_INCOMING;
                 cJSON *e = describe_worker(w, NULL, worker_state_to_string(w->state), now);
                 if (e && (inc ? incoming : leaving))
                         cJSON_AddItemToArray(inc ? incoming : leaving, e);
@@ -119,13 +120,13 @@ static int parse_target(Manager *m, ControlConn *c, const cJSON *req) {
 }
 
 static void cmd_reload(Manager *m, ControlConn *c, const cJSON *req) {
-        rollout_reload(m, c);
+        manager_reload(m, c);
 }
 
 static void cmd_restart(Manager *m, ControlConn *c, const cJSON *req) {
         int t = parse_target(m, c, req);
         if (t >= -1)
-                rollout_restart(m, t, c);
+                manager_restart(m, t, c);
 }
 
 static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
@@ -133,10 +134,6 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
         const cJSON *d = cJSON_GetObjectItemCaseSensitive(req, "delta");
         double target;
 
-        if (m->stopping || m->rollout) {
-                control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
-                return;
-        }
         if (cJSON_IsNumber(n) && !d)
                 target = n->valuedouble;
         else if (cJSON_IsNumber(d) && !n)
@@ -145,11 +142,15 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
                 control_reply_error(c, "scale needs a number in \"workers\" (absolute) or \"delta\" (relative)");
                 return;
         }
-        if (!(target >= 1 && target <= 4096) || target != (double) (long) target) {
-                control_reply_error(c, "cannot scale to %g workers: the count must be between 1 and 4096", target);
+        if (!(target >= 1 && target <= CONFIG_WORKERS_MAX) || target != (double) (long) target) {
+                control_reply_error(c, "cannot scale to %g workers: the count must be between 1 and %u", target,
+                                    CONFIG_WORKERS_MAX);
                 return;
         }
-        manager_scale(m, (unsigned) target);
+        if (manager_scale(m, (unsigned) target) == -EBUSY) {
+                control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
+                return;
+        }
         cJSON *o = cJSON_CreateObject();
         if (o)
                 cJSON_AddNumberToObject(o, "workers", m->n_slots);
@@ -166,7 +167,7 @@ static void for_targets(Manager *m, ControlConn *c, int target, int (*fn)(Worker
         int err = -ESRCH;
         unsigned n = 0;
         for (unsigned i = 0; i < m->n_slots; i++) {
-                Worker *w = m->slots[i]->current;
+                Worker *w = slot_current(m->slots[i]);
                 if ((target >= 0 && i != (unsigned) target) || !w || w->pid <= 0)
                         continue;
                 int r = fn(w, arg);
@@ -221,7 +222,7 @@ static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
 }
 
 static int deliver(Worker *w, void *arg) {
-        int r = ipc_send_line(&w->ipc, arg);
+        int r = ipc_send_line(worker_ipc(w), arg);
         if (r < 0) {
                 errno = -r;
                 log_warning("cannot deliver a message to %s: %m", w->who);

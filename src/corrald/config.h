@@ -13,6 +13,9 @@
 
 #include "listen-addr.h"
 
+/* The most workers an instance may have (`workers`, scale). */
+#define CONFIG_WORKERS_MAX 4096
+
 typedef enum Balance {
         BALANCE_SHARED,
         BALANCE_ROUND_ROBIN,

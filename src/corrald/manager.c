@@ -1,9 +1,11 @@
 /* manager: the master's top level. See manager.h.
  *
- * Owns the event loop's long-lived handles: the signal watchers, systemd's
- * watchdog timer, the notify server and the slots. Talks to systemd with
- * sd_notify() only from here: READY=1 once every slot is ready, STATUS=
- * whenever the summary changes, STOPPING=1 on the way out. */
+ * The loop's callbacks here only translate: a reaped child, a notify
+ * datagram or a passed deadline becomes a slot event. What the slots then
+ * report comes back as outcomes, drained in on_prepare() once per loop
+ * iteration, which is the one place that advances a plan, gives up, frees
+ * slots, tells systemd (READY=1, STATUS=, STOPPING=1) and decides that the
+ * master is done. Nothing the manager calls calls back into it. */
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -14,81 +16,57 @@
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
-#include "rollout.h"
 #include "util.h"
 
-Worker *manager_find_worker(Manager *m, pid_t pid) {
-        for (Worker *w = m->workers; w; w = w->next)
-                if (w->pid == pid)
-                        return w;
-        return NULL;
-}
-
-static unsigned count_ready(const Manager *m) {
+unsigned manager_count_ready(const Manager *m) {
         unsigned n = 0;
         for (unsigned i = 0; i < m->n_slots; i++)
-                if (slot_state(m->slots[i]) == SLOT_READY)
-                        n++;
+                n += slot_is_ready(m->slots[i]);
         return n;
 }
 
+static const char *plural(unsigned n) {
+        return n == 1 ? "" : "s";
+}
 
-void manager_update(Manager *m) {
+/* Recompute STATUS= (and READY=1 the first time every slot is ready) and
+ * tell systemd if it changed. */
+static void update_status(Manager *m) {
         char status[sizeof(m->status)], rolling[64];
-        unsigned ready = count_ready(m);
+        unsigned ready = manager_count_ready(m);
+        unsigned gen = m->pool.generation;
 
         if (m->stopping)
-                snprintf(status, sizeof(status), "Stopping: %u worker%s left", m->n_workers,
-                         m->n_workers == 1 ? "" : "s");
-        else if (m->gave_up)
+                snprintf(status, sizeof(status), "Stopping: %u worker%s left", m->pool.n_workers,
+                         plural(m->pool.n_workers));
+        else if (m->pool.gave_up)
                 snprintf(status, sizeof(status), "Gave up: %s; %u/%u workers ready, generation %u",
-                         m->giveup_reason, ready, m->n_slots, m->generation);
-        else if (rollout_describe(m, rolling, sizeof(rolling)))
-                snprintf(status, sizeof(status), "%s; %u/%u workers ready, generation %u", rolling, ready,
-                         m->n_slots, m->generation);
+                         m->pool.giveup_reason, ready, m->n_slots, gen);
+        else if (m->rollout && m->rollout->kind != ROLLOUT_RECYCLE)
+                snprintf(status, sizeof(status), "%s; %u/%u workers ready, generation %u",
+                         rollout_describe(m->rollout, rolling, sizeof(rolling)), ready, m->n_slots, gen);
         else
-                snprintf(status, sizeof(status), "%u/%u workers ready, generation %u", ready, m->n_slots,
-                         m->generation);
+                snprintf(status, sizeof(status), "%u/%u workers ready, generation %u", ready, m->n_slots, gen);
 
         if (!m->sent_ready && !m->stopping && m->n_slots > 0 && ready == m->n_slots) {
                 m->sent_ready = true;
-                log_info("all %u workers ready", m->n_slots);
+                if (m->n_slots == 1)
+                        log_info("the worker is ready");
+                else
+                        log_info("all %u workers ready", m->n_slots);
                 (void) sd_notifyf(0, "READY=1\nSTATUS=%s", status);
                 snprintf(m->status, sizeof(m->status), "%s", status);
         } else if (strcmp(status, m->status) != 0) {
                 (void) sd_notifyf(0, "STATUS=%s", status);
                 snprintf(m->status, sizeof(m->status), "%s", status);
         }
-
-        if (m->stopping && m->n_workers == 0)
-                manager_close(m);
 }
 
-bool manager_record_failure(Manager *m, const Worker *w, const char *what) {
-        if (m->gave_up)
-                return true;
-        if (!failure_window_record(&m->failures, now_usec()))
-                return false;
+/* ---- slots -------------------------------------------------------------- */
 
-        m->gave_up = true;
-        snprintf(m->giveup_reason, sizeof(m->giveup_reason), "more than %u failures within %llu ms",
-                 m->config->restart_limit, (unsigned long long) m->config->restart_window_ms);
-        LogFields f = LOG_FIELDS_NONE;
-        f.event = "giveup";
-        if (w) {
-                f.worker_id = (int) w->id;
-                f.pid = w->pid > 0 ? w->pid : -w->pid;
-                f.generation = w->generation;
-        }
-        log_emit(LOG_CRIT, &f, "giving up: %s (last: %s %s); restart.on_giveup is %s", m->giveup_reason,
-                 w ? w->who : "a spawn", what, m->config->on_giveup == GIVEUP_EXIT ? "exit" : "stay");
-        if (m->config->on_giveup == GIVEUP_EXIT)
-                manager_stop(m, 1);
-        manager_update(m);
-        return true;
-}
-
-unsigned manager_grow_slots(Manager *m, unsigned n) {
+/* Add empty slots up to n (nothing is spawned in them). Returns the new
+ * slot count, smaller than n only when out of memory (logged). */
+static unsigned grow_slots(Manager *m, unsigned n) {
         unsigned i = m->n_slots;
         if (n <= i)
                 return i;
@@ -99,52 +77,391 @@ unsigned manager_grow_slots(Manager *m, unsigned n) {
         }
         m->slots = l;
         for (; i < n; i++)
-                if (!(m->slots[i] = slot_new(m, i)))
+                if (!(m->slots[i] = slot_new(&m->pool, i)))
                         break;
         m->n_slots = i;
         return i;
 }
 
-void manager_scale(Manager *m, unsigned n) {
-        unsigned old = m->n_slots;
-        if (n < 1 || n == old || m->stopping)
-                return;
+/* Remove the slots from n on; their workers drain and each slot is freed
+ * when its OUTCOME_EMPTIED comes back. */
+static void shrink_slots(Manager *m, unsigned n) {
+        for (unsigned i = n; i < m->n_slots; i++)
+                slot_dispatch(m->slots[i], SLOT_EV_REMOVE, NULL, 0);
+        m->n_slots = n;
+        m->n_unstarted = MIN(m->n_unstarted, n);
+}
 
-        if (n > old)
-                n = manager_grow_slots(m, n);
+static void set_slot_count(Manager *m, unsigned n) {
+        unsigned old = m->n_slots;
+        if (n == old)
+                return;
         if (old > 0) {
                 LogFields f = LOG_FIELDS_NONE;
                 f.event = "scale";
-                f.generation = m->generation;
-                log_emit(LOG_INFO, &f, "scaling from %u to %u workers", old, n);
+                f.generation = m->pool.generation;
+                log_emit(LOG_INFO, &f, "scaling from %u to %u worker%s", old, n, plural(n));
+        }
+        if (n < old)
+                shrink_slots(m, n);
+        else
+                m->n_unstarted += grow_slots(m, n) - old;
+}
+
+int manager_scale(Manager *m, unsigned n) {
+        if (m->stopping || (m->rollout && m->rollout->kind != ROLLOUT_RECYCLE))
+                return -EBUSY;
+        if (n < 1)
+                return -EINVAL;
+        set_slot_count(m, n);
+        return 0;
+}
+
+/* The idle handle only keeps the loop from blocking for one iteration. */
+static void on_busy(uv_idle_t *h) {
+        uv_idle_stop(h);
+}
+
+/* Start the first worker of up to SPAWN_BATCH new slots. */
+static void start_batch(Manager *m) {
+        unsigned done = 0;
+        while (m->n_unstarted > 0 && done < SPAWN_BATCH && !m->stopping) {
+                Slot *s = m->slots[m->n_slots - m->n_unstarted--];
+                if (slot_state(s) == SLOT_EMPTY) {
+                        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+                        done++;
+                }
+        }
+        /* More to start: do not let the loop block before the next batch. */
+        if (m->n_unstarted > 0 && !m->stopping)
+                uv_idle_start(&m->busy, on_busy);
+}
+
+/* ---- plans -------------------------------------------------------------- */
+
+static LogFields event(const Manager *m, const char *name) {
+        LogFields f = LOG_FIELDS_NONE;
+        f.event = name;
+        f.generation = m->pool.generation;
+        return f;
+}
+
+static void notify_ready(Manager *m, const char *status_prefix) {
+        update_status(m);
+        (void) sd_notifyf(0, "READY=1\nSTATUS=%s%s", status_prefix ? status_prefix : "", m->status);
+}
+
+static void plan_result(Manager *m, RolloutResult res);
+
+static void start_plan(Manager *m, Rollout *r) {
+        m->rollout = r;
+        m->pool.plan = r->serial;
+        /* Done at once only when there was nothing to replace. */
+        plan_result(m, rollout_step(r, m->slots, m->n_slots, manager_config(m)->reload_max_surge));
+}
+
+static void plan_done(Manager *m) {
+        Rollout *r = TAKE_PTR(m->rollout);
+        uint64_t ms = (now_usec() - r->start_usec) / USEC_PER_MSEC;
+
+        m->pool.plan = 0;
+        if (r->kind == ROLLOUT_RELOAD && r->target_workers < m->n_slots)
+                set_slot_count(m, r->target_workers);
+        if (r->kind == ROLLOUT_RELOAD) {
+                LogFields f = event(m, "reload_done");
+                log_emit(LOG_INFO, &f, "reload done: generation %u, %u worker%s replaced in %llu ms",
+                         m->pool.generation, r->replaced, plural(r->replaced), (unsigned long long) ms);
+                if (r->note[0])
+                        log_warning("reload: %s", r->note);
+                notify_ready(m, NULL);
+        } else
+                log_info("%s done: %u worker%s replaced in %llu ms", rollout_kind_to_string(r->kind), r->replaced,
+                         plural(r->replaced), (unsigned long long) ms);
+        if (r->client) {
+                cJSON *o = cJSON_CreateObject();
+                if (o) {
+                        cJSON_AddNumberToObject(o, "generation", m->pool.generation);
+                        cJSON_AddNumberToObject(o, "replaced", r->replaced);
+                        cJSON_AddNumberToObject(o, "duration_ms", (double) ms);
+                        if (r->note[0])
+                                cJSON_AddStringToObject(o, "warning", r->note);
+                }
+                control_reply_ok(r->client, o);
+        }
+        rollout_free(r);
+}
+
+/* End the plan unsuccessfully: stop every replacement still starting,
+ * restore a reload's configuration, refill any slot left empty. */
+static void plan_failed(Manager *m) {
+        Rollout *r = TAKE_PTR(m->rollout);
+        bool any_old = false;
+
+        m->pool.plan = 0;
+        if (r->kind == ROLLOUT_RELOAD) {
+                /* New workers already promoted keep their generation; new
+                 * spawns (respawns included) use the old configuration,
+                 * restart policy and worker count. */
+                config_unref(m->pool.config);
+                m->pool.config = TAKE_PTR(r->old_config);
+                m->pool.generation = r->old_generation;
+                (void) pool_reset_failures(&m->pool);
+                if (m->n_slots > r->old_workers)
+                        set_slot_count(m, r->old_workers);
+        }
+        for (unsigned i = 0; i < m->n_slots; i++) {
+                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
+                any_old |= slot_current(m->slots[i]) != NULL;
+        }
+        if (r->kind == ROLLOUT_RECYCLE) {
+                m->recycle_pause_until = now_usec() + manager_config(m)->restart_window_ms * USEC_PER_MSEC;
+                log_warning("recycle failed: %s; the old worker keeps serving", r->error);
+                rollout_free(r);
+                return;
         }
 
-        for (unsigned i = n; i < old; i++)
-                slot_free(m->slots[i]);
-        m->n_slots = n;
-        for (unsigned i = old; i < n; i++)
-                slot_spawn(m->slots[i]);
-        manager_update(m);
+        const char *rest = r->replaced ? "; slots already replaced keep their new workers"
+                           : any_old   ? "; the old workers keep serving"
+                                       : "";
+        LogFields f = event(m, r->kind == ROLLOUT_RELOAD ? "reload_failed" : NULL);
+        log_emit(LOG_ERR, &f, "%s failed: %s%s", rollout_kind_to_string(r->kind), r->error, rest);
+        if (r->kind == ROLLOUT_RELOAD) {
+                char prefix[300];
+                snprintf(prefix, sizeof(prefix), "Reload failed: %.200s; ", r->error);
+                notify_ready(m, prefix);
+        }
+        if (r->client)
+                control_reply_error(r->client, "%s failed: %s", rollout_kind_to_string(r->kind), r->error);
+        rollout_free(r);
 }
+
+static void plan_result(Manager *m, RolloutResult res) {
+        if (res == ROLLOUT_DONE)
+                plan_done(m);
+        else if (res == ROLLOUT_FAILED)
+                plan_failed(m);
+}
+
+/* A recycle yields to a reload or restart: its replacement is stopped. */
+static void preempt_recycle(Manager *m) {
+        if (!m->rollout || m->rollout->kind != ROLLOUT_RECYCLE)
+                return;
+        for (unsigned i = 0; i < m->n_slots; i++)
+                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
+        m->rollout = rollout_free(m->rollout);
+        m->pool.plan = 0;
+}
+
+static bool refuse_busy(Manager *m, ControlConn *client, const char *what) {
+        const char *why = m->stopping                                             ? "corrald is stopping"
+                          : m->rollout && m->rollout->kind != ROLLOUT_RECYCLE ? "another reload or restart is in progress"
+                                                                                : NULL;
+        if (!why)
+                return false;
+        log_warning("%s refused: %s", what, why);
+        if (client)
+                control_reply_error(client, "%s refused: %s", what, why);
+        return true;
+}
+
+static bool listen_changed(const Manager *m, const Config *c) {
+        const Config *old = manager_config(m);
+        return !m->listeners.activated &&
+               (c->n_listen != old->n_listen ||
+                (c->n_listen && memcmp(c->listen, old->listen, c->n_listen * sizeof(ListenAddr)) != 0));
+}
+
+void manager_reload(Manager *m, ControlConn *client) {
+        _cleanup_(config_unrefp) Config *c = NULL;
+        char *error = NULL;
+
+        if (refuse_busy(m, client, "reload"))
+                return;
+
+        int r = config_build(m->overrides, &c, &error);
+        if (r >= 0 && !streq_ptr(c->name, manager_config(m)->name)) {
+                r = -EINVAL;
+                if (asprintf(&error, "the instance name cannot change on reload (\"%s\" -> \"%s\"); restart instead",
+                             manager_config(m)->name, c->name) < 0)
+                        error = NULL;
+        }
+        if (r >= 0)
+                r = config_check_supported(c, &error);
+        if (r < 0) {
+                LogFields f = event(m, "reload_failed");
+                log_emit(LOG_ERR, &f, "reload failed, nothing changed: %s", error ? error : strerror(-r));
+                if (client)
+                        control_reply_error(client, "%s", error ? error : strerror(-r));
+                free(error);
+                return;
+        }
+
+        unsigned target = config_worker_count(c);
+        Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), client, now_usec());
+        if (!ro) {
+                if (client)
+                        control_reply_error(client, "out of memory");
+                return;
+        }
+        preempt_recycle(m);
+        if (listen_changed(m, c))
+                snprintf(ro->note, sizeof(ro->note), "listen changes take effect only when corrald restarts");
+        ro->old_config = m->pool.config;
+        ro->old_generation = m->pool.generation;
+        ro->old_workers = m->n_slots;
+        ro->target_workers = target;
+        m->pool.config = TAKE_PTR(c);
+        m->pool.generation++;
+        /* New restart policy, and a reload is a fresh start after giving up. */
+        (void) pool_reset_failures(&m->pool);
+
+        (void) sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading: generation %u",
+                          (unsigned long long) now_usec(), m->pool.generation);
+        LogFields f = event(m, "reload_begin");
+        log_emit(LOG_INFO, &f, "reload: generation %u, %u -> %u worker%s", m->pool.generation, m->n_slots, target,
+                 plural(target));
+
+        /* Slots that stay are replaced; new ones get their first worker
+         * the same way, so a broken release that adds workers fails the
+         * reload instead of crash-looping into a give-up. Surplus slots
+         * go once the plan is done. */
+        unsigned have = grow_slots(m, target);
+        m->n_unstarted = 0;
+        for (unsigned i = 0; i < MIN(have, target); i++)
+                rollout_enqueue(ro, m->slots[i]);
+        rollout_progress(ro, "generation %u: starting %u worker%s, at most %u at a time", m->pool.generation,
+                         ro->n_queue, plural(ro->n_queue), manager_config(m)->reload_max_surge);
+        start_plan(m, ro);
+}
+
+void manager_restart(Manager *m, int slot, ControlConn *client) {
+        if (refuse_busy(m, client, "restart"))
+                return;
+        if (slot >= 0 && (unsigned) slot >= m->n_slots) {
+                if (client)
+                        control_reply_error(client, "no slot %d (there are %u workers)", slot, m->n_slots);
+                return;
+        }
+        Rollout *r = rollout_new(ROLLOUT_RESTART, ++m->rollout_serial, m->n_slots, client, now_usec());
+        if (!r) {
+                if (client)
+                        control_reply_error(client, "out of memory");
+                return;
+        }
+        preempt_recycle(m);
+        for (unsigned i = 0; i < m->n_slots; i++)
+                if (slot < 0 || i == (unsigned) slot)
+                        rollout_enqueue(r, m->slots[i]);
+        rollout_progress(r, "replacing %u worker%s, at most %u at a time", r->n_queue, plural(r->n_queue),
+                         manager_config(m)->reload_max_surge);
+        start_plan(m, r);
+}
+
+/* ---- outcomes ----------------------------------------------------------- */
+
+static void on_gave_up(Manager *m, const Outcome *o) {
+        const Config *c = manager_config(m);
+        LogFields f = LOG_FIELDS_NONE;
+        f.event = "giveup";
+        f.worker_id = (int) o->slot_id;
+        f.pid = o->pid;
+        f.generation = o->generation;
+        log_emit(LOG_CRIT, &f, "giving up: %s (last: %s); restart.on_giveup is %s", m->pool.giveup_reason, o->what,
+                 c->on_giveup == GIVEUP_EXIT ? "exit" : "stay");
+        if (c->on_giveup == GIVEUP_EXIT)
+                manager_stop(m, 1);
+}
+
+static void on_outcome(Manager *m, Outcome *o) {
+        switch (o->kind) {
+        case OUTCOME_GAVE_UP:
+                on_gave_up(m, o);
+                break;
+        case OUTCOME_EXEC_FAILED:
+                /* Like systemd's 203/EXEC: a binary that cannot run is a
+                 * configuration error, not a crash to retry. At start it
+                 * ends the instance; in a plan it fails the plan (the
+                 * REPLACE_FAILED outcome that follows). */
+                if (!m->sent_ready && !m->rollout && !m->stopping) {
+                        log_error("%s; exiting", o->what);
+                        manager_stop(m, 1);
+                }
+                break;
+        case OUTCOME_EMPTIED:
+                slot_free(o->slot);
+                break;
+        case OUTCOME_REPLACED:
+        case OUTCOME_REPLACE_FAILED:
+                if (m->rollout)
+                        plan_result(m, rollout_on_outcome(m->rollout, o, m->slots, m->n_slots,
+                                                          manager_config(m)->reload_max_surge));
+                break;
+        }
+}
+
+/* The pool's earliest deadline changed: fire the timer then. */
+static void on_deadline(uv_timer_t *t);
+
+static void arm_deadline(Manager *m) {
+        uint64_t due = m->pool.earliest;
+        if (m->closed || due == m->deadline_armed)
+                return;
+        m->deadline_armed = due;
+        if (!due) {
+                uv_timer_stop(&m->deadline);
+                return;
+        }
+        uint64_t now = now_usec();
+        uint64_t ms = due > now ? (due - now + USEC_PER_MSEC - 1) / USEC_PER_MSEC : 0;
+        if (uv_timer_start(&m->deadline, on_deadline, ms, 0) < 0)
+                log_error("cannot arm the deadline timer");
+}
+
+static void on_deadline(uv_timer_t *t) {
+        Manager *m = t->data;
+        m->deadline_armed = 0;
+        (void) pool_on_time(&m->pool, now_usec());
+}
+
+/* Once per loop iteration, before the loop blocks. */
+static void on_prepare(uv_prepare_t *h) {
+        Manager *m = h->data;
+        Outcome *o;
+
+        if (m->closed)
+                return;
+        start_batch(m);
+        while ((o = pool_pop_outcome(&m->pool))) {
+                on_outcome(m, o);
+                free(o);
+        }
+        if (m->stopping && m->pool.n_workers == 0 && !m->pool.slots) {
+                manager_close(m);
+                return;
+        }
+        update_status(m);
+        arm_deadline(m);
+}
+
+/* ---- stop --------------------------------------------------------------- */
 
 void manager_stop(Manager *m, int exit_code) {
         if (m->stopping)
                 return;
         m->stopping = true;
+        m->pool.stopping = true;
         m->exit_code = exit_code;
-        rollout_abort(m, "corrald is stopping");
-        LogFields f = LOG_FIELDS_NONE;
-        f.event = "stop";
-        f.generation = m->generation;
-        log_emit(LOG_INFO, &f, "stopping %u worker%s", m->n_workers, m->n_workers == 1 ? "" : "s");
+        if (m->rollout) {
+                if (m->rollout->client)
+                        control_reply_error(m->rollout->client, "%s aborted: corrald is stopping",
+                                            rollout_kind_to_string(m->rollout->kind));
+                m->rollout = rollout_free(m->rollout);
+        }
+        LogFields f = event(m, "stop");
+        log_emit(LOG_INFO, &f, "stopping %u worker%s", m->pool.n_workers, plural(m->pool.n_workers));
         (void) sd_notify(0, "STOPPING=1");
-
-        for (unsigned i = 0; i < m->n_slots; i++)
-                uv_timer_stop(&m->slots[i]->backoff);
-        for (Worker *w = m->workers; w; w = w->next)
-                if (w->pid > 0)
-                        worker_stop(w);
-        manager_update(m);
+        uv_timer_stop(&m->recycle);
+        shrink_slots(m, 0);
 }
 
 /* ---- signals ------------------------------------------------------------ */
@@ -157,14 +474,12 @@ static void on_sigchld(uv_signal_t *h, int signum) {
         notify_server_drain(&m->notify);
 
         /* Reap only our own workers, by pid; never waitpid(-1). */
-        for (Worker *w = m->workers, *next; w; w = next) {
+        LIST_FOREACH(all, w, m->pool.workers) {
                 int st;
-                next = w->next;
                 if (w->pid <= 0)
                         continue;
-                pid_t r = waitpid(w->pid, &st, WNOHANG);
-                if (r == w->pid)
-                        worker_on_exit(w, st);
+                if (waitpid(w->pid, &st, WNOHANG) == w->pid)
+                        slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
 }
 
@@ -178,52 +493,58 @@ static void on_sigterm(uv_signal_t *h, int signum) {
 static void on_sighup(uv_signal_t *h, int signum) {
         Manager *m = h->data;
         log_info("received SIGHUP: reloading");
-        rollout_reload(m, NULL);
+        manager_reload(m, NULL);
 }
 
 /* SIGTTIN adds a worker, SIGTTOU removes one (never the last). */
 static void on_sigttin(uv_signal_t *h, int signum) {
         Manager *m = h->data;
-        if (m->rollout) {
+        unsigned n = signum == SIGTTIN ? m->n_slots + 1 : m->n_slots - 1;
+        if (signum == SIGTTIN && m->n_slots >= CONFIG_WORKERS_MAX)
+                log_warning("SIGTTIN ignored: already at the maximum of %u workers", CONFIG_WORKERS_MAX);
+        else if (signum == SIGTTOU && m->n_slots <= 1)
+                log_warning("SIGTTOU ignored: the last worker stays");
+        else if (manager_scale(m, n) == -EBUSY)
                 log_warning("%s ignored: a reload or restart is in progress", signal_to_string(signum));
-                return;
-        }
-        if (signum == SIGTTIN && m->n_slots >= 4096)
-                log_warning("SIGTTIN ignored: already at the maximum of 4096 workers");
-        else if (signum == SIGTTIN)
-                manager_scale(m, m->n_slots + 1);
-        else if (m->n_slots > 1)
-                manager_scale(m, m->n_slots - 1);
 }
 
 /* recycle.max_rss_mb: a ready worker over the limit gets a replacement
- * started beside it and is stopped once that one is ready, like a
- * one-slot rollout; nothing happens while a rollout runs. */
+ * started beside it and is stopped once that one is ready — a one-slot
+ * plan; nothing happens while another plan runs. */
 static void on_recycle_check(uv_timer_t *t) {
         Manager *m = t->data;
-        uint64_t limit_kb = m->config->recycle_max_rss_mb * 1024;
+        const Config *c = manager_config(m);
+        uint64_t limit_kb = c->recycle_max_rss_mb * 1024;
 
-        if (!limit_kb || m->stopping || m->rollout)
+        if (!limit_kb || m->stopping || m->rollout || now_usec() < m->recycle_pause_until)
                 return;
-        for (unsigned i = 0; i < m->n_slots; i++) {
-                Slot *s = m->slots[i];
-                Worker *w = s->current;
+        /* Round the slots from where the last recycle was, so one slot
+         * that is always over the limit does not starve the others. */
+        for (unsigned k = 0; k < m->n_slots; k++) {
+                unsigned i = (m->recycle_next + k) % m->n_slots;
+                Worker *w = slot_ready_worker(m->slots[i]);
                 ProcStats ps;
-                if (!w || w->state != WORKER_READY || s->incoming || w->pid <= 0 ||
-                    procfs_read_stats(w->pid, &ps) < 0 || ps.rss_kb <= limit_kb)
+                if (!w || slot_state(m->slots[i]) != SLOT_READY || procfs_read_stats(w->pid, &ps) < 0 ||
+                    ps.rss_kb <= limit_kb)
                         continue;
+                Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, NULL, now_usec());
+                if (!r)
+                        return;
                 LogFields f = LOG_FIELDS_NONE;
                 f.worker_id = (int) w->id;
                 f.pid = w->pid;
                 f.generation = w->generation;
                 log_emit(LOG_NOTICE, &f, "recycling %s: RSS %llu MiB exceeds recycle.max_rss_mb=%llu", w->who,
-                         (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) m->config->recycle_max_rss_mb);
-                (void) slot_spawn_incoming(s);
+                         (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) c->recycle_max_rss_mb);
+                m->recycle_next = i + 1;
+                rollout_enqueue(r, m->slots[i]);
+                start_plan(m, r);
+                return;
         }
 }
 
-void manager_arm_recycle(Manager *m) {
-        if (m->config->recycle_max_rss_mb > 0 && !m->stopping)
+static void arm_recycle(Manager *m) {
+        if (manager_config(m)->recycle_max_rss_mb > 0 && !m->stopping)
                 uv_timer_start(&m->recycle, on_recycle_check, 1000, 1000);
         else
                 uv_timer_stop(&m->recycle);
@@ -254,19 +575,19 @@ static pid_t read_ppid(pid_t pid) {
 
 static void on_notify(void *userdata, pid_t pid, const NotifyMsg *msg) {
         Manager *m = userdata;
-        Worker *w = manager_find_worker(m, pid);
+        Worker *w = pool_find_worker(&m->pool, pid);
 
         /* A direct child of a worker speaks for it: that is how
          * `systemd-notify --ready` in a shell worker reaches us (it waits on
          * BARRIER=1, so it is still alive while we look it up). */
         if (!w)
-                w = manager_find_worker(m, read_ppid(pid));
-        if (!w || w->pid <= 0) {
+                w = pool_find_worker(&m->pool, read_ppid(pid));
+        if (!w) {
                 log_debug("notify socket: ignored a message from pid %d, which is not a current worker", (int) pid);
                 m->notify.n_dropped++;
                 return;
         }
-        worker_on_notify(w, msg);
+        slot_on_notify(w, msg);
 }
 
 /* ---- start and end ------------------------------------------------------ */
@@ -277,27 +598,26 @@ static void close_handle(uv_handle_t *h) {
 }
 
 void manager_close(Manager *m) {
-        close_handle((uv_handle_t *) &m->sig_term);
-        close_handle((uv_handle_t *) &m->sig_int);
-        close_handle((uv_handle_t *) &m->sig_hup);
-        close_handle((uv_handle_t *) &m->sig_chld);
-        close_handle((uv_handle_t *) &m->sig_ttin);
-        close_handle((uv_handle_t *) &m->sig_ttou);
-        close_handle((uv_handle_t *) &m->watchdog);
-        close_handle((uv_handle_t *) &m->recycle);
+        if (m->closed)
+                return;
+        m->closed = true;
+        uv_handle_t *handles[] = {
+                (uv_handle_t *) &m->sig_term, (uv_handle_t *) &m->sig_int,  (uv_handle_t *) &m->sig_hup,
+                (uv_handle_t *) &m->sig_chld, (uv_handle_t *) &m->sig_ttin, (uv_handle_t *) &m->sig_ttou,
+                (uv_handle_t *) &m->watchdog, (uv_handle_t *) &m->recycle,  (uv_handle_t *) &m->deadline,
+                (uv_handle_t *) &m->prepare,  (uv_handle_t *) &m->busy,
+        };
+        for (size_t i = 0; i < ELEMENTSOF(handles); i++)
+                close_handle(handles[i]);
         notify_server_stop(&m->notify);
         control_server_stop(&m->control);
-        for (unsigned i = 0; i < m->n_slots; i++)
-                slot_free(m->slots[i]);
-        m->n_slots = 0;
 }
 
 int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o) {
         char *error = NULL;
         int r;
 
-        *m = (Manager) { .loop = loop, .config = config_ref(config), .overrides = o, .generation = 1,
-                         .start_usec = now_usec(), .notify.fd = -EBADF };
+        *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .notify.fd = -EBADF };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
@@ -306,11 +626,16 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 uv_signal_init(loop, signals[i]);
                 signals[i]->data = m;
         }
-        uv_timer_init(loop, &m->watchdog);
-        uv_timer_init(loop, &m->recycle);
-        m->recycle.data = m;
+        uv_timer_t *timers[] = { &m->watchdog, &m->recycle, &m->deadline };
+        for (size_t i = 0; i < ELEMENTSOF(timers); i++) {
+                uv_timer_init(loop, timers[i]);
+                timers[i]->data = m;
+        }
+        uv_prepare_init(loop, &m->prepare);
+        m->prepare.data = m;
+        uv_idle_init(loop, &m->busy);
 
-        r = failure_window_init(&m->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
+        r = pool_init(&m->pool, &manager_slot_ops, m, now_usec, config);
         if (r < 0)
                 return log_error_errno(r, "cannot allocate the failure window: %m");
 
@@ -342,25 +667,26 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         uv_signal_start(&m->sig_hup, on_sighup, SIGHUP);
         uv_signal_start(&m->sig_ttin, on_sigttin, SIGTTIN);
         uv_signal_start(&m->sig_ttou, on_sigttin, SIGTTOU);
+        uv_prepare_start(&m->prepare, on_prepare);
 
         if (sd_watchdog_enabled(0, &m->watchdog_usec) > 0 && m->watchdog_usec > 0) {
                 uint64_t ms = MAX(m->watchdog_usec / 2 / USEC_PER_MSEC, 1);
                 log_info("systemd watchdog enabled: pinging every %llu ms", (unsigned long long) ms);
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
+        arm_recycle(m);
 
-        manager_arm_recycle(m);
-
-        log_info("starting %u workers: %s", config_worker_count(config), config->exec[0]);
-        manager_scale(m, config_worker_count(config));
+        unsigned n = config_worker_count(config);
+        log_info("starting %u worker%s: %s", n, plural(n), config->exec[0]);
+        set_slot_count(m, n);
         return 0;
 }
 
 void manager_done(Manager *m) {
-        for (unsigned i = 0; i < m->n_slots; i++)
-                free(m->slots[i]);
+        /* Slots left after a failed start (nothing ran) or a close. */
+        while (m->pool.slots)
+                slot_free(m->pool.slots);
         free(m->slots);
         listener_set_done(&m->listeners);
-        failure_window_done(&m->failures);
-        config_unref(m->config);
+        pool_done(&m->pool);
 }

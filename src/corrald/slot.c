@@ -1,44 +1,96 @@
-/* slot: the worker lifecycle (SPEC §4) as one state machine.
+/* slot: the worker lifecycle as one state machine per slot. See slot.h and
+ * docs/internals/lifecycle.md, which shows the table below as a table.
  *
- * Worker states: STARTING → READY → STOPPING → (exited). A slot's state is
- * its current worker's, or BACKOFF (waiting to respawn) or FAILED (given
- * up). Every transition happens in this file; each state has at most one
- * deadline, kept in the worker's single timer:
+ * Each slot has a stored state and at most three kinds of workers: its
+ * `current` one, an `incoming` replacement while a plan replaces it, and
+ * `leaving` ones that drain until they exit. Every state change is a row of
+ * `transitions` below, reached through slot_dispatch() and nothing else.
  *
- *   STARTING  ready.timeout_ms  → SIGKILL, counts as a failure
- *   READY     watchdog_ms       → SIGABRT, then STOPPING's deadline
- *   STOPPING  stop.timeout_ms   → SIGKILL to the worker's process group
+ * Worker events are refined by the worker's role before the lookup: the
+ * table has one column for the current worker's exit and another for the
+ * replacement's, so "what happens when a starting replacement exits during
+ * a reload" is one cell: REPLACING × INCOMING_EXIT → replace_failed.
  *
- * Whether an exit is a failure is decided in one place, worker_on_exit():
- * it is expected when we asked the worker to stop, or when it announced
- * STOPPING=1 and then exited 0; anything else — including a worker we
- * killed for a timeout — is a failure, which goes through the instance's
- * rate limit and the slot's backoff. */
+ * Each worker has one deadline for its state (ready.timeout_ms while
+ * starting, watchdog_ms while ready, stop.timeout_ms while stopping); the
+ * slot has one (its respawn). They are absolute times; the owner keeps one
+ * timer for the earliest (Pool.earliest) and calls pool_on_time().
+ *
+ * Failures are decided here, in account_failure(): an exit we did not ask
+ * for, a spawn that failed, a worker killed for a timeout, and a worker that
+ * said STOPPING=1 too soon after it became ready (see leaves_healthy()).
+ * They go through the instance-wide failure window (give up) and the slot's
+ * backoff. */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "fd-util.h"
 #include "log.h"
-#include "manager.h"
-#include "rollout.h"
-#include "spawn.h"
+#include "slot.h"
 #include "util.h"
+
+struct Slot {
+        Pool *pool;
+        unsigned id;
+        SlotState state;
+        Worker *current;
+        Worker *incoming;
+        Worker *leaving;           /* list */
+        unsigned consecutive_failures;
+        unsigned restarts;
+        uint64_t deadline;         /* BACKOFF: when to respawn */
+        bool emptied;              /* OUTCOME_EMPTIED was queued */
+        LIST_FIELDS(Slot, all);
+};
+
+/* Refined events: the public ones about a worker become the column of
+ * that worker's role. */
+enum {
+        EV_START = SLOT_EV_START,
+        EV_REPLACE = SLOT_EV_REPLACE,
+        EV_CANCEL = SLOT_EV_CANCEL,
+        EV_REMOVE = SLOT_EV_REMOVE,
+        EV_HOLD = SLOT_EV_HOLD,
+        EV_BACKOFF_DONE = SLOT_EV_BACKOFF_DONE,
+        EV_READY = SLOT_EV_READY,
+        EV_STOPPING = SLOT_EV_STOPPING,
+        EV_EXIT = SLOT_EV_EXIT,
+        EV_INCOMING_READY = _SLOT_EVENT_MAX,
+        EV_INCOMING_STOPPING,
+        EV_INCOMING_EXIT,
+        EV_LEAVING_EXIT,
+        _EV_MAX,
+};
+
+static const char * const slot_state_table[_SLOT_STATE_MAX] = {
+        [SLOT_EMPTY] = "empty",       [SLOT_STARTING] = "starting", [SLOT_READY] = "ready",
+        [SLOT_REPLACING] = "replacing", [SLOT_BACKOFF] = "backoff", [SLOT_FAILED] = "failed",
+        [SLOT_REMOVED] = "removed",
+};
+
+static const char * const event_table[_EV_MAX] = {
+        [EV_START] = "start",
+        [EV_REPLACE] = "replace",
+        [EV_CANCEL] = "cancel",
+        [EV_REMOVE] = "remove",
+        [EV_HOLD] = "hold",
+        [EV_BACKOFF_DONE] = "backoff-done",
+        [EV_READY] = "ready",
+        [EV_STOPPING] = "stopping",
+        [EV_EXIT] = "exit",
+        [EV_INCOMING_READY] = "incoming-ready",
+        [EV_INCOMING_STOPPING] = "incoming-stopping",
+        [EV_INCOMING_EXIT] = "incoming-exit",
+        [EV_LEAVING_EXIT] = "leaving-exit",
+};
 
 static const char * const worker_state_table[_WORKER_STATE_MAX] = {
         [WORKER_STARTING] = "starting",
         [WORKER_READY] = "ready",
         [WORKER_STOPPING] = "stopping",
-};
-
-static const char * const slot_state_table[_SLOT_STATE_MAX] = {
-        [SLOT_STARTING] = "starting",
-        [SLOT_READY] = "ready",
-        [SLOT_STOPPING] = "stopping",
-        [SLOT_BACKOFF] = "backoff",
-        [SLOT_FAILED] = "failed",
+        [WORKER_EXITED] = "exited",
 };
 
 const char *worker_state_to_string(WorkerState s) {
@@ -49,462 +101,669 @@ const char *slot_state_to_string(SlotState s) {
         return s < _SLOT_STATE_MAX ? slot_state_table[s] : "?";
 }
 
+const char *slot_event_to_string(SlotEvent e) {
+        return (unsigned) e < _EV_MAX ? event_table[e] : "?";
+}
+
 SlotState slot_state(const Slot *s) {
+        return s->state;
+}
+
+const char *slot_display_state(const Slot *s) {
         if (s->current)
-                return (SlotState) s->current->state;   /* the first three states coincide */
-        return s->failed ? SLOT_FAILED : SLOT_BACKOFF;
+                return worker_state_to_string(s->current->state);
+        if (s->incoming)
+                return "starting";
+        return s->state == SLOT_FAILED ? "failed" : "backoff";
+}
+
+unsigned slot_id(const Slot *s) {
+        return s->id;
+}
+
+unsigned slot_restarts(const Slot *s) {
+        return s->restarts;
+}
+
+Worker *slot_current(const Slot *s) {
+        return s->current;
+}
+
+Worker *slot_incoming(const Slot *s) {
+        return s->incoming;
+}
+
+bool slot_is_ready(const Slot *s) {
+        return s->current && s->current->state == WORKER_READY;
+}
+
+Worker *slot_ready_worker(const Slot *s) {
+        return slot_is_ready(s) ? s->current : NULL;
 }
 
 static LogFields worker_fields(const Worker *w, const char *event) {
         return (LogFields) {
                 .event = event,
                 .worker_id = (int) w->id,
-                .pid = w->pid,
+                .pid = worker_pid(w),
                 .generation = w->generation,
                 .exit_status = -1,
         };
 }
 
-/* ---- worker object ------------------------------------------------------ */
+/* ---- the pool ----------------------------------------------------------- */
 
-static void worker_unlink_and_free(Worker *w) {
-        Manager *m = w->manager;
-        if (w->prev)
-                w->prev->next = w->next;
+int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config) {
+        *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1,
+                      .notice_limit = RATELIMIT_INIT(10 * USEC_PER_SEC, 20) };
+        return failure_window_init(&p->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
+}
+
+void pool_done(Pool *p) {
+        Outcome *o;
+        while ((o = pool_pop_outcome(p)))
+                free(o);
+        failure_window_done(&p->failures);
+        p->config = config_unref(p->config);
+}
+
+int pool_reset_failures(Pool *p) {
+        FailureWindow fw;
+        int r = failure_window_init(&fw, p->config->restart_limit, p->config->restart_window_ms * USEC_PER_MSEC);
+        if (r < 0)
+                return r;
+        failure_window_done(&p->failures);
+        p->failures = fw;
+        p->gave_up = false;
+        return 0;
+}
+
+Outcome *pool_pop_outcome(Pool *p) {
+        Outcome *o = p->outcomes;
+        if (o) {
+                p->outcomes = o->next;
+                if (!p->outcomes)
+                        p->outcomes_tail = NULL;
+        }
+        return o;
+}
+
+Worker *pool_find_worker(Pool *p, pid_t pid) {
+        if (pid <= 0)
+                return NULL;
+        LIST_FOREACH(all, w, p->workers)
+                if (w->pid == pid)
+                        return w;
+        return NULL;
+}
+
+_printf_(4, 5) static Outcome *push(Slot *s, OutcomeKind kind, const Worker *w, const char *fmt, ...) {
+        Pool *p = s->pool;
+        Outcome *o = calloc(1, sizeof(Outcome));
+        if (!o) {
+                log_error("slot %u: out of memory; an outcome is lost", s->id);
+                return NULL;
+        }
+        *o = (Outcome) { .kind = kind, .slot = s, .slot_id = s->id, .generation = p->generation };
+        if (w) {
+                o->pid = worker_pid(w);
+                o->plan = w->plan;
+                o->generation = w->generation;
+        }
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(o->what, sizeof(o->what), fmt, ap);
+        va_end(ap);
+        if (p->outcomes_tail)
+                p->outcomes_tail->next = o;
         else
-                m->workers = w->next;
-        if (w->next)
-                w->next->prev = w->prev;
-        m->n_workers--;
+                p->outcomes = o;
+        p->outcomes_tail = o;
+        return o;
+}
+
+static void set_deadline(Pool *p, uint64_t *field, uint64_t due) {
+        *field = due;
+        if (due && (!p->earliest || due < p->earliest))
+                p->earliest = due;
+}
+
+/* ---- workers ------------------------------------------------------------ */
+
+int worker_signal(Worker *w, int sig) {
+        if (w->pid <= 0)
+                return -ESRCH;
+        w->slot->pool->ops->kill(w->slot->pool->ops_data, w, sig, false);
+        return 0;
+}
+
+void worker_free(Worker *w) {
+        if (!w)
+                return;
         config_unref(w->config);
         free(w);
-        manager_update(m);
-}
-
-static void on_handle_closed(uv_handle_t *h) {
-        Worker *w = h->data;
-        if (--w->n_handles == 0)
-                worker_unlink_and_free(w);
-}
-
-static void on_ipc_closed(Ipc *ipc) {
-        Worker *w = ipc->userdata;
-        if (--w->n_handles == 0)
-                worker_unlink_and_free(w);
-}
-
-static void on_output_closed(Output *o) {
-        Worker *w = o->userdata;
-        if (--w->n_handles == 0)
-                worker_unlink_and_free(w);
-}
-
-/* Close the worker's handles; it is freed when the last close completes. */
-static void worker_release(Worker *w) {
-        uv_timer_stop(&w->timer);
-        uv_close((uv_handle_t *) &w->timer, on_handle_closed);
-        ipc_close(&w->ipc);
-        output_close(&w->output);
-}
-
-static void on_ipc_line(Ipc *ipc, const char *json) {
-        Worker *w = ipc->userdata;
-        LogFields f = worker_fields(w, NULL);
-        log_emit(LOG_INFO, &f, "%s message: %s", w->who, json);
-}
-
-static void worker_arm(Worker *w, uint64_t ms, uv_timer_cb cb) {
-        uv_timer_stop(&w->timer);
-        if (ms > 0)
-                uv_timer_start(&w->timer, cb, ms, 0);
-}
-
-static void detach(Worker *w) {
-        if (w->slot && w->slot->current == w)
-                w->slot->current = NULL;
-        if (w->slot && w->slot->incoming == w)
-                w->slot->incoming = NULL;
-        w->slot = NULL;
-}
-
-static bool is_incoming(const Worker *w) {
-        return w->slot && w->slot->incoming == w;
-}
-
-/* ---- deadlines ---------------------------------------------------------- */
-
-static void on_stop_timeout(uv_timer_t *t) {
-        Worker *w = t->data;
-        LogFields f = worker_fields(w, NULL);
-        log_emit(LOG_WARNING, &f, "%s did not exit within %llu ms; sending SIGKILL", w->who,
-                 (unsigned long long) w->config->stop_timeout_ms);
-        /* The whole group: a worker that is a shell wrapper must not leave
-         * its children behind. */
-        (void) kill(-w->pid, SIGKILL);
-        (void) kill(w->pid, SIGKILL);
 }
 
 static void enter_stopping(Worker *w) {
+        Pool *p = w->slot->pool;
         w->state = WORKER_STOPPING;
-        worker_arm(w, w->config->stop_timeout_ms, on_stop_timeout);
+        uint64_t t = w->config->stop_timeout_ms;
+        set_deadline(p, &w->deadline, t ? p->now() + t * USEC_PER_MSEC : 0);
 }
 
-static void on_ready_timeout(uv_timer_t *t) {
-        Worker *w = t->data;
+static void become_ready(Worker *w) {
+        Pool *p = w->slot->pool;
         LogFields f = worker_fields(w, "ready");
-        w->failure = "did not become ready in time";
-        log_emit(LOG_WARNING, &f, "%s did not send READY=1 within %llu ms; killing it", w->who,
-                 (unsigned long long) w->config->ready_timeout_ms);
-        (void) kill(w->pid, SIGKILL);
+        w->state = WORKER_READY;
+        w->ready_usec = p->now();
+        set_deadline(p, &w->deadline, w->config->watchdog_ms ? w->ready_usec + w->config->watchdog_ms * USEC_PER_MSEC : 0);
+        log_emit(LOG_INFO, &f, "%s is ready (%.1f ms after spawn)", w->who,
+                 (double) (w->ready_usec - w->start_usec) / 1000.0);
 }
 
 static void watchdog_fire(Worker *w, const char *why) {
         LogFields f = worker_fields(w, "watchdog");
         w->failure = why;
         log_emit(LOG_WARNING, &f, "%s %s; sending SIGABRT", w->who, why);
-        (void) kill(w->pid, SIGABRT);
+        (void) worker_signal(w, SIGABRT);
         enter_stopping(w);
 }
 
-static void on_watchdog_timeout(uv_timer_t *t) {
-        watchdog_fire(t->data, "sent no WATCHDOG=1 within watchdog_ms");
-}
-
-/* ---- transitions -------------------------------------------------------- */
-
-static void become_ready(Worker *w) {
-        LogFields f = worker_fields(w, "ready");
-        w->state = WORKER_READY;
-        w->ready_usec = now_usec();
-        worker_arm(w, w->config->watchdog_ms, on_watchdog_timeout);
-        log_emit(LOG_INFO, &f, "%s is ready (%.1f ms after spawn)", w->who,
-                 (double) (w->ready_usec - w->start_usec) / 1000.0);
-        if (is_incoming(w))
-                rollout_on_ready(w->manager, w);
-        manager_update(w->manager);
-}
-
-static void schedule_respawn(Slot *s);
-
-static Worker *worker_spawn(Slot *s) {
-        Manager *m = s->manager;
-        Config *c = m->config;
-        int fds[m->listeners.n + 1];
-        int pair[2];
-        int out_r = -EBADF, out_w = -EBADF;
-        const char *stage;
-
-        for (unsigned i = 0; i < m->listeners.n; i++)
-                fds[i] = m->listeners.items[i].fd;
-
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == -1) {
-                log_error("slot %u: cannot create IPC socket pair: %m", s->id);
-                return NULL;
-        }
-        /* Worker output (SPEC §8): journald streams the child opens itself,
-         * or in stderr mode a pipe we read; without one, it inherits ours. */
-        bool piped = log_get_target() == LOG_TARGET_STDERR && output_pipe(&out_r, &out_w) >= 0;
-
-        SpawnParams p = {
-                .argv = c->exec,
-                .cwd = c->cwd,
-                .extra_env = c->env,
-                .listen_fds = fds,
-                .n_listen = m->listeners.n,
-                .fdnames = m->listeners.fdnames,
-                .notify_socket = m->notify.path,
-                .ipc_fd = pair[1],
-                .instance = c->name,
-                .worker_id = s->id,
-                .generation = m->generation,
-                .watchdog_usec = c->watchdog_ms * USEC_PER_MSEC,
-                .output = piped ? SPAWN_OUTPUT_FD
-                          : log_get_target() == LOG_TARGET_JOURNAL ? SPAWN_OUTPUT_JOURNAL : SPAWN_OUTPUT_INHERIT,
-                .syslog_identifier = c->name,
-                .output_fd = out_w,
-        };
-        pid_t pid = spawn_worker(&p, &stage);
-        safe_close(pair[1]);
-        safe_close(out_w);
-        if (pid < 0) {
-                LogFields f = { .event = "spawn", .worker_id = (int) s->id, .generation = m->generation,
-                                .exit_status = -1 };
-                errno = (int) -pid;
-                log_emit(LOG_ERR, &f, "slot %u: cannot start %s: %s failed: %m", s->id, c->exec[0], stage);
-                safe_close(pair[0]);
-                safe_close(out_r);
-                return NULL;
-        }
-
-        Worker *w = calloc(1, sizeof(Worker));
-        if (!w) {
-                /* Cannot track it: make sure it does not outlive us untracked. */
-                (void) kill(pid, SIGKILL);
-                safe_close(pair[0]);
-                safe_close(out_r);
-                log_error("slot %u: out of memory", s->id);
-                return NULL;
-        }
-        *w = (Worker) {
-                .manager = m,
-                .slot = s,
-                .config = config_ref(c),
-                .id = s->id,
-                .generation = m->generation,
-                .pid = pid,
-                .state = WORKER_STARTING,
-                .start_usec = now_usec(),
-                .next = m->workers,
-        };
-        snprintf(w->who, sizeof(w->who), "worker %u (pid %d)", s->id, (int) pid);
-        if (m->workers)
-                m->workers->prev = w;
-        m->workers = w;
-        m->n_workers++;
-
-        uv_timer_init(m->loop, &w->timer);
-        w->timer.data = w;
-        w->n_handles = 1;
-        w->ipc = (Ipc) { .on_line = on_ipc_line, .on_close = on_ipc_closed, .who = w->who, .userdata = w };
-        if (ipc_start(&w->ipc, m->loop, pair[0]) >= 0)
-                w->n_handles++;
-        else
-                log_warning("%s: cannot watch its IPC channel", w->who);
-        w->output = (Output) { .on_close = on_output_closed, .userdata = w };
-        if (piped) {
-                if (output_start(&w->output, m->loop, out_r, c->name, s->id) >= 0)
-                        w->n_handles++;
-                else
-                        log_warning("%s: cannot read its output", w->who);
-        }
-
-        LogFields f = worker_fields(w, "spawn");
-        log_emit(LOG_INFO, &f, "%s started, generation %u", w->who, w->generation);
-        return w;
-}
-
-void slot_spawn(Slot *s) {
-        Manager *m = s->manager;
-
-        s->backoff_armed = false;
-        uv_timer_stop(&s->backoff);
-        /* A slot whose replacement is starting gets it as its worker. */
-        if (m->stopping || s->failed || s->current || s->incoming)
-                return;
-
-        Worker *w = worker_spawn(s);
-        if (!w) {
-                if (!manager_record_failure(m, NULL, "spawn failed"))
-                        schedule_respawn(s);
-                else
-                        s->failed = true;
-                manager_update(m);
+/* Move w to the slot's leaving list, asking it to stop unless it is
+ * leaving on its own (STOPPING=1) — then it only gets its deadline. */
+static void detach_to_leaving(Slot *s, Worker *w, bool ask) {
+        if (s->current == w)
+                s->current = NULL;
+        if (s->incoming == w)
+                s->incoming = NULL;
+        if (w->role != WORKER_LEAVING)
+                LIST_PREPEND(leaving, s->leaving, w);
+        w->role = WORKER_LEAVING;
+        if (!ask) {
+                if (w->state != WORKER_STOPPING)
+                        enter_stopping(w);
                 return;
         }
-        s->current = w;
-        if (w->config->ready_mode == READY_SPAWN)
-                become_ready(w);
-        else
-                worker_arm(w, w->config->ready_timeout_ms, on_ready_timeout);
-        manager_update(m);
-}
-
-static void on_spawn_ready(uv_timer_t *t) {
-        become_ready(t->data);
-}
-
-Worker *slot_spawn_incoming(Slot *s) {
-        Worker *w = worker_spawn(s);
-        if (!w)
-                return NULL;
-        s->incoming = w;
-        /* ready.mode=spawn: ready on the next loop iteration, so the
-         * rollout never re-enters itself from its own spawn call. */
-        if (w->config->ready_mode == READY_SPAWN)
-                uv_timer_start(&w->timer, on_spawn_ready, 0, 0);
-        else
-                worker_arm(w, w->config->ready_timeout_ms, on_ready_timeout);
-        manager_update(s->manager);
-        return w;
-}
-
-static void on_backoff_done(uv_timer_t *t) {
-        slot_spawn(t->data);
-}
-
-static void schedule_respawn(Slot *s) {
-        const Config *c = s->manager->config;
-        s->consecutive_failures++;
-        uint64_t delay = backoff_delay_ms(c->backoff_min_ms, c->backoff_max_ms, s->consecutive_failures);
-        log_debug("slot %u: respawning in %llu ms (failure %u in a row)", s->id, (unsigned long long) delay,
-                  s->consecutive_failures);
-        s->backoff_armed = true;
-        uv_timer_start(&s->backoff, on_backoff_done, delay, 0);
-}
-
-/* A slot whose replacement went away: if nothing else will give it a
- * worker (no current one, no respawn pending, no rollout to refill it),
- * schedule one through the slot's backoff. */
-static void refill(Slot *s) {
-        Manager *m = s->manager;
-        if (!s->current && !s->incoming && !s->backoff_armed && !s->failed && !m->stopping && !m->rollout)
-                schedule_respawn(s);
-}
-
-void worker_stop(Worker *w) {
-        detach(w);
-        if (w->stop_sent)
+        if (w->stop_sent || w->pid <= 0)
                 return;
         w->stop_sent = true;
         LogFields f = worker_fields(w, "stop");
         log_emit(LOG_INFO, &f, "stopping %s with %s", w->who, signal_to_string(w->config->stop_signal));
-        (void) kill(w->pid, w->config->stop_signal);
+        (void) worker_signal(w, w->config->stop_signal);
         /* Like systemd: a stopped process cannot act on the signal. */
-        (void) kill(w->pid, SIGCONT);
+        (void) worker_signal(w, SIGCONT);
         if (w->state != WORKER_STOPPING || !w->failure)
                 enter_stopping(w);
-        manager_update(w->manager);
 }
 
-static void on_stopping_announced(Worker *w) {
-        Manager *m = w->manager;
-        Slot *s = w->slot;
-        bool incoming = is_incoming(w), was_ready = w->state == WORKER_READY;
+static Worker *spawn(Slot *s, WorkerRole role) {
+        Pool *p = s->pool;
+        Config *c = p->config;
+        const char *stage = "setup";
+
+        Worker *w = calloc(1, sizeof(Worker));
+        if (!w) {
+                log_error("slot %u: out of memory", s->id);
+                return NULL;
+        }
+        *w = (Worker) { .slot = s, .config = config_ref(c), .id = s->id, .generation = p->generation,
+                        .state = WORKER_STARTING, .role = role, .plan = role == WORKER_INCOMING ? p->plan : 0 };
+        snprintf(w->who, sizeof(w->who), "worker %u", s->id);
+
+        pid_t pid = p->ops->start(p->ops_data, w, &stage);
+        if (pid < 0) {
+                LogFields f = { .event = "spawn", .worker_id = (int) s->id, .generation = p->generation,
+                                .exit_status = -1 };
+                errno = (int) -pid;
+                log_emit(LOG_ERR, &f, "slot %u: cannot start %s: %s failed: %m", s->id, c->exec[0], stage);
+                if (streq_ptr(stage, "exec") && (pid == -ENOENT || pid == -EACCES || pid == -ENOEXEC))
+                        push(s, OUTCOME_EXEC_FAILED, NULL, "cannot execute %s: %s", c->exec[0], strerror((int) -pid));
+                worker_free(w);
+                return NULL;
+        }
+        w->pid = pid;
+        w->start_usec = p->now();
+        snprintf(w->who, sizeof(w->who), "worker %u (pid %d)", s->id, (int) pid);
+        LIST_PREPEND(all, p->workers, w);
+        p->n_workers++;
+
+        LogFields f = worker_fields(w, "spawn");
+        log_emit(LOG_INFO, &f, "%s started, generation %u", w->who, w->generation);
+        if (c->ready_mode == READY_SPAWN)
+                become_ready(w);
+        else
+                set_deadline(p, &w->deadline, c->ready_timeout_ms ? w->start_usec + c->ready_timeout_ms * USEC_PER_MSEC : 0);
+        return w;
+}
+
+/* ---- failures ----------------------------------------------------------- */
+
+/* Whether w had been ready for a whole restart.window_ms: its failure
+ * earns the slot a fresh start (SPEC §2: no delay for that one). */
+static bool served_a_window(const Slot *s, const Worker *w, uint64_t now) {
+        return w && w->ready_usec && now - w->ready_usec >= s->pool->config->restart_window_ms * USEC_PER_MSEC;
+}
+
+/* The "suicide signal" (STOPPING=1) replaces a worker at once and is no
+ * failure when the worker had served a while: ready for at least
+ * restart.window_ms / restart.limit, the spacing at which failures would
+ * reach the limit. A worker that leaves sooner would replace itself in a
+ * loop, so it counts as a failure and waits out the backoff. */
+static bool leaves_healthy(const Slot *s, const Worker *w, uint64_t now) {
+        const Config *c = s->pool->config;
+        return w->ready_usec && now - w->ready_usec >= c->restart_window_ms * USEC_PER_MSEC / c->restart_limit;
+}
+
+/* Count a failure of w (NULL: a spawn) in slot s. Returns the delay before
+ * the slot's respawn in ms, or -1 once the instance has given up. */
+static int64_t account_failure(Slot *s, const Worker *w, const char *what) {
+        Pool *p = s->pool;
+        uint64_t now = p->now();
+        bool fresh = served_a_window(s, w, now);
+
+        if (!p->gave_up && failure_window_record(&p->failures, now)) {
+                p->gave_up = true;
+                snprintf(p->giveup_reason, sizeof(p->giveup_reason), "more than %u failure%s within %llu ms",
+                         p->config->restart_limit, p->config->restart_limit == 1 ? "" : "s",
+                         (unsigned long long) p->config->restart_window_ms);
+                push(s, OUTCOME_GAVE_UP, w, "%s %s", w ? w->who : "a spawn of slot", what);
+        }
+        if (p->gave_up)
+                return -1;
+        if (fresh) {
+                s->consecutive_failures = 0;
+                return 0;
+        }
+        s->consecutive_failures++;
+        return (int64_t) backoff_delay_ms(p->config->backoff_min_ms, p->config->backoff_max_ms,
+                                          s->consecutive_failures);
+}
+
+static SlotState spawn_current(Slot *s);
+
+/* The slot lost its worker to a failure: respawn (at once after a healthy
+ * run), wait out the backoff, or stay failed once the instance gave up. */
+static SlotState after_failure(Slot *s, const Worker *w, const char *what) {
+        Pool *p = s->pool;
+        int64_t delay = account_failure(s, w, what);
+        if (delay < 0 || p->stopping)
+                return delay < 0 ? SLOT_FAILED : SLOT_BACKOFF;
+        if (delay == 0 && s->consecutive_failures == 0)
+                return spawn_current(s);
+        LogFields f = LOG_FIELDS_NONE;
+        f.worker_id = (int) s->id;
+        log_emit(LOG_INFO, &f, "slot %u: respawning in %lld ms (failure %u in a row)", s->id, (long long) delay,
+                 s->consecutive_failures);
+        set_deadline(p, &s->deadline, p->now() + (uint64_t) delay * USEC_PER_MSEC);
+        return SLOT_BACKOFF;
+}
+
+static SlotState state_of_current(const Slot *s) {
+        return s->current->state == WORKER_READY ? SLOT_READY : SLOT_STARTING;
+}
+
+/* ---- transitions -------------------------------------------------------- */
+
+typedef SlotState (*Transition)(Slot *s, Worker *w);
+
+static SlotState spawn_current(Slot *s) {
+        s->deadline = 0;
+        if (s->pool->stopping)
+                return SLOT_EMPTY;
+        Worker *w = spawn(s, WORKER_CURRENT);
+        if (!w)
+                return after_failure(s, NULL, "failed to spawn");
+        s->current = w;
+        return state_of_current(s);
+}
+
+static SlotState start(Slot *s, Worker *unused) {
+        return spawn_current(s);
+}
+
+/* The replacement is ready: it becomes the slot's worker, the old one
+ * (if any) is asked to stop. */
+static SlotState promote(Slot *s, Worker *w) {
+        Worker *old = s->current;
+        if (w->state != WORKER_READY)
+                become_ready(w);
+        if (old)
+                detach_to_leaving(s, old, true);
+        s->current = w;
+        s->incoming = NULL;
+        w->role = WORKER_CURRENT;
+        s->consecutive_failures = 0;
+        Outcome *o = push(s, OUTCOME_REPLACED, w, "slot %u", s->id);
+        if (o)
+                o->old_pid = old ? worker_pid(old) : 0;
+        return SLOT_READY;
+}
+
+static SlotState replace(Slot *s, Worker *unused) {
+        s->deadline = 0;
+        Worker *w = spawn(s, WORKER_INCOMING);
+        if (!w) {
+                Worker tmp = { .plan = s->pool->plan, .generation = s->pool->generation };
+                push(s, OUTCOME_REPLACE_FAILED, &tmp, "cannot start a new worker for slot %u", s->id);
+                return s->current ? state_of_current(s) : SLOT_EMPTY;
+        }
+        s->incoming = w;
+        if (w->state == WORKER_READY)   /* ready.mode = spawn */
+                return promote(s, w);
+        return SLOT_REPLACING;
+}
+
+
+/* A broken release does not count towards giving up: the plan that
+ * started the replacement fails instead. */
+static SlotState replace_failed(Slot *s, Worker *w) {
+        w->counted = true;
+        if (w->pid > 0)   /* it said STOPPING=1: let it go */
+                detach_to_leaving(s, w, false);
+        push(s, OUTCOME_REPLACE_FAILED, w, "the new worker for slot %u (pid %d) %s%s%s", s->id, (int) worker_pid(w),
+             w->how[0] ? w->how : "sent STOPPING=1 before it was ready", w->failure ? " after it " : "",
+             w->failure ? w->failure : "");
+        return s->current ? state_of_current(s) : SLOT_EMPTY;
+}
+
+static SlotState cancel(Slot *s, Worker *unused) {
+        if (s->incoming)
+                detach_to_leaving(s, s->incoming, true);
+        return s->current ? state_of_current(s) : spawn_current(s);
+}
+
+static SlotState hold(Slot *s, Worker *unused) {
+        s->deadline = 0;
+        s->consecutive_failures = 0;
+        return SLOT_EMPTY;
+}
+
+static SlotState current_ready(Slot *s, Worker *w) {
+        become_ready(w);
+        return SLOT_READY;
+}
+
+static SlotState current_ready_replacing(Slot *s, Worker *w) {
+        become_ready(w);
+        return SLOT_REPLACING;
+}
+
+static SlotState current_stopping(Slot *s, Worker *w) {
+        Pool *p = s->pool;
+        bool healthy = leaves_healthy(s, w, p->now());
         LogFields f = worker_fields(w, "stop");
-
-        if (w->said_stopping || w->stop_sent)
-                return;
-        w->said_stopping = true;
         log_emit(LOG_INFO, &f, "%s announced STOPPING=1; %s", w->who,
-                 incoming ? "it was a replacement that never became ready" : "starting its replacement");
-        detach(w);
-        enter_stopping(w);
-        if (incoming) {
-                /* A replacement leaving before it is ready is a release that
-                 * does not work: fail its rollout (or recycle). */
-                rollout_on_incoming_failed(m, w, "sent STOPPING=1 before it was ready");
-                if (s)
-                        refill(s);
-        } else if (s && was_ready)
-                slot_spawn(s);
-        else if (s)
-                /* Leaving before it was ever ready: respawn through the
-                 * slot's backoff, or such a worker would be restarted in a
-                 * tight loop. Its exit is still not counted as a failure. */
-                schedule_respawn(s);
-        manager_update(m);
+                 healthy ? "starting its replacement" : "too soon after it became ready: it counts as a failure");
+        detach_to_leaving(s, w, false);
+        if (healthy)
+                return spawn_current(s);
+        w->counted = true;
+        return after_failure(s, w, "sent STOPPING=1 too soon");
 }
 
-void worker_on_notify(Worker *w, const NotifyMsg *msg) {
+/* Its replacement takes over when ready: just let it go. */
+static SlotState current_leaves_replacing(Slot *s, Worker *w) {
+        LogFields f = worker_fields(w, "stop");
+        log_emit(LOG_INFO, &f, "%s announced STOPPING=1; its replacement is already starting", w->who);
+        detach_to_leaving(s, w, false);
+        return SLOT_REPLACING;
+}
+
+static SlotState current_exit(Slot *s, Worker *w) {
+        s->restarts++;
+        return after_failure(s, w, w->how);
+}
+
+static SlotState current_exit_replacing(Slot *s, Worker *w) {
+        s->restarts++;
+        (void) account_failure(s, w, w->how);
+        return SLOT_REPLACING;
+}
+
+static SlotState leaving_exit(Slot *s, Worker *w) {
+        if (!w->exit_expected && !w->counted)
+                (void) account_failure(s, w, w->how);
+        return s->state;
+}
+
+static SlotState remove_slot(Slot *s, Worker *unused) {
+        s->deadline = 0;
+        if (s->incoming)
+                detach_to_leaving(s, s->incoming, true);
+        if (s->current)
+                detach_to_leaving(s, s->current, true);
+        LIST_FOREACH(leaving, w, s->leaving)
+                detach_to_leaving(s, w, true);
+        return SLOT_REMOVED;
+}
+
+/* The lifecycle, state × event. An empty cell: the event does not apply
+ * in that state and is ignored (e.g. START for a slot that has a worker). */
+static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
+        [SLOT_EMPTY] = {
+                [EV_START] = start,
+                [EV_REPLACE] = replace,
+                [EV_CANCEL] = start,
+                [EV_REMOVE] = remove_slot,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_STARTING] = {
+                [EV_REPLACE] = replace,
+                [EV_REMOVE] = remove_slot,
+                [EV_READY] = current_ready,
+                [EV_STOPPING] = current_stopping,
+                [EV_EXIT] = current_exit,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_READY] = {
+                [EV_REPLACE] = replace,
+                [EV_REMOVE] = remove_slot,
+                [EV_STOPPING] = current_stopping,
+                [EV_EXIT] = current_exit,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_REPLACING] = {
+                [EV_CANCEL] = cancel,
+                [EV_REMOVE] = remove_slot,
+                [EV_READY] = current_ready_replacing,
+                [EV_STOPPING] = current_leaves_replacing,
+                [EV_EXIT] = current_exit_replacing,
+                [EV_INCOMING_READY] = promote,
+                [EV_INCOMING_STOPPING] = replace_failed,
+                [EV_INCOMING_EXIT] = replace_failed,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_BACKOFF] = {
+                [EV_START] = start,
+                [EV_REPLACE] = replace,
+                [EV_REMOVE] = remove_slot,
+                [EV_HOLD] = hold,
+                [EV_BACKOFF_DONE] = start,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_FAILED] = {
+                [EV_START] = start,
+                [EV_REPLACE] = replace,
+                [EV_REMOVE] = remove_slot,
+                [EV_HOLD] = hold,
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+        [SLOT_REMOVED] = {
+                [EV_LEAVING_EXIT] = leaving_exit,
+        },
+};
+
+static void describe_exit(Worker *w, int st, LogFields *f) {
+        if (WIFEXITED(st)) {
+                f->exit_status = WEXITSTATUS(st);
+                snprintf(w->how, sizeof(w->how), "exited with status %d", f->exit_status);
+        } else if (WIFSIGNALED(st)) {
+                f->signal = WTERMSIG(st);
+                snprintf(w->how, sizeof(w->how), "was killed by %s%s", signal_to_string(f->signal),
+                         WCOREDUMP(st) ? " (core dumped)" : "");
+        } else
+                snprintf(w->how, sizeof(w->how), "ended with wait status 0x%x", (unsigned) st);
+}
+
+/* The exit of w: log it, decide whether it was expected, and take it off
+ * its slot. Returns the event's column. */
+static int reap(Slot *s, Worker *w, int st) {
+        LogFields f = worker_fields(w, "exit");
+        describe_exit(w, st, &f);
+        bool clean = f.exit_status == 0;
+        w->exit_expected = !w->failure && (w->stop_sent || (w->said_stopping && clean));
+        if (w->exit_expected)
+                log_emit(LOG_INFO, &f, "%s %s", w->who, w->how);
+        else if (w->failure)
+                log_emit(LOG_WARNING, &f, "%s %s after it %s", w->who, w->how, w->failure);
+        else
+                log_emit(LOG_WARNING, &f, "%s %s unexpectedly", w->who, w->how);
+
+        w->pid = -w->pid;   /* reaped: never signal this pid again */
+        w->state = WORKER_EXITED;
+        w->deadline = 0;
+        WorkerRole role = w->role;
+        if (role == WORKER_LEAVING)
+                LIST_REMOVE(leaving, s->leaving, w);
+        else if (s->current == w)
+                s->current = NULL;
+        else if (s->incoming == w)
+                s->incoming = NULL;
+        return role == WORKER_INCOMING ? EV_INCOMING_EXIT : role == WORKER_LEAVING ? EV_LEAVING_EXIT : EV_EXIT;
+}
+
+static void release(Slot *s, Worker *w) {
+        Pool *p = s->pool;
+        LIST_REMOVE(all, p->workers, w);
+        p->n_workers--;
+        p->ops->release(p->ops_data, w);
+}
+
+void slot_dispatch(Slot *s, SlotEvent ev, Worker *w, int wait_status) {
+        int column = (int) ev;
+
+        if (ev == SLOT_EV_EXIT)
+                column = reap(s, w, wait_status);
+        else if (w && w->role == WORKER_INCOMING)
+                column = ev == SLOT_EV_READY ? EV_INCOMING_READY : ev == SLOT_EV_STOPPING ? EV_INCOMING_STOPPING : -1;
+        else if (w && w->role == WORKER_LEAVING)
+                column = -1;   /* a leaving worker's READY or STOPPING changes nothing */
+
+        Transition t = column >= 0 ? transitions[s->state][column] : NULL;
+        if (t)
+                s->state = t(s, w);
+        else if (column >= 0)
+                log_debug("slot %u: %s ignored in state %s", s->id, event_table[column], slot_state_table[s->state]);
+
+        if (ev == SLOT_EV_EXIT)
+                release(s, w);
+        if (s->state == SLOT_REMOVED && !s->current && !s->incoming && !s->leaving && !s->emptied) {
+                s->emptied = true;
+                push(s, OUTCOME_EMPTIED, NULL, "slot %u is empty", s->id);
+        }
+}
+
+/* ---- notify and deadlines ----------------------------------------------- */
+
+void slot_on_notify(Worker *w, const NotifyMsg *msg) {
+        Slot *s = w->slot;
+        Pool *p = s->pool;
+
         if (msg->has_status)
                 snprintf(w->status, sizeof(w->status), "%s", msg->status);
         if (msg->errno_value >= 0) {
+                unsigned suppressed;
+                bool ok = ratelimit_below(&p->notice_limit, p->now(), &suppressed);
                 LogFields f = worker_fields(w, NULL);
-                errno = msg->errno_value;
-                log_emit(LOG_NOTICE, &f, "%s reports ERRNO=%d (%m)", w->who, msg->errno_value);
-        }
-        if (msg->ready && w->state == WORKER_STARTING)
-                become_ready(w);
-        if (msg->watchdog && w->state == WORKER_READY && w->config->watchdog_ms > 0)
-                worker_arm(w, w->config->watchdog_ms, on_watchdog_timeout);
-        if (msg->watchdog_trigger && w->state != WORKER_STOPPING)
-                watchdog_fire(w, "asked for its watchdog to fire (WATCHDOG=trigger)");
-        if (msg->stopping)
-                on_stopping_announced(w);
-}
-
-static void describe_exit(int st, char *buf, size_t n, int *ret_code, int *ret_sig) {
-        *ret_code = -1;
-        *ret_sig = 0;
-        if (WIFEXITED(st)) {
-                *ret_code = WEXITSTATUS(st);
-                snprintf(buf, n, "exited with status %d", *ret_code);
-        } else if (WIFSIGNALED(st)) {
-                *ret_sig = WTERMSIG(st);
-                snprintf(buf, n, "was killed by %s%s", signal_to_string(*ret_sig),
-                         WCOREDUMP(st) ? " (core dumped)" : "");
-        } else
-                snprintf(buf, n, "ended with wait status 0x%x", st);
-}
-
-void worker_on_exit(Worker *w, int st) {
-        Manager *m = w->manager;
-        Slot *s = w->slot;
-        char how[80];
-        int code, sig;
-
-        describe_exit(st, how, sizeof(how), &code, &sig);
-        bool clean = code == 0;
-        bool expected = !w->failure && (w->stop_sent || (w->said_stopping && clean));
-        bool incoming = is_incoming(w);
-
-        LogFields f = worker_fields(w, "exit");
-        f.exit_status = code;
-        f.signal = sig;
-        if (expected)
-                log_emit(LOG_INFO, &f, "%s %s", w->who, how);
-        else if (w->failure)
-                log_emit(LOG_WARNING, &f, "%s %s after it %s", w->who, how, w->failure);
-        else
-                log_emit(LOG_WARNING, &f, "%s %s unexpectedly", w->who, how);
-
-        w->pid = -w->pid;   /* reaped: never signal this pid again */
-        detach(w);
-
-        if (incoming) {
-                /* A replacement that dies before it is ready fails its
-                 * rollout; the slot keeps its old worker, and a broken
-                 * release does not count towards giving up. */
-                if (!expected)
-                        rollout_on_incoming_failed(m, w, how);
-                if (s)
-                        refill(s);
-        } else if (!expected) {
-                /* Backoff grows with consecutive failures, but a worker that
-                 * served for a whole window earns its slot a fresh start. */
-                if (s && w->ready_usec && now_usec() - w->ready_usec >= m->config->restart_window_ms * USEC_PER_MSEC)
-                        s->consecutive_failures = 0;
-                bool gave_up = manager_record_failure(m, w, how);
-                if (s) {
-                        s->restarts++;
-                        if (gave_up)
-                                s->failed = true;
-                        else if (!m->stopping)
-                                schedule_respawn(s);
+                if (suppressed)
+                        log_emit(LOG_NOTICE, &f, "suppressed %u ERRNO= reports from workers", suppressed);
+                if (ok) {
+                        errno = msg->errno_value;
+                        log_emit(LOG_NOTICE, &f, "%s reports ERRNO=%d (%m)", w->who, msg->errno_value);
                 }
-        } else if (s && !m->stopping)
-                /* Expected but still attached cannot normally happen (stopping
-                 * detaches); keep the slot filled all the same. */
-                slot_spawn(s);
+        }
+        if (msg->ready && w->state == WORKER_STARTING && w->role != WORKER_LEAVING)
+                slot_dispatch(s, SLOT_EV_READY, w, 0);
+        if (msg->watchdog && w->state == WORKER_READY && w->config->watchdog_ms > 0)
+                /* Only ever later: no need to lower Pool.earliest. */
+                w->deadline = p->now() + w->config->watchdog_ms * USEC_PER_MSEC;
+        if (msg->watchdog_trigger && w->state != WORKER_STOPPING && w->pid > 0)
+                watchdog_fire(w, "asked for its watchdog to fire (WATCHDOG=trigger)");
+        if (msg->stopping && !w->said_stopping && !w->stop_sent && w->pid > 0) {
+                w->said_stopping = true;
+                slot_dispatch(s, SLOT_EV_STOPPING, w, 0);
+        }
+}
 
-        worker_release(w);
-        manager_update(m);
+static void worker_on_time(Worker *w, uint64_t now) {
+        if (!w->deadline || w->deadline > now || w->pid <= 0)
+                return;
+        w->deadline = 0;
+        LogFields f = worker_fields(w, NULL);
+        switch (w->state) {
+        case WORKER_STARTING:
+                f.event = "ready";
+                w->failure = "did not become ready in time";
+                log_emit(LOG_WARNING, &f, "%s did not send READY=1 within %llu ms; killing it", w->who,
+                         (unsigned long long) w->config->ready_timeout_ms);
+                w->slot->pool->ops->kill(w->slot->pool->ops_data, w, SIGKILL, false);
+                break;
+        case WORKER_READY:
+                watchdog_fire(w, "sent no WATCHDOG=1 within watchdog_ms");
+                break;
+        case WORKER_STOPPING:
+                log_emit(LOG_WARNING, &f, "%s did not exit within %llu ms; sending SIGKILL", w->who,
+                         (unsigned long long) w->config->stop_timeout_ms);
+                /* The whole group: a worker that is a shell wrapper must not
+                 * leave its children behind. */
+                w->slot->pool->ops->kill(w->slot->pool->ops_data, w, SIGKILL, true);
+                break;
+        default:
+                break;
+        }
+}
+
+static uint64_t min_deadline(uint64_t a, uint64_t b) {
+        return !a ? b : !b ? a : MIN(a, b);
+}
+
+uint64_t pool_on_time(Pool *p, uint64_t now) {
+        uint64_t next = 0;
+        LIST_FOREACH(all, w, p->workers) {
+                worker_on_time(w, now);
+                next = min_deadline(next, w->deadline);
+        }
+        LIST_FOREACH(all, s, p->slots) {
+                if (s->state == SLOT_BACKOFF && s->deadline && s->deadline <= now) {
+                        s->deadline = 0;
+                        slot_dispatch(s, SLOT_EV_BACKOFF_DONE, NULL, 0);
+                }
+        }
+        /* Dispatching may have spawned workers and set new deadlines. */
+        LIST_FOREACH(all, s, p->slots)
+                next = min_deadline(next, s->deadline);
+        LIST_FOREACH(all, w, p->workers)
+                next = min_deadline(next, w->deadline);
+        p->earliest = next;
+        return next;
 }
 
 /* ---- slots -------------------------------------------------------------- */
 
-Slot *slot_new(Manager *m, unsigned id) {
+Slot *slot_new(Pool *p, unsigned id) {
         Slot *s = calloc(1, sizeof(Slot));
         if (!s)
                 return NULL;
-        s->manager = m;
+        s->pool = p;
         s->id = id;
-        uv_timer_init(m->loop, &s->backoff);
-        s->backoff.data = s;
+        s->state = SLOT_EMPTY;
+        LIST_PREPEND(all, p->slots, s);
         return s;
-}
-
-static void on_slot_timer_closed(uv_handle_t *h) {
-        free(h->data);
 }
 
 void slot_free(Slot *s) {
         if (!s)
                 return;
-        if (s->current)
-                worker_stop(s->current);
-        if (s->incoming)
-                worker_stop(s->incoming);
-        uv_timer_stop(&s->backoff);
-        uv_close((uv_handle_t *) &s->backoff, on_slot_timer_closed);
+        LIST_REMOVE(all, s->pool->slots, s);
+        free(s);
 }

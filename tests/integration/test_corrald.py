@@ -244,7 +244,7 @@ def giveup_stay_keeps_master_up():
     c, n = run(["-c", path])
     try:
         c.wait_line(r"giving up")
-        n.wait("STATUS", re.compile(r"^Gave up: more than 1 failures"))
+        n.wait("STATUS", re.compile(r"^Gave up: more than 1 failure within"))
         assert c.proc.poll() is None, "master stays up with on_giveup=stay"
     finally:
         finish(c, n)
@@ -377,7 +377,7 @@ def notify_from_stranger_and_garbage_are_dropped():
         os.close(r)
         c.wait_line(r"dropped a datagram")
         eq(c.count(r"is ready"), 0, "no stranger made the worker ready")
-        eq(c.count(r"all 1 workers ready"), 0, "no READY=1 to systemd")
+        eq(c.count(r"the worker is ready|all \d+ workers ready"), 0, "no READY=1 to systemd")
     finally:
         finish(c, n)
 
@@ -443,7 +443,7 @@ def scale_with_sigttin_sigttou():
         c.signal(signal.SIGTTOU)
         n.wait("STATUS", "1/1 workers ready, generation 1", after=2)
         c.wait_workers(1)
-        c.wait_line(r"scaling from 2 to 1 workers")
+        c.wait_line(r"scaling from 2 to 1 worker\b")
     finally:
         finish(c, n)
 

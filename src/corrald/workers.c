@@ -1,0 +1,146 @@
+/* workers: the Pool's host in corrald (SlotOps). Starts a worker with the
+ * full contract of SPEC §3 through spawn.c, and owns what the master keeps
+ * open for it: the IPC channel (CORRAL_IPC_FD) and, in stderr log mode,
+ * the pipe its output comes through. When the lifecycle is done with a
+ * worker (release), these close; the Worker is freed when the last close
+ * has completed, as libuv requires. */
+#include <signal.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "fd-util.h"
+#include "ipc.h"
+#include "log.h"
+#include "manager.h"
+#include "output.h"
+#include "spawn.h"
+
+typedef struct WorkerIo {
+        Worker *worker;
+        Ipc ipc;
+        Output output;
+        unsigned n_handles;        /* open handles + the lifecycle's hold; freed at 0 */
+} WorkerIo;
+
+Ipc *worker_ipc(Worker *w) {
+        WorkerIo *io = w->host;
+        return &io->ipc;
+}
+
+static void io_handle_closed(WorkerIo *io) {
+        if (--io->n_handles > 0)
+                return;
+        worker_free(io->worker);
+        free(io);
+}
+
+static void on_ipc_closed(Ipc *ipc) {
+        io_handle_closed(ipc->userdata);
+}
+
+static void on_output_closed(Output *o) {
+        io_handle_closed(o->userdata);
+}
+
+static void on_ipc_line(Ipc *ipc, const char *json) {
+        WorkerIo *io = ipc->userdata;
+        Worker *w = io->worker;
+        LogFields f = { .worker_id = (int) w->id, .pid = worker_pid(w), .generation = w->generation,
+                        .exit_status = -1 };
+        log_emit(LOG_INFO, &f, "%s message: %s", w->who, json);
+}
+
+static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
+        Manager *m = userdata;
+        Config *c = w->config;
+        int fds[m->listeners.n + 1];
+        int pair[2];
+        int out_r = -EBADF, out_w = -EBADF;
+
+        for (unsigned i = 0; i < m->listeners.n; i++)
+                fds[i] = m->listeners.items[i].fd;
+
+        WorkerIo *io = calloc(1, sizeof(WorkerIo));
+        if (!io) {
+                *ret_stage = "setup";
+                return -ENOMEM;
+        }
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) == -1) {
+                *ret_stage = "socketpair";
+                free(io);
+                return -errno;
+        }
+        /* Worker output (SPEC §8): journald streams the child opens itself,
+         * or in stderr mode a pipe we read; without one, it inherits ours. */
+        bool piped = log_get_target() == LOG_TARGET_STDERR && output_pipe(&out_r, &out_w) >= 0;
+
+        SpawnParams p = {
+                .argv = c->exec,
+                .cwd = c->cwd,
+                .extra_env = c->env,
+                .listen_fds = fds,
+                .n_listen = m->listeners.n,
+                .fdnames = m->listeners.fdnames,
+                .notify_socket = m->notify.path,
+                .ipc_fd = pair[1],
+                .instance = c->name,
+                .worker_id = w->id,
+                .generation = w->generation,
+                .watchdog_usec = c->watchdog_ms * USEC_PER_MSEC,
+                .output = piped ? SPAWN_OUTPUT_FD
+                          : log_get_target() == LOG_TARGET_JOURNAL ? SPAWN_OUTPUT_JOURNAL : SPAWN_OUTPUT_INHERIT,
+                .syslog_identifier = c->name,
+                .output_fd = out_w,
+        };
+        pid_t pid = spawn_worker(&p, ret_stage);
+        safe_close(pair[1]);
+        safe_close(out_w);
+        if (pid < 0) {
+                safe_close(pair[0]);
+                safe_close(out_r);
+                free(io);
+                return pid;
+        }
+
+        io->worker = w;
+        io->n_handles = 1;   /* the lifecycle's hold, dropped by host_release() */
+        w->host = io;
+        io->ipc = (Ipc) { .on_line = on_ipc_line, .on_close = on_ipc_closed, .who = w->who, .userdata = io };
+        if (ipc_start(&io->ipc, m->loop, pair[0]) >= 0)
+                io->n_handles++;
+        else
+                log_warning("worker %u (pid %d): cannot watch its IPC channel", w->id, (int) pid);
+        io->output = (Output) { .on_close = on_output_closed, .userdata = io };
+        if (piped) {
+                if (output_start(&io->output, m->loop, out_r, c->name, w->id) >= 0)
+                        io->n_handles++;
+                else
+                        log_warning("worker %u (pid %d): cannot read its output", w->id, (int) pid);
+        }
+        return pid;
+}
+
+static void host_kill(void *userdata, Worker *w, int sig, bool group) {
+        if (w->pid <= 0)
+                return;
+        if (group)
+                (void) kill(-w->pid, sig);
+        (void) kill(w->pid, sig);
+}
+
+static void host_release(void *userdata, Worker *w) {
+        WorkerIo *io = w->host;
+        if (!io) {
+                worker_free(w);
+                return;
+        }
+        ipc_close(&io->ipc);
+        output_close(&io->output);
+        io_handle_closed(io);
+}
+
+const SlotOps manager_slot_ops = {
+        .start = host_start,
+        .kill = host_kill,
+        .release = host_release,
+};
