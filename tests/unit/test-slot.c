@@ -1,0 +1,616 @@
+/* test-slot: the lifecycle state machine (slot.c) and plans (rollout.c)
+ * without processes: a fake host records spawns and signals, a fake clock
+ * drives every deadline, and each test asserts the slot's state, the
+ * outcomes queued and the deadlines after each event (issue 9). */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test-helpers.h"
+
+#include "control.h"
+#include "log.h"
+#include "rollout.h"
+#include "slot.h"
+
+#define MS 1000ULL
+
+/* ---- stubs for what slot.c and rollout.c log and reply ------------------ */
+
+void log_emit(int prio, const LogFields *f, const char *fmt, ...) {
+}
+void control_reply_progress(ControlConn *c, const char *fmt, ...) {
+}
+ControlConn *control_conn_ref(ControlConn *c) {
+        return c;
+}
+ControlConn *control_conn_unref(ControlConn *c) {
+        return NULL;
+}
+
+/* ---- fake host and clock ------------------------------------------------ */
+
+static uint64_t fake_now;
+
+static uint64_t clock_now(void) {
+        return fake_now;
+}
+
+typedef struct Kill {
+        pid_t pid;
+        int sig;
+        bool group;
+} Kill;
+
+typedef struct Host {
+        pid_t next_pid;
+        int fail_next;             /* errno for the next start, 0: succeed */
+        unsigned n_spawned, n_released;
+        Kill kills[64];
+        unsigned n_kills;
+} Host;
+
+static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
+        Host *h = userdata;
+        if (h->fail_next) {
+                int e = h->fail_next;
+                h->fail_next = 0;
+                *ret_stage = "exec";
+                return -e;
+        }
+        h->n_spawned++;
+        return h->next_pid++;
+}
+
+static void host_kill(void *userdata, Worker *w, int sig, bool group) {
+        Host *h = userdata;
+        assert_true(h->n_kills < ELEMENTSOF(h->kills));
+        h->kills[h->n_kills++] = (Kill) { w->pid, sig, group };
+}
+
+static void host_release(void *userdata, Worker *w) {
+        Host *h = userdata;
+        h->n_released++;
+        worker_free(w);
+}
+
+static const SlotOps ops = { host_start, host_kill, host_release };
+
+typedef struct Fixture {
+        Host host;
+        Pool pool;
+        Slot *slots[4];
+} Fixture;
+
+static Config *make_config(const char *json) {
+        char path[] = "/tmp/test-slot-XXXXXX.json";
+        int fd = mkstemps(path, 5);
+        assert_true(fd >= 0);
+        assert_int_eq(write(fd, json, strlen(json)), (long long) strlen(json));
+        close(fd);
+        ConfigOverrides o = { .path = path };
+        Config *c = NULL;
+        char *error = NULL;
+        int r = config_build(&o, &c, &error);
+        unlink(path);
+        if (r < 0)
+                fail_msg("config: %s", error ? error : "?");
+        return c;
+}
+
+#define BASE_CONFIG \
+        "\"exec\":[\"w\"],\"ready\":{\"timeout_ms\":1000},\"stop\":{\"timeout_ms\":500}," \
+        "\"restart\":{\"limit\":3,\"window_ms\":10000,\"backoff_ms\":[100,1000]}"
+
+static Fixture *setup_with(const char *json, unsigned n_slots) {
+        Fixture *f = calloc(1, sizeof(Fixture));
+        assert_non_null(f);
+        f->host.next_pid = 100;
+        fake_now = 1000 * MS;
+        Config *c = make_config(json);
+        assert_int_eq(pool_init(&f->pool, &ops, &f->host, clock_now, c), 0);
+        config_unref(c);
+        for (unsigned i = 0; i < n_slots; i++)
+                f->slots[i] = slot_new(&f->pool, i);
+        return f;
+}
+
+static int setup(void **state) {
+        *state = setup_with("{" BASE_CONFIG "}", 1);
+        return 0;
+}
+
+static int setup3(void **state) {
+        *state = setup_with("{" BASE_CONFIG ",\"reload\":{\"max_surge\":1}}", 3);
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        LIST_FOREACH(all, w, f->pool.workers) {
+                LIST_REMOVE(all, f->pool.workers, w);
+                worker_free(w);
+        }
+        while (f->pool.slots)
+                slot_free(f->pool.slots);
+        pool_done(&f->pool);
+        free(f);
+        return 0;
+}
+
+/* Outcomes queued since the last call, as a string of kind letters:
+ * R replaced, F replace failed, G gave up, X exec failed, E emptied. */
+static const char *outcomes(Fixture *f, Outcome *ret_last) {
+        static char buf[32];
+        size_t n = 0;
+        Outcome *o;
+        while ((o = pool_pop_outcome(&f->pool))) {
+                buf[n++] = "RFGXE"[o->kind];
+                if (ret_last)
+                        *ret_last = *o;
+                free(o);
+        }
+        buf[n] = 0;
+        return buf;
+}
+
+static void ready(Slot *s, Worker *w) {
+        NotifyMsg msg = { .ready = true, .errno_value = -1 };
+        slot_on_notify(w, &msg);
+        (void) s;
+}
+
+static void exits(Worker *w, int code) {
+        slot_dispatch(w->slot, SLOT_EV_EXIT, w, W_EXITCODE(code, 0));
+}
+
+static const Kill *last_kill(Fixture *f) {
+        return f->host.n_kills ? &f->host.kills[f->host.n_kills - 1] : NULL;
+}
+
+#define assert_state(s, st) assert_string_equal(slot_state_to_string(slot_state(s)), slot_state_to_string(st))
+
+/* ---- start, ready, crash, backoff --------------------------------------- */
+
+static void test_start_ready(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        assert_state(s, SLOT_EMPTY);
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_STARTING);
+        Worker *w = slot_current(s);
+        assert_non_null(w);
+        assert_int_eq(w->pid, 100);
+        /* ready.timeout_ms is the starting worker's deadline. */
+        assert_u64_eq(w->deadline, fake_now + 1000 * MS);
+        assert_u64_eq(f->pool.earliest, fake_now + 1000 * MS);
+        ready(s, w);
+        assert_state(s, SLOT_READY);
+        assert_true(slot_is_ready(s));
+        assert_u64_eq(w->deadline, 0);   /* no watchdog configured */
+        /* A second START changes nothing. */
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_int_eq(f->host.n_spawned, 1);
+        assert_string_equal(outcomes(f, NULL), "");
+}
+
+static void test_crash_backs_off_then_doubles(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        static const uint64_t delays[] = { 100, 200, 400 };
+
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        for (unsigned i = 0; i < ELEMENTSOF(delays); i++) {
+                Worker *w = slot_current(s);
+                ready(s, w);
+                fake_now += 1 * MS;
+                exits(w, 1);
+                assert_state(s, SLOT_BACKOFF);
+                assert_null(slot_current(s));
+                assert_int_eq(slot_restarts(s), i + 1);
+                /* Not yet: one microsecond before the backoff ends. */
+                uint64_t due = fake_now + delays[i] * MS;
+                assert_u64_eq(pool_on_time(&f->pool, due - 1), due);
+                assert_state(s, SLOT_BACKOFF);
+                fake_now = due;
+                (void) pool_on_time(&f->pool, fake_now);
+                assert_state(s, SLOT_STARTING);
+                fake_now += 3000 * MS;   /* keep the failures outside the window */
+        }
+        assert_int_eq(f->host.n_spawned, 4);
+        assert_int_eq(f->host.n_released, 3);
+        assert_string_equal(outcomes(f, NULL), "");
+}
+
+static void test_crash_after_a_healthy_run_respawns_at_once(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        ready(s, slot_current(s));
+        fake_now += 10000 * MS;   /* ready for a whole restart.window_ms */
+        exits(slot_current(s), 1);
+        /* No backoff: the replacement is spawned in the same event. */
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(f->host.n_spawned, 2);
+        assert_int_eq(slot_current(s)->pid, 101);
+        /* Its next failure backs off from min again. */
+        fake_now += 1 * MS;
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_BACKOFF);
+        assert_u64_eq(pool_on_time(&f->pool, fake_now), fake_now + 100 * MS);
+}
+
+static void test_ready_timeout_kills_and_counts(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        Worker *w = slot_current(s);
+        fake_now += 1000 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_non_null(last_kill(f));
+        assert_int_eq(last_kill(f)->sig, SIGKILL);
+        assert_int_eq(last_kill(f)->pid, 100);
+        assert_non_null(w->failure);
+        slot_dispatch(s, SLOT_EV_EXIT, w, W_EXITCODE(0, SIGKILL));
+        assert_state(s, SLOT_BACKOFF);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+}
+
+static void test_watchdog_then_stop_timeout(void **state) {
+        Fixture *f = *state;
+        Config *c = make_config("{" BASE_CONFIG ",\"watchdog_ms\":200}");
+        config_unref(f->pool.config);
+        f->pool.config = c;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        Worker *w = slot_current(s);
+        ready(s, w);
+        assert_u64_eq(w->deadline, fake_now + 200 * MS);
+        /* A ping moves the deadline. */
+        fake_now += 150 * MS;
+        NotifyMsg ping = { .watchdog = true, .errno_value = -1 };
+        slot_on_notify(w, &ping);
+        assert_u64_eq(w->deadline, fake_now + 200 * MS);
+        fake_now += 200 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_int_eq(last_kill(f)->sig, SIGABRT);
+        assert_int_eq(w->state, WORKER_STOPPING);
+        /* It ignores SIGABRT: SIGKILL to its group after stop.timeout_ms. */
+        fake_now += 500 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_int_eq(last_kill(f)->sig, SIGKILL);
+        assert_true(last_kill(f)->group);
+        slot_dispatch(s, SLOT_EV_EXIT, w, W_EXITCODE(0, SIGKILL));
+        assert_state(s, SLOT_BACKOFF);
+}
+
+static void test_give_up(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Outcome last;
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        for (unsigned i = 0; i < 3; i++) {
+                exits(slot_current(s), 1);
+                assert_state(s, SLOT_BACKOFF);
+                fake_now += 2000 * MS;   /* past any backoff, inside the window */
+                (void) pool_on_time(&f->pool, fake_now);
+        }
+        assert_string_equal(outcomes(f, NULL), "");
+        exits(slot_current(s), 1);   /* the 4th failure: more than limit 3 */
+        assert_state(s, SLOT_FAILED);
+        assert_true(f->pool.gave_up);
+        assert_string_equal(outcomes(f, &last), "G");
+        assert_str_contains(last.what, "exited with status 1");
+        assert_str_contains(f->pool.giveup_reason, "more than 3 failures");
+        assert_u64_eq(pool_on_time(&f->pool, fake_now + 60000 * MS), 0);   /* no respawn */
+        /* A plan gives a failed slot another chance. */
+        slot_dispatch(s, SLOT_EV_HOLD, NULL, 0);
+        assert_state(s, SLOT_EMPTY);
+}
+
+static void test_exec_failure(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        f->host.fail_next = ENOENT;
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_BACKOFF);
+        assert_string_equal(outcomes(f, NULL), "X");
+        assert_int_eq(f->pool.n_workers, 0);
+}
+
+/* ---- STOPPING=1 --------------------------------------------------------- */
+
+static void test_stopping_after_serving_replaces_at_once(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        Worker *old = slot_current(s);
+        ready(s, old);
+        fake_now += 10000 * MS / 3;   /* window / limit */
+        NotifyMsg bye = { .stopping = true, .errno_value = -1 };
+        slot_on_notify(old, &bye);
+        assert_state(s, SLOT_STARTING);
+        assert_true(slot_current(s) != old);
+        assert_int_eq(old->role, WORKER_LEAVING);
+        assert_int_eq(old->state, WORKER_STOPPING);
+        assert_int_eq(f->host.n_kills, 0);   /* it leaves on its own */
+        exits(old, 0);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+        assert_state(s, SLOT_STARTING);
+}
+
+static void test_stopping_too_soon_counts(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        Worker *old = slot_current(s);
+        ready(s, old);
+        fake_now += 10 * MS;
+        NotifyMsg bye = { .stopping = true, .errno_value = -1 };
+        slot_on_notify(old, &bye);
+        assert_state(s, SLOT_BACKOFF);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+        /* Its exit 1 afterwards is not counted twice. */
+        exits(old, 1);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+        /* Never ready at all: the same. */
+        fake_now += 100 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_state(s, SLOT_STARTING);
+        slot_on_notify(slot_current(s), &bye);
+        assert_state(s, SLOT_BACKOFF);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 2);
+}
+
+/* ---- replacement --------------------------------------------------------- */
+
+static Worker *start_ready(Fixture *f, Slot *s) {
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        ready(s, slot_current(s));
+        return slot_current(s);
+}
+
+static void test_replace_swaps_when_ready(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Outcome last;
+        Worker *old = start_ready(f, s);
+        f->pool.plan = 7;
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        assert_state(s, SLOT_REPLACING);
+        Worker *inc = slot_incoming(s);
+        assert_non_null(inc);
+        assert_true(slot_current(s) == old);
+        assert_true(slot_is_ready(s));   /* the old one serves meanwhile */
+        ready(s, inc);
+        assert_state(s, SLOT_READY);
+        assert_true(slot_current(s) == inc);
+        assert_string_equal(outcomes(f, &last), "R");
+        assert_int_eq(last.old_pid, old->pid);
+        assert_int_eq(last.pid, inc->pid);
+        assert_int_eq(last.plan, 7);
+        assert_int_eq(last_kill(f)->pid, old->pid);   /* SIGTERM, then SIGCONT */
+        assert_int_eq(f->host.kills[0].sig, SIGTERM);
+        assert_u64_eq(old->deadline, fake_now + 500 * MS);
+        exits(old, 0);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+}
+
+static void test_replacement_failure_is_the_plans(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Outcome last;
+        Worker *old = start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        exits(slot_incoming(s), 3);
+        assert_state(s, SLOT_READY);
+        assert_true(slot_current(s) == old);
+        assert_string_equal(outcomes(f, &last), "F");
+        assert_str_contains(last.what, "exited with status 3");
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+        /* A replacement that says STOPPING=1 before it is ready, too. */
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        Worker *inc = slot_incoming(s);
+        NotifyMsg bye = { .stopping = true, .errno_value = -1 };
+        slot_on_notify(inc, &bye);
+        assert_state(s, SLOT_READY);
+        assert_string_equal(outcomes(f, &last), "F");
+        assert_str_contains(last.what, "STOPPING=1");
+        exits(inc, 1);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+}
+
+static void test_cancel_stops_the_replacement(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        Worker *inc = slot_incoming(s);
+        slot_dispatch(s, SLOT_EV_CANCEL, NULL, 0);
+        assert_state(s, SLOT_READY);
+        assert_null(slot_incoming(s));
+        assert_int_eq(f->host.kills[0].pid, inc->pid);
+        assert_int_eq(f->host.kills[0].sig, SIGTERM);
+}
+
+static void test_current_crash_while_replacing(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Worker *old = start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        exits(old, 1);
+        /* The replacement is coming: no respawn of its own. */
+        assert_state(s, SLOT_REPLACING);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+        assert_u64_eq(pool_on_time(&f->pool, fake_now), fake_now + 1000 * MS);   /* the incoming's ready timeout */
+        ready(s, slot_incoming(s));
+        assert_state(s, SLOT_READY);
+        Outcome last;
+        assert_string_equal(outcomes(f, &last), "R");
+        assert_int_eq(last.old_pid, 0);
+}
+
+/* The reproduced bug of issue 9: a slot added by a reload whose first
+ * worker fails must not get a respawn armed (the plan decides), and
+ * removing it must free it at once. */
+static void test_new_slot_replacement_fails_no_respawn(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        assert_state(s, SLOT_REPLACING);
+        assert_null(slot_current(s));
+        exits(slot_incoming(s), 1);
+        assert_state(s, SLOT_EMPTY);
+        assert_string_equal(outcomes(f, NULL), "F");
+        assert_u64_eq(pool_on_time(&f->pool, fake_now + 60000 * MS), 0);
+        assert_int_eq(f->host.n_spawned, 1);
+        slot_dispatch(s, SLOT_EV_REMOVE, NULL, 0);
+        assert_state(s, SLOT_REMOVED);
+        assert_string_equal(outcomes(f, NULL), "E");
+}
+
+static void test_remove_drains_then_empties(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Worker *w = start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        Worker *inc = slot_incoming(s);
+        slot_dispatch(s, SLOT_EV_REMOVE, NULL, 0);
+        assert_state(s, SLOT_REMOVED);
+        assert_string_equal(outcomes(f, NULL), "");
+        /* Every event but the exits is ignored now. */
+        ready(s, inc);
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_REMOVED);
+        assert_int_eq(f->host.n_spawned, 2);
+        exits(w, 0);
+        assert_string_equal(outcomes(f, NULL), "");
+        exits(inc, 0);
+        assert_string_equal(outcomes(f, NULL), "E");
+        assert_int_eq(f->pool.n_workers, 0);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+}
+
+static void test_backoff_slot_held_by_a_plan(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        start_ready(f, s);
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_BACKOFF);
+        slot_dispatch(s, SLOT_EV_HOLD, NULL, 0);
+        assert_state(s, SLOT_EMPTY);
+        assert_u64_eq(pool_on_time(&f->pool, fake_now + 60000 * MS), 0);
+        /* A failed plan refills a held slot with CANCEL. */
+        slot_dispatch(s, SLOT_EV_CANCEL, NULL, 0);
+        assert_state(s, SLOT_STARTING);
+}
+
+/* ---- plans ---------------------------------------------------------------- */
+
+static RolloutResult feed(Fixture *f, Rollout *r, unsigned surge) {
+        RolloutResult res = ROLLOUT_RUNNING;
+        Outcome *o;
+        while (res == ROLLOUT_RUNNING && (o = pool_pop_outcome(&f->pool))) {
+                res = rollout_on_outcome(r, o, f->slots, 3, surge);
+                free(o);
+        }
+        return res;
+}
+
+static unsigned replacing(Fixture *f) {
+        unsigned n = 0;
+        for (unsigned i = 0; i < 3; i++)
+                n += slot_state(f->slots[i]) == SLOT_REPLACING;
+        return n;
+}
+
+static void run_plan(Fixture *f, unsigned surge) {
+        for (unsigned i = 0; i < 3; i++)
+                start_ready(f, f->slots[i]);
+        Rollout *r = rollout_new(ROLLOUT_RESTART, 5, 3, NULL, fake_now);
+        f->pool.plan = 5;
+        for (unsigned i = 0; i < 3; i++)
+                rollout_enqueue(r, f->slots[i]);
+        assert_int_eq(rollout_step(r, f->slots, 3, surge), ROLLOUT_RUNNING);
+        for (unsigned round = 0; round < 3; round++) {
+                /* Never more replacements starting than the surge, and
+                 * never fewer ready workers than before. */
+                assert_true(replacing(f) <= surge && replacing(f) >= 1);
+                for (unsigned i = 0; i < 3; i++)
+                        assert_true(slot_is_ready(f->slots[i]));
+                for (unsigned i = 0; i < 3; i++)
+                        if (slot_incoming(f->slots[i])) {
+                                ready(f->slots[i], slot_incoming(f->slots[i]));
+                                break;
+                        }
+                RolloutResult res = feed(f, r, surge);
+                if (res == ROLLOUT_DONE)
+                        break;
+                assert_int_eq(res, ROLLOUT_RUNNING);
+        }
+        while (replacing(f)) {
+                for (unsigned i = 0; i < 3; i++)
+                        if (slot_incoming(f->slots[i]))
+                                ready(f->slots[i], slot_incoming(f->slots[i]));
+                (void) feed(f, r, surge);
+        }
+        assert_int_eq(r->replaced, 3);
+        assert_int_eq(r->in_flight, 0);
+        assert_int_eq(f->host.n_spawned, 6);
+        rollout_free(r);
+}
+
+static void test_plan_surge_1(void **state) {
+        run_plan(*state, 1);
+}
+
+static void test_plan_surge_2(void **state) {
+        run_plan(*state, 2);
+}
+
+static void test_plan_fails_and_ignores_other_plans(void **state) {
+        Fixture *f = *state;
+        for (unsigned i = 0; i < 3; i++)
+                start_ready(f, f->slots[i]);
+        Rollout *r = rollout_new(ROLLOUT_RELOAD, 9, 3, NULL, fake_now);
+        f->pool.plan = 9;
+        for (unsigned i = 0; i < 3; i++)
+                rollout_enqueue(r, f->slots[i]);
+        assert_int_eq(rollout_step(r, f->slots, 3, 1), ROLLOUT_RUNNING);
+        /* An outcome of an earlier plan (serial 8) is not this plan's. */
+        Outcome stale = { .kind = OUTCOME_REPLACE_FAILED, .plan = 8 };
+        assert_int_eq(rollout_on_outcome(r, &stale, f->slots, 3, 1), ROLLOUT_RUNNING);
+        exits(slot_incoming(f->slots[0]), 1);
+        assert_int_eq(feed(f, r, 1), ROLLOUT_FAILED);
+        assert_str_contains(r->error, "slot 0");
+        for (unsigned i = 0; i < 3; i++)
+                assert_true(slot_is_ready(f->slots[i]));
+        rollout_free(r);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_start_ready, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_crash_backs_off_then_doubles, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_crash_after_a_healthy_run_respawns_at_once, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ready_timeout_kills_and_counts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_watchdog_then_stop_timeout, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_give_up, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_exec_failure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stopping_after_serving_replaces_at_once, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_stopping_too_soon_counts, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_replace_swaps_when_ready, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_replacement_failure_is_the_plans, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_cancel_stops_the_replacement, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_current_crash_while_replacing, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_new_slot_replacement_fails_no_respawn, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_remove_drains_then_empties, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_backoff_slot_held_by_a_plan, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_surge_1, setup3, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_surge_2, setup3, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_fails_and_ignores_other_plans, setup3, teardown),
+        };
+        return cmocka_run_group_tests_name("slot", tests, NULL, NULL);
+}
