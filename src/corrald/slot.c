@@ -154,8 +154,7 @@ static LogFields worker_fields(const Worker *w, const char *event) {
 /* ---- the pool ----------------------------------------------------------- */
 
 int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config) {
-        *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1,
-                      .notice_limit = RATELIMIT_INIT(10 * USEC_PER_SEC, 20) };
+        *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1 };
         return failure_window_init(&p->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
 }
 
@@ -307,7 +306,8 @@ static Worker *spawn(Slot *s, WorkerRole role) {
                 return NULL;
         }
         *w = (Worker) { .slot = s, .config = config_ref(c), .id = s->id, .generation = p->generation,
-                        .state = WORKER_STARTING, .role = role, .plan = role == WORKER_INCOMING ? p->plan : 0 };
+                        .state = WORKER_STARTING, .role = role, .plan = role == WORKER_INCOMING ? p->plan : 0,
+                        .notices = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
         snprintf(w->who, sizeof(w->who), "worker %u", s->id);
 
         pid_t pid = p->ops->start(p->ops_data, w, &stage);
@@ -673,10 +673,10 @@ void slot_on_notify(Worker *w, const NotifyMsg *msg) {
                 snprintf(w->status, sizeof(w->status), "%s", msg->status);
         if (msg->errno_value >= 0) {
                 unsigned suppressed;
-                bool ok = ratelimit_below(&p->notice_limit, p->now(), &suppressed);
+                bool ok = ratelimit_below(&w->notices, p->now(), &suppressed);
                 LogFields f = worker_fields(w, NULL);
                 if (suppressed)
-                        log_emit(LOG_NOTICE, &f, "suppressed %u ERRNO= reports from workers", suppressed);
+                        log_emit(LOG_NOTICE, &f, "%s: suppressed %u ERRNO= reports", w->who, suppressed);
                 if (ok) {
                         errno = msg->errno_value;
                         log_emit(LOG_NOTICE, &f, "%s reports ERRNO=%d (%m)", w->who, msg->errno_value);

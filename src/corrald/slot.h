@@ -100,7 +100,6 @@ typedef struct Pool {
         unsigned plan;             /* tags the replacements started now (the owner's rollout serial) */
         Slot *slots;               /* every slot, removed ones included */
         uint64_t earliest;         /* lowered whenever a deadline is set: the owner re-arms its timer */
-        RateLimit notice_limit;    /* for ERRNO= reports */
 } Pool;
 
 /* Takes a reference to config. Returns 0 or -ENOMEM. */

@@ -13,6 +13,12 @@
 #include "config.h"
 #include "list.h"
 #include "notify-msg.h"
+#include "policy.h"
+
+/* What one worker may make the master log per interval (ERRNO= reports),
+ * like journald's RateLimitBurst=; the rest is counted and summarised. */
+#define WORKER_NOTICE_BURST 1000
+#define WORKER_NOTICE_INTERVAL_USEC (10 * 1000000ULL)
 
 typedef struct Slot Slot;
 typedef struct Worker Worker;
@@ -51,6 +57,7 @@ struct Worker {
         char status[NOTIFY_STATUS_MAX];
         char who[32];              /* "worker 2 (pid 1234)" */
         char how[80];              /* set when reaped: "exited with status 1" */
+        RateLimit notices;         /* its ERRNO= reports in the log */
         void *host;                /* the host's per-worker data (I/O handles) */
         LIST_FIELDS(Worker, all);  /* Pool.workers */
         LIST_FIELDS(Worker, leaving); /* Slot.leaving */
