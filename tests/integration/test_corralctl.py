@@ -789,6 +789,32 @@ def logs_builds_the_journalctl_command_line():
 
 
 @case
+def logs_of_an_instance_logging_to_stderr_fails_and_says_where():
+    env, calls = fake_journalctl([])
+    rd = tempfile.mkdtemp(dir=TMP)
+    os.chmod(rd, 0o755)
+    s = FakeServer({"status": [dict(STATUS, log="stderr")]}, path=os.path.join(rd, "app.sock"))
+    try:
+        for args in (["-s", s.path, "logs"], ["-i", "app", "logs", "-f"], ["logs", "-w", "0"]):
+            p = expect(ctl(*args, env=dict(env, RUNTIME_DIRECTORY=rd)), 1, " ".join(args))
+            assert "logs to corrald's standard error" in p.err and '"app"' in p.err, p.err
+        try:
+            ran = calls()
+        except FileNotFoundError:   # the fake journalctl logs each call it gets
+            ran = []
+        eq(ran, [], "journalctl is not run")
+    finally:
+        s.close()
+    # The same instance logging to the journal: journalctl as before.
+    s = FakeServer({"status": [dict(STATUS, log="journal")]}, path=os.path.join(rd, "app.sock"))
+    try:
+        expect(ctl("-i", "app", "logs", env=dict(env, RUNTIME_DIRECTORY=rd)), 0)
+        eq(calls()[-1], ["-n", "50", "CORRAL_INSTANCE=app", "+", "SYSLOG_IDENTIFIER=app"], "journal instance")
+    finally:
+        s.close()
+
+
+@case
 def valgrind_clean():
     if SANITIZED:
         raise Skip("sanitizer build: ASan/UBSan check these paths in every other case")
@@ -976,6 +1002,14 @@ def e2e_list_and_default_instance(inst):
     assert "Instance:   ctltest" in p.out, p.out
     p = expect(ctl("-i", "ctltest", "--json", "status", env=env), 0)
     eq(json.loads(p.out)["pid"], inst.c.pid, "-i NAME under $RUNTIME_DIRECTORY")
+
+
+@e2e
+def e2e_logs_in_embedded_mode_points_to_stderr(inst):
+    # corrald's stderr is a pipe here, so --log auto chose stderr.
+    eq(inst.status().get("log"), "stderr", "status --json: log target")
+    p = expect(ctl("-s", inst.sock, "logs"), 1)
+    assert "logs to corrald's standard error" in p.err, p.err
 
 
 @e2e
