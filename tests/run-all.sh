@@ -7,10 +7,15 @@ set -eu
 cd "$(dirname "$0")/.."
 tools/install-deps.sh --test
 
+# A build directory left by the README's first command was configured
+# without cmocka (tests=auto skipped the unit tests): reconfigure it, so
+# that every run builds and counts the same tests, or fails without cmocka.
 setup() {
         dir=$1; shift
-        if [ ! -d "$dir" ]; then
-                meson setup "$dir" -Dwerror=true "$@" >/dev/null
+        if [ -d "$dir" ]; then
+                meson setup --reconfigure "$dir" -Dwerror=true -Dtests=enabled "$@" >/dev/null
+        else
+                meson setup "$dir" -Dwerror=true -Dtests=enabled "$@" >/dev/null
         fi
         ninja -C "$dir" >/dev/null
 }

@@ -7,7 +7,13 @@
  * its master events plus the output of every pid it has had: those pids
  * are read first from the slot's "spawn" events, so with -f only workers
  * known at start are followed. The final journalctl replaces corralctl
- * (execvp), keeping its pager, colours and exit status. */
+ * (execvp), keeping its pager, colours and exit status.
+ *
+ * An instance that logs to its standard error (embedded mode: not under
+ * systemd, or --log stderr) has nothing in the journal; when it is
+ * running and says so in its status reply ("log": "stderr"), logs tells
+ * the user where the lines are and fails instead of printing journalctl's
+ * "No journal files were found" or "-- No entries --" with status 0. */
 #include <fcntl.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -56,6 +62,22 @@ static int logs_name(Ctl *ctl, char **ret) {
                 return ctl_error(CTL_EXIT_UNREACHABLE, "malformed reply from %s: no instance name", ctl->path);
         *ret = strdup(name);
         return *ret ? 0 : ctl_error(CTL_EXIT_FAILED, "Out of memory.");
+}
+
+/* True when the instance at ctl->path is running and logs to its standard
+ * error. Quiet and quick: an instance that cannot be asked (stopped, an
+ * old corrald without "log") is looked up in the journal as before. */
+static bool logs_on_stderr(Ctl *ctl) {
+        _cleanup_client_free_ Client *c = NULL;
+        _cleanup_json_ cJSON *req = NULL, *res = NULL;
+
+        if (!ctl->path || client_connect(ctl->path, 500 * USEC_PER_MSEC, &c) < 0)
+                return false;
+        req = ctl_new_request("status");
+        if (!req || client_call(c, req, CTL_LIST_TIMEOUT_USEC, NULL, NULL, &res) < 0)
+                return false;
+        const char *log = ctl_json_str(res, "log");
+        return log && strcmp(log, "stderr") == 0;
 }
 
 /* Add one pid (a decimal string from the journal) unless already there. */
@@ -146,6 +168,12 @@ int cmd_logs(Ctl *ctl, char **args) {
         r = logs_name(ctl, &name);
         if (r != 0)
                 return r;
+        if (ctl_resolve(ctl) == 0 && logs_on_stderr(ctl))
+                return ctl_error(CTL_EXIT_FAILED,
+                                 "instance \"%s\" logs to corrald's standard error, not to the journal (embedded "
+                                 "mode: not started by systemd, or --log stderr): its events and its workers' "
+                                 "output are wherever corrald's standard error goes",
+                                 name);
         if (ctl->worker) {
                 r = slot_pids(name, ctl->worker, &pids);
                 if (r < 0)

@@ -2,14 +2,19 @@
  *
  * Both render the same status result (control-protocol.md, status): a few
  * header lines and a table with one row per slot, then the workers that
- * are starting or leaving outside the slots. status computes CPU% over each worker's lifetime; top keeps
+ * are starting or leaving outside the slots. The last column is each
+ * worker's STATUS= text, cut to the terminal's width on a terminal (whole
+ * otherwise). status computes CPU% over each worker's lifetime; top keeps
  * the previous sample and computes it over the last interval, matching
- * workers by pid. top owns the terminal while it runs: alternate screen,
- * no echo, no canonical mode, all restored before it returns. */
+ * workers by pid. On a terminal top owns it while it runs: alternate
+ * screen, no echo, no canonical mode, all restored before it returns. On
+ * anything else (a pipe, a file) it prints plain frames, one unless -n
+ * says how many, and dies of SIGPIPE like any filter when the reader goes. */
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -82,6 +87,7 @@ static int add_worker_row(Table *t, const cJSON *w, const cJSON *prev) {
                 format_cpu(b[6], sizeof(b[6]), w, prev),
                 ctl_json_int(w, "rss_kb", &v) && v >= 0 ? format_rss(b[7], sizeof(b[7]), v) : NULL,
                 format_int(b[8], sizeof(b[8]), w, "connections"),
+                ctl_json_str(w, "status"),
         };
         for (size_t i = 0; i < ELEMENTSOF(cells); i++) {
                 int r = table_add(t, cells[i]);
@@ -91,8 +97,17 @@ static int add_worker_row(Table *t, const cJSON *w, const cJSON *prev) {
         return 0;
 }
 
-static int print_workers(FILE *f, const cJSON *list, const cJSON *prev) {
-        static const char *headers[] = { "SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS", "CONNS" };
+/* The width of the terminal on fd, or 0 (no limit) when fd is not one. */
+static size_t terminal_width(int fd) {
+        struct winsize ws;
+        if (!isatty(fd) || ioctl(fd, TIOCGWINSZ, &ws) == -1 || ws.ws_col == 0)
+                return 0;
+        return ws.ws_col;
+}
+
+static int print_workers(FILE *f, const cJSON *list, const cJSON *prev, size_t width) {
+        static const char *headers[] = { "SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS", "CONNS",
+                                         "STATUS" };
         _cleanup_table_free_ Table *t = table_new(ELEMENTSOF(headers), headers);
         const cJSON *w;
         int r;
@@ -100,7 +115,8 @@ static int print_workers(FILE *f, const cJSON *list, const cJSON *prev) {
         if (!t)
                 return -ENOMEM;
         for (size_t i = 0; i < ELEMENTSOF(headers); i++)
-                table_set_right(t, i, i != 3);
+                table_set_right(t, i, i != 3 && i != 9);
+        table_set_max_width(t, width);
         const cJSON *array = cJSON_IsArray(list) ? list : NULL;
         cJSON_ArrayForEach(w, array)
                 if (cJSON_IsObject(w) && (r = add_worker_row(t, w, prev)) < 0)
@@ -116,8 +132,9 @@ static void field(FILE *f, const char *label, const char *value) {
         fputc('\n', f);
 }
 
-/* Render a status result; prev (or NULL) is the previous sample for top. */
-static int render(FILE *f, const cJSON *res, const cJSON *prev) {
+/* Render a status result; prev (or NULL) is the previous sample for top;
+ * width (0: none) limits the tables' lines. */
+static int render(FILE *f, const cJSON *res, const cJSON *prev, size_t width) {
         char b[128], d[32];
         int64_t pid, up, ready, workers;
         const cJSON *l;
@@ -155,7 +172,7 @@ static int render(FILE *f, const cJSON *res, const cJSON *prev) {
         field(f, "Status:", ctl_json_str(res, "status"));
         fputc('\n', f);
 
-        int r = print_workers(f, cJSON_GetObjectItemCaseSensitive(res, "slots"), prev);
+        int r = print_workers(f, cJSON_GetObjectItemCaseSensitive(res, "slots"), prev, width);
         if (r < 0)
                 return r;
         /* Workers outside the slot table: a rollout's new workers not yet
@@ -166,7 +183,7 @@ static int render(FILE *f, const cJSON *res, const cJSON *prev) {
                 const cJSON *list = cJSON_GetObjectItemCaseSensitive(res, extra[i][0]);
                 if (cJSON_IsArray(list) && cJSON_GetArraySize(list) > 0) {
                         fprintf(f, "\n%s:\n", extra[i][1]);
-                        r = print_workers(f, list, prev);
+                        r = print_workers(f, list, prev, width);
                 }
         }
         return r;
@@ -185,7 +202,7 @@ int cmd_status(Ctl *ctl, char **args) {
                 return r;
         if (ctl->json)
                 ctl_print_json(res);
-        else if (render(stdout, res, NULL) < 0)
+        else if (render(stdout, res, NULL, terminal_width(STDOUT_FILENO)) < 0)
                 r = ctl_error(CTL_EXIT_FAILED, "Out of memory.");
         cJSON_Delete(res);
         return r;
@@ -252,6 +269,7 @@ static bool top_wait(const TopTerm *t, uint64_t deadline) {
         return true;
 }
 
+/* Write one frame. Returns 0, -ENOMEM, or -errno of a failed write. */
 static int top_frame(Ctl *ctl, const TopTerm *t, const cJSON *res, const cJSON *prev) {
         _cleanup_free_ char *buf = NULL;
         size_t n = 0;
@@ -264,7 +282,7 @@ static int top_frame(Ctl *ctl, const TopTerm *t, const cJSON *res, const cJSON *
         } else {
                 if (t->screen)
                         fputs("\033[H\033[2J", f); /* home, clear */
-                (void) render(f, res, prev);
+                (void) render(f, res, prev, terminal_width(STDOUT_FILENO));
                 if (t->screen)
                         fputs("\nPress q to quit.", f);
                 else
@@ -272,8 +290,8 @@ static int top_frame(Ctl *ctl, const TopTerm *t, const cJSON *res, const cJSON *
         }
         if (fclose(f) != 0)
                 return -ENOMEM;
-        fwrite(buf, 1, n, stdout);
-        fflush(stdout);
+        if (fwrite(buf, 1, n, stdout) != n || fflush(stdout) != 0)
+                return errno > 0 ? -errno : -EIO;
         return 0;
 }
 
@@ -281,10 +299,22 @@ int cmd_top(Ctl *ctl, char **args) {
         _cleanup_client_free_ Client *c = NULL;
         _cleanup_json_ cJSON *req = NULL, *prev = NULL, *failed = NULL;
         TopTerm term = {};
-        int r;
+        uint64_t frames = 0; /* 0: until q or a signal */
+        int r, w = 0;
 
         if (args[0])
                 return ctl_usage_error("top takes no arguments, got \"%s\"", args[0]);
+        if (ctl->lines && (parse_u64(ctl->lines, &frames) < 0 || frames == 0))
+                return ctl_usage_error("top -n: expected a number of frames >= 1, got \"%s\"", ctl->lines);
+        if (!isatty(STDOUT_FILENO)) {
+                /* Not a screen to redraw: print frames like a filter, one
+                 * unless -n asks for more, and stop when the reader is gone
+                 * ("corralctl top | head"): main() ignores SIGPIPE for the
+                 * control socket, whose writes use MSG_NOSIGNAL anyway. */
+                if (frames == 0)
+                        frames = 1;
+                signal(SIGPIPE, SIG_DFL);
+        }
         r = ctl_connect(ctl, &c);
         if (r != 0)
                 return r;
@@ -300,7 +330,7 @@ int cmd_top(Ctl *ctl, char **args) {
         client_set_interrupt(c, &top_quit);
         top_term_setup(&term);
 
-        for (;;) {
+        for (uint64_t shown = 0;;) {
                 uint64_t next = now_usec() + USEC_PER_SEC;
                 cJSON *res = NULL;
                 r = client_call(c, req, 5 * USEC_PER_SEC, NULL, NULL, &res);
@@ -310,10 +340,10 @@ int cmd_top(Ctl *ctl, char **args) {
                         failed = res;
                         break;
                 }
-                r = top_frame(ctl, &term, res, prev);
+                w = top_frame(ctl, &term, res, prev);
                 cJSON_Delete(prev);
                 prev = res;
-                if (r < 0 || top_wait(&term, next))
+                if (w < 0 || (frames > 0 && ++shown >= frames) || top_wait(&term, next))
                         break;
         }
         /* Report only after leaving the alternate screen, where a message
@@ -327,8 +357,11 @@ int cmd_top(Ctl *ctl, char **args) {
                 const char *e = ctl_json_str(failed, "error");
                 return ctl_error(CTL_EXIT_FAILED, "%s", e ? e : "operation failed (no reason given)");
         }
-        if (r == -ENOMEM)
+        if (r == -ENOMEM || w == -ENOMEM)
                 return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
+        /* EPIPE only when SIGPIPE is blocked: it kills us otherwise. */
+        if (w < 0)
+                return ctl_error(CTL_EXIT_FAILED, "cannot write to standard output: %s", strerror(-w));
         if (r < 0)
                 return ctl_client_error(ctl->path, ctl->name, r);
         return CTL_EXIT_OK;

@@ -19,7 +19,8 @@ static void help(void) {
                "\n"
                "Commands:\n"
                "  status, ls            workers, pids, states, uptime, restarts, CPU, memory\n"
-               "  top                   the same, refreshed every second until q or Ctrl-C\n"
+               "  top [-n N]            the same, refreshed every second until q or Ctrl-C;\n"
+               "                        N frames with -n; not on a terminal, one by default\n"
                "  reload                rolling reload with the re-read configuration; prints\n"
                "                        progress, fails with the reason if the rollout fails\n"
                "  restart ID|all        graceful replacement of one slot or all (rolling)\n"
@@ -38,7 +39,8 @@ static void help(void) {
                "      --json            print the reply as one line of JSON\n"
                "  -f, --follow          logs: keep printing new entries\n"
                "  -w, --worker ID       logs: only this slot\n"
-               "  -n, --lines N         logs: show the last N entries (default 50, or \"all\")\n"
+               "  -n, --lines N         logs: show the last N entries (default 50, or \"all\");\n"
+               "                        top: print N frames, one per second, then exit\n"
                "  -h, --help            print this help and exit\n"
                "      --version         print the version and exit\n"
                "\n"
@@ -82,7 +84,8 @@ static const Option options[] = {
 typedef struct Args {
         Ctl *ctl;
         bool help, version;
-        bool logs_option;       /* -f, -w or -n seen */
+        bool logs_option;       /* -f or -w seen */
+        bool lines_option;      /* -n seen */
 } Args;
 
 static void apply(Args *a, const Option *o, const char *value) {
@@ -106,7 +109,7 @@ static void apply(Args *a, const Option *o, const char *value) {
                 break;
         case 'n':
                 ctl->lines = value;
-                a->logs_option = true;
+                a->lines_option = true;
                 break;
         case 'h':
                 a->help = true;
@@ -214,7 +217,9 @@ int main(int argc, char *argv[]) {
         if (!cmd)
                 return ctl_usage_error("unknown command \"%s\"", pos[0]);
         if (a.logs_option && cmd->run != cmd_logs)
-                return ctl_usage_error("-f, -w and -n are options of the logs command");
+                return ctl_usage_error("-f and -w are options of the logs command");
+        if (a.lines_option && cmd->run != cmd_logs && cmd->run != cmd_top)
+                return ctl_usage_error("-n is an option of the logs and top commands");
         if (ctl.instance && !*ctl.instance)
                 return ctl_usage_error("-i: empty instance name");
         if (ctl.socket && !*ctl.socket)

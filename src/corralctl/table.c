@@ -4,6 +4,7 @@
  * row-major order; n counts them all, so a partial last row is allowed and
  * printed with its missing cells empty. */
 #include <stdarg.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "table.h"
@@ -13,6 +14,7 @@ struct Table {
         char **cells;
         size_t n, alloc;
         bool *right;
+        size_t max_width;       /* 0: unlimited */
 };
 
 Table *table_free(Table *t) {
@@ -86,6 +88,23 @@ void table_set_right(Table *t, size_t col, bool right) {
                 t->right[col] = right;
 }
 
+void table_set_max_width(Table *t, size_t columns) {
+        t->max_width = columns;
+}
+
+/* Bytes of s that hold at most n UTF-8 characters, never splitting one. */
+static size_t utf8_prefix(const char *s, size_t n) {
+        size_t i = 0;
+        for (size_t chars = 0; s[i]; chars++) {
+                if (chars == n)
+                        break;
+                i++;
+                while (((unsigned char) s[i] & 0xc0) == 0x80)
+                        i++;
+        }
+        return i;
+}
+
 size_t table_rows(const Table *t) {
         return (t->n - t->ncols + t->ncols - 1) / t->ncols;
 }
@@ -96,6 +115,13 @@ int table_print(const Table *t, FILE *f) {
         for (size_t i = 0; i < t->n; i++)
                 width[i % t->ncols] = MAX(width[i % t->ncols], strlen(t->cells[i]));
 
+        /* Room left for the last column on a line of max_width. */
+        size_t prefix = 0, room = SIZE_MAX;
+        for (size_t col = 0; col + 1 < t->ncols; col++)
+                prefix += width[col] + 2;
+        if (t->max_width > 0)
+                room = t->max_width > prefix ? t->max_width - prefix : 0;
+
         size_t rows = table_rows(t) + 1;
         for (size_t row = 0; row < rows; row++) {
                 for (size_t col = 0; col < t->ncols; col++) {
@@ -103,12 +129,14 @@ int table_print(const Table *t, FILE *f) {
                         const char *cell = i < t->n ? t->cells[i] : "";
                         bool last = col + 1 == t->ncols;
                         int w = (int) width[col];
+                        if (last && !t->right[col] && room == 0)
+                                break; /* no room at all: not even the gap */
                         if (col > 0)
                                 fputs("  ", f);
                         if (t->right[col])
                                 fprintf(f, "%*s", w, cell);
                         else if (last) /* no trailing blanks */
-                                fputs(cell, f);
+                                fwrite(cell, 1, utf8_prefix(cell, room), f);
                         else
                                 fprintf(f, "%-*s", w, cell);
                 }

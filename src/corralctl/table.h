@@ -26,6 +26,10 @@ static inline void table_freep(Table **t) {
 /* Right-align column col (numbers). */
 void table_set_right(Table *t, size_t col, bool right);
 
+/* Cut the last column (when left-aligned) so that no line is wider than
+ * columns (counted in UTF-8 characters); 0, the default, cuts nothing. */
+void table_set_max_width(Table *t, size_t columns);
+
 /* Append one cell; rows fill left to right. NULL is shown as "-".
  * Returns 0 or -ENOMEM. */
 int table_add(Table *t, const char *cell);

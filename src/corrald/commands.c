@@ -65,6 +65,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
                                             : m->pool.gave_up ? "gave-up"
                                                               : "running");
         cJSON_AddStringToObject(o, "status", m->status);
+        cJSON_AddStringToObject(o, "log", log_get_target() == LOG_TARGET_JOURNAL ? "journal" : "stderr");
         cJSON_AddNumberToObject(o, "uptime_ms", (double) ((now - m->start_usec) / USEC_PER_MSEC));
 
         a = cJSON_AddArrayToObject(o, "listeners");

@@ -249,15 +249,18 @@ def status_header_and_table():
         eq(head["State"], "running", "state")
         eq(head["Status"], "1/2 workers ready, generation 3", "status text")
         hdr = next(l for l in p.out.splitlines() if l.lstrip().startswith("SLOT"))
-        eq(hdr.split(), ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS", "CONNS"], "columns")
-        eq(rows(p.out), [["0", "4242", "3", "ready", "3m07s", "0", "1.0", "5.0M", "-"],
-                         ["1", "-", "-", "backoff", "-", "2", "-", "-", "-"]], "slot rows")
+        eq(hdr.split(), ["SLOT", "PID", "GEN", "STATE", "UPTIME", "RESTARTS", "CPU%", "RSS", "CONNS", "STATUS"],
+           "columns")
+        eq(rows(p.out), [["0", "4242", "3", "ready", "3m07s", "0", "1.0", "5.0M", "-", "serving"],
+                         ["1", "-", "-", "backoff", "-", "2", "-", "-", "-", "-"]], "slot rows")
         assert "\nLeaving:\n" in p.out, p.out
-        eq(rows(p.out.split("Leaving:")[1]), [["1", "4100", "2", "stopping", "5s", "0", "1.0", "2.0G", "3"]],
-           "leaving rows")
-        # Columns line up: every row of the table is as wide as its header.
+        eq(rows(p.out.split("Leaving:")[1]),
+           [["1", "4100", "2", "stopping", "5s", "0", "1.0", "2.0G", "3", "draining"]], "leaving rows")
+        # Columns line up: the worker's STATUS= text, last, starts under
+        # its header in every row.
         tbl = p.out.split("\n\n")[1].splitlines()
-        eq(len({len(l) for l in tbl}), 1, "aligned table widths %r" % tbl)
+        off = tbl[0].index("STATUS")
+        eq([l[off:] for l in tbl], ["STATUS", "serving", "-"], "STATUS column, aligned: %r" % tbl)
         eq(s.reqs(), [{"command": "status"}], "one status request")
         expect(ctl("-s", s.path, "ls"), 0)
     finally:
@@ -489,22 +492,118 @@ def status_sampler():
 
 
 @case
-def top_without_a_tty_repeats_until_sigint():
+def top_without_a_tty_prints_n_frames():
     s = FakeServer({"status": status_sampler()})
     try:
-        proc = subprocess.Popen([CORRALCTL, "-s", s.path, "top"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=base_env())
-        wait_for(lambda: len(s.reqs()) >= 3, 10, "three samples")
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
-        eq(proc.returncode, 0, "exit status after SIGINT (stderr %r)" % err)
+        proc = subprocess.Popen([CORRALCTL, "-s", s.path, "top", "-n", "3"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=base_env())
+        out, err = proc.communicate(timeout=20)
+        eq(proc.returncode, 0, "exit status after -n 3 frames (stderr %r)" % err)
         frames = [f for f in out.decode().split("Instance:")[1:]]
-        assert len(frames) >= 2, out
+        eq(len(frames), 3, "frames printed with -n 3")
+        eq(len(s.reqs()), 3, "status requests for 3 frames")
         eq(rows(frames[0])[0][6], "51.0", "first frame: CPU% over the lifetime (510/1000)")
         eq(rows(frames[1])[0][6], "50.0", "second frame: CPU% from the delta")
         assert "\x1b" not in out.decode(), "no escape sequences when stdout is not a terminal"
         # One connection for all samples.
         eq(s.reqs(), [{"command": "status"}] * len(s.reqs()), "status requests")
+    finally:
+        s.close()
+
+
+@case
+def top_into_a_pipe_prints_one_frame():
+    s = FakeServer({"status": status_sampler()})
+    try:
+        p = expect(ctl("-s", s.path, "top", timeout=10), 0)
+        eq(p.out.count("Instance:"), 1, "one frame on a pipe")
+        eq(rows(p.out)[0][-1], "serving", "STATUS= text, last column")
+        eq(len(s.reqs()), 1, "one status request")
+        p = expect(ctl("-s", s.path, "top", "--json", timeout=10), 0)
+        eq(len(p.out.splitlines()), 1, "one JSON frame on a pipe")
+        expect(ctl("-s", s.path, "top", "-n", "0"), 2, "top -n 0")
+        expect(ctl("-s", s.path, "status", "-n", "2"), 2, "status -n 2")
+    finally:
+        s.close()
+
+
+@case
+def top_stops_when_the_reader_goes():
+    s = FakeServer({"status": status_sampler()})
+    try:
+        # What a user types; before, it never returned.
+        t0 = time.monotonic()
+        r = subprocess.run(["sh", "-c", '"$1" -s "$2" top | head -3', "sh", CORRALCTL, s.path],
+                           capture_output=True, text=True, timeout=20, env=base_env())
+        eq((r.returncode, len(r.stdout.splitlines())), (0, 3), "corralctl top | head -3 (%r)" % r.stderr)
+        assert time.monotonic() - t0 < 10, "took %.1fs" % (time.monotonic() - t0)
+        # Frame after frame until the pipe closes: then SIGPIPE, like cat.
+        proc = subprocess.Popen([CORRALCTL, "-s", s.path, "top", "-n", "1000"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=base_env())
+        proc.stdout.readline()
+        proc.stdout.close()
+        proc.wait(timeout=10)
+        eq(proc.returncode, -signal.SIGPIPE, "exit of top -n 1000 after its reader left")
+    finally:
+        s.close()
+
+
+def run_on_pty(argv, columns, timeout=10):
+    """Run argv with its stdout (and stdin) on a terminal of this width;
+    returns (exit code, output with CRs removed)."""
+    import fcntl
+    import struct
+    import termios
+    pid, fd = pty.fork()
+    if pid == 0:
+        fcntl.ioctl(1, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        os.execve(argv[0], argv, base_env(TERM="xterm"))
+    buf = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        r, _, _ = select.select([fd], [], [], max(0, deadline - time.monotonic()))
+        if not r:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError("timed out; output %r" % buf[-500:])
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        buf += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), buf.decode(errors="replace").replace("\r", "")
+
+
+@case
+def worker_status_text_is_cut_to_the_terminal():
+    st = json.loads(json.dumps(STATUS))
+    long = "busy: " + "é" * 100 + " end"
+    st["slots"][0]["status"] = long
+    s = FakeServer({"status": [st]})
+    try:
+        # Not a terminal: the whole text.
+        p = expect(ctl("-s", s.path, "status"), 0)
+        assert long in p.out, p.out
+        # A terminal of 80 columns: no line of the table is wider.
+        rc, out = run_on_pty([CORRALCTL, "-s", s.path, "status"], 80)
+        eq(rc, 0, "status on a terminal")
+        tbl = out.split("\n\n")[1].splitlines()
+        eq(max(len(l) for l in tbl), 80, "widest table line on 80 columns %r" % tbl)
+        row = next(l for l in tbl if l.split()[:1] == ["0"])
+        assert row.endswith("busy: " + "é" * (80 - row.index("busy: ") - 6)), row
+        # top's frame too (one, with -n 1), on a terminal of 90 columns.
+        rc, out = run_on_pty([CORRALCTL, "-s", s.path, "top", "-n", "1"], 90)
+        eq(rc, 0, "top -n 1 on a terminal")
+        lines = [l for l in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", out).splitlines() if "busy: " in l]
+        eq([len(l) for l in lines], [90], "top's row with the status text, cut to 90 columns")
+        # Narrower than the other columns: STATUS is left out, nothing else.
+        rc, out = run_on_pty([CORRALCTL, "-s", s.path, "status"], 30)
+        tbl = out.split("\n\n")[1].splitlines()
+        eq(tbl[0].split()[-1], "CONNS", "header on 30 columns")
+        eq([l.rstrip() for l in tbl], tbl, "no trailing blanks")
     finally:
         s.close()
 
@@ -687,6 +786,32 @@ def logs_builds_the_journalctl_command_line():
     # No journalctl at all.
     p = expect(ctl("-i", "app", "logs", env=base_env(PATH=tempfile.mkdtemp(dir=TMP))), 1)
     assert "journalctl" in p.err, p.err
+
+
+@case
+def logs_of_an_instance_logging_to_stderr_fails_and_says_where():
+    env, calls = fake_journalctl([])
+    rd = tempfile.mkdtemp(dir=TMP)
+    os.chmod(rd, 0o755)
+    s = FakeServer({"status": [dict(STATUS, log="stderr")]}, path=os.path.join(rd, "app.sock"))
+    try:
+        for args in (["-s", s.path, "logs"], ["-i", "app", "logs", "-f"], ["logs", "-w", "0"]):
+            p = expect(ctl(*args, env=dict(env, RUNTIME_DIRECTORY=rd)), 1, " ".join(args))
+            assert "logs to corrald's standard error" in p.err and '"app"' in p.err, p.err
+        try:
+            ran = calls()
+        except FileNotFoundError:   # the fake journalctl logs each call it gets
+            ran = []
+        eq(ran, [], "journalctl is not run")
+    finally:
+        s.close()
+    # The same instance logging to the journal: journalctl as before.
+    s = FakeServer({"status": [dict(STATUS, log="journal")]}, path=os.path.join(rd, "app.sock"))
+    try:
+        expect(ctl("-i", "app", "logs", env=dict(env, RUNTIME_DIRECTORY=rd)), 0)
+        eq(calls()[-1], ["-n", "50", "CORRAL_INSTANCE=app", "+", "SYSLOG_IDENTIFIER=app"], "journal instance")
+    finally:
+        s.close()
 
 
 @case
@@ -880,15 +1005,19 @@ def e2e_list_and_default_instance(inst):
 
 
 @e2e
+def e2e_logs_in_embedded_mode_points_to_stderr(inst):
+    # corrald's stderr is a pipe here, so --log auto chose stderr.
+    eq(inst.status().get("log"), "stderr", "status --json: log target")
+    p = expect(ctl("-s", inst.sock, "logs"), 1)
+    assert "logs to corrald's standard error" in p.err, p.err
+
+
+@e2e
 def e2e_top_without_a_tty(inst):
-    proc = subprocess.Popen([CORRALCTL, "-s", inst.sock, "top"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=base_env())
-    r, _, _ = select.select([proc.stdout], [], [], 10)
-    assert r, "top printed nothing"
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
-    eq(proc.returncode, 0, "exit status (%r)" % err)
-    assert "SLOT" in out.decode(), out
+    p = expect(ctl("-s", inst.sock, "top", timeout=10), 0)
+    eq(p.out.count("Instance:"), 1, "one frame")
+    # corral-hello's STATUS= text, last column.
+    eq([" ".join(r[9:13]) for r in rows(p.out)], ["serving on 1 listeners"] * 2, "STATUS column\n" + p.out)
 
 
 @case

@@ -318,8 +318,10 @@ def units_verify_clean_with_man_pages(ctx):
 def example_units_serve_and_log(ctx):
     need(ctx, "installed")
     sb = ctx["sb"]
-    sb.run(["cp", "/usr/share/doc/corral/examples/app.socket", "/usr/share/doc/corral/examples/app.service",
-            "/etc/systemd/system/"])
+    # SPEC's "Typical use", as an admin types it: the unit runs
+    # corrald --config /etc/corral/app.json.
+    sb.run(["bash", "-c", "cp /usr/share/doc/corral/examples/app.{socket,service} /etc/systemd/system/ && "
+            "mkdir -p /etc/corral && cp /usr/share/doc/corral/examples/app.json /etc/corral/"])
     sb.daemon_reload()
     sb.systemctl("start", "app.socket")
     r = sb.run(["curl", "-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}",
@@ -340,10 +342,15 @@ def example_units_serve_and_log(ctx):
     main = sb.main_pid("app.service")
     workers = [p for p in sb.cgroup_pids("app.service") if p != main]
     eq(len(workers), n, "workers in app.service's cgroup")
+    # systemctl reload re-reads /etc/corral/app.json: a good file reloads,
+    # and corralctl reaches the instance as root.
+    sb.systemctl("reload", "app.service")
+    r = sb.run(["corralctl", "-i", "app", "status"])
+    assert re.search(r"^Generation: +2$", r.stdout, re.M), r.stdout
     sb.systemctl("stop", "app.socket", "app.service")
     eq(sb.is_active("app.service"), "inactive", "app.service after stop")
     eq(sb.cgroup_pids("app.service"), [], "processes left of app.service")
-    sb.run(["rm", "/etc/systemd/system/app.socket", "/etc/systemd/system/app.service"])
+    sb.run(["rm", "/etc/systemd/system/app.socket", "/etc/systemd/system/app.service", "/etc/corral/app.json"])
     sb.daemon_reload()
 
 
