@@ -15,6 +15,7 @@
 #include "fd-util.h"
 #include "ipc.h"
 #include "log.h"
+#include "macros.h"
 #include "util.h"
 
 /* At most this many log lines about one worker's bad input per interval;
@@ -61,6 +62,29 @@ size_t ipc_queued(const Ipc *ipc) {
 
 /* ---- incoming ---------------------------------------------------------- */
 
+#define EXCERPT_MAX 48
+
+/* The first EXCERPT_MAX bytes of what a worker sent, fit for one log line:
+ * control characters (NUL included), backslashes and bytes >= 0x80 as \xNN.
+ * buf holds EXCERPT_MAX * 4 + 1 bytes. */
+static const char *escape_excerpt(const char *s, size_t n, char *buf) {
+        static const char hex[] = "0123456789abcdef";
+        size_t o = 0;
+        for (size_t i = 0; i < MIN(n, (size_t) EXCERPT_MAX); i++) {
+                unsigned char c = (unsigned char) s[i];
+                if (c >= 0x20 && c < 0x7f && c != '\\')
+                        buf[o++] = (char) c;
+                else {
+                        buf[o++] = '\\';
+                        buf[o++] = 'x';
+                        buf[o++] = hex[c >> 4];
+                        buf[o++] = hex[c & 15];
+                }
+        }
+        buf[o] = 0;
+        return buf;
+}
+
 static void handle_line(Ipc *ipc, char *line, size_t n) {
         const char *reason = NULL;
         IpcMessage msg;
@@ -69,11 +93,10 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
         if (n == 0)
                 return;         /* an empty line carries nothing; not worth a warning */
         if (ipc_msg_parse_worker_line(line, n, &msg, &reason) < 0) {
-                char excerpt[49], esc[200];
+                char esc[EXCERPT_MAX * 4 + 1];
                 ipc->malformed++;
-                snprintf(excerpt, sizeof(excerpt), "%s", line);
-                log_bad_input(ipc, "malformed IPC line dropped (%s): %s%s", reason, str_escape(excerpt, esc, sizeof(esc)),
-                              n >= sizeof(excerpt) ? "..." : "");
+                log_bad_input(ipc, "malformed IPC line dropped (%s): %s%s", reason, escape_excerpt(line, n, esc),
+                              n > EXCERPT_MAX ? "..." : "");
                 return;
         }
         if (msg.type == IPC_MSG_CLOSED) {

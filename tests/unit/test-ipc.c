@@ -141,11 +141,37 @@ static void test_garbage(void **state) {
         Fixture *f = *state;
         static const char garbage[] = "hello\n[1]\n{\"type\":\"nope\"}\n{\x01\x02\xff\n\x00\x00\x00\n{\"type\":\"closed\",\"n\":0}\n"
                                       "\n\n{\"type\":\"message\",\"data\":\"ok\"}\n";
+        int logpipe[2], saved_stderr = dup(STDERR_FILENO);
+        assert_int_eq(pipe2(logpipe, O_CLOEXEC | O_NONBLOCK), 0);
+        assert_int_eq(dup2(logpipe[1], STDERR_FILENO), STDERR_FILENO);
+
         assert_int_eq(loop_write(f->worker, garbage, sizeof(garbage) - 1), 0);
         RUN_UNTIL(f, f->n_messages == 1);
+
+        assert_int_eq(dup2(saved_stderr, STDERR_FILENO), STDERR_FILENO);
+        close(saved_stderr);
+        char log[8192];
+        ssize_t n = read(logpipe[0], log, sizeof(log) - 1);
+        close(logpipe[0]);
+        close(logpipe[1]);
+        assert_true(n > 0);
+        log[n] = 0;
+        fprintf(stderr, "%s", log);
+
         assert_int_eq(f->ipc.malformed, 6);
         assert_string_equal(f->last_data, "\"ok\"");
         assert_true(f->ipc.open);
+        /* Rate-limited: 5 log lines for 6 bad lines. */
+        unsigned lines = 0;
+        for (ssize_t i = 0; i < n; i++) {
+                if (log[i] == '\n')
+                        lines++;
+                else if ((unsigned char) log[i] < 0x20 || (unsigned char) log[i] >= 0x7f)
+                        fail_msg("unescaped byte 0x%02x in the log", (unsigned char) log[i]);
+        }
+        assert_int_eq(lines, 5);
+        assert_str_contains(log, "(not a JSON object): \\x00\\x00\\x00");
+        assert_str_contains(log, "{\\x01\\x02\\xff");
 }
 
 static void test_huge_line(void **state) {
