@@ -186,6 +186,8 @@ static void close_fds_in(struct msghdr *mh, int *ret_first) {
         }
 }
 
+static void drop_attachments(uint64_t from, uint64_t to);
+
 /* Read once. Returns 1 when bytes were added, 0 at EOF (ch.eof set),
  * -EAGAIN when nothing is there and !block, or a negative errno. */
 static int read_more(int fd, bool block) {
@@ -195,8 +197,12 @@ static int read_more(int fd, bool block) {
                 ch.end -= ch.start;
                 ch.start = 0;
         }
+        /* We read only when the parser needs more bytes, so every fd still
+         * recorded lies inside the partial line at ch.start, and will be
+         * dropped with it. A master that attaches fds to many reads of one
+         * line only gets them dropped earlier. */
         if (ch.n_att >= ATTACH_MAX)
-                return -ENOBUFS;        /* cannot happen: each read adds at most one */
+                drop_attachments(0, UINT64_MAX);
         for (;;) {
                 union {
                         struct cmsghdr align;

@@ -295,6 +295,24 @@ static void test_garbage(void **state) {
         assert_int_eq(corral_messages_dropped(), 9);
 }
 
+/* A hostile master attaches an fd to each of many pieces of one line:
+ * more fds than the reader records at once. All are closed (teardown
+ * counts), the line is dropped, and the next hand-off still works. */
+static void test_fds_inside_a_long_line(void **state) {
+        Fixture *f = *state;
+        sendmsg_fds(f->master, "{\"type\":\"message\",\"data\":\"", 26, &f->pipefd[1], 1);
+        for (unsigned i = 0; i < 30; i++)
+                sendmsg_fds(f->master, "abc", 3, &f->pipefd[1], 1);
+        sendmsg_fds(f->master, "\"}\n", 3, &f->pipefd[1], 1);
+        master_handoff(f, 1);
+        accept_expect(f, 1);
+        /* The line itself is valid: delivered, and its 32 fds counted as dropped. */
+        CorralMessage m;
+        assert_int_eq(corral_recv_message(&m), 0);
+        assert_int_eq(m.data_len, 92);
+        assert_int_eq(corral_messages_dropped(), 32);
+}
+
 static void test_eof(void **state) {
         Fixture *f = *state;
         master_handoff(f, 1);
@@ -459,6 +477,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_handler, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_long_lines, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fds_inside_a_long_line, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_blocking_accept, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_many_kept_handoffs, setup, teardown),
