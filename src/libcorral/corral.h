@@ -88,7 +88,8 @@ int corral_closed(unsigned n);
 #define CORRAL_CTL (-4)      /* from: `corralctl send` */
 
 /* Send a message: json is one JSON value (whitespace outside strings is
- * removed, so pretty-printed text is fine), at most about 64 KiB. `to` is
+ * removed, so pretty-printed text is fine), at most 64 KiB as given and
+ * 65472 bytes once compacted. `to` is
  * CORRAL_MASTER, CORRAL_ALL, CORRAL_OTHERS or a slot number. May wait
  * briefly while the master drains the channel (it always reads). Returns 0,
  * -EINVAL for invalid JSON or target, -EMSGSIZE when too long, or another

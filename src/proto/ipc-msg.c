@@ -342,6 +342,10 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
                                 if (parse_peer(&s, inner, quoted, dir, &m) < 0)
                                         goto fail;
                         } else if (seen == &seen_data) {
+                                if (dir == FROM_WORKER && v.len > IPC_DATA_MAX) {
+                                        fail(&s, "\"data\" longer than 65472 bytes");
+                                        goto fail;
+                                }
                                 m.data = v.p;
                                 m.data_len = v.len;
                         } else if (seen == &seen_n) {
@@ -478,7 +482,7 @@ static ssize_t format_message(char *buf, size_t n, const char *key, IpcPeer peer
                 data = "null";
                 data_len = 4;
         }
-        if (append_compact(buf, n, &pos, data, data_len) < 0)
+        if (append_compact(buf, n, &pos, data, data_len) < 0 || pos - (size_t) k > IPC_DATA_MAX)
                 return -ENOBUFS;
         if (pos + 2 > n)
                 return -ENOBUFS;

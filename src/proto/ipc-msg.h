@@ -20,7 +20,8 @@
  *   - Unknown keys are ignored (room to grow); a repeated known key is an
  *     error; unknown "type" values are errors.
  *   - DATA is any JSON value and is handed on as its raw text, so that the
- *     master forwards it without re-serialising it.
+ *     master forwards it without re-serialising it. In a worker's line it
+ *     is at most IPC_DATA_MAX bytes, so that it can always be forwarded.
  *
  * The validator is a strict RFC 8259 scanner (no trailing commas, no
  * comments, no control characters in strings, nesting at most
@@ -34,6 +35,10 @@
 #include <sys/types.h>
 
 #define IPC_LINE_MAX (64 * 1024)
+/* The longest "data" (compact text) a message may carry, so that the
+ * master can always forward it with a "from" of any slot within
+ * IPC_LINE_MAX: 64 bytes less than a line. */
+#define IPC_DATA_MAX (IPC_LINE_MAX - 64)
 #define IPC_SLOT_MAX 65535u
 #define IPC_CLOSED_MAX 0x7fffffffu
 #define IPC_JSON_DEPTH_MAX 128
@@ -83,7 +88,8 @@ int ipc_json_validate(const char *text, size_t len, const char **ret_reason);
  * copied with the whitespace outside strings removed, so a pretty-printed
  * value cannot break the line framing. Returns the line's length, -EINVAL
  * for invalid data or a peer/slot that the direction does not allow, or
- * -ENOBUFS when buf is too small or the line would exceed IPC_LINE_MAX.
+ * -ENOBUFS when buf is too small or the compacted data exceeds
+ * IPC_DATA_MAX.
  * A buffer of data_len + IPC_MSG_OVERHEAD bytes is always large enough. */
 #define IPC_MSG_OVERHEAD 64
 ssize_t ipc_msg_format_to(char *buf, size_t n, IpcPeer to, unsigned slot, const char *data, size_t data_len);

@@ -229,13 +229,39 @@ static void test_huge_and_deep(void **state) {
         assert_int_eq(ipc_msg_parse_worker_line(big, n, &m, &reason), -E2BIG);
         assert_str_contains(reason, "longer than 64 KiB");
 
-        /* Exactly IPC_LINE_MAX is allowed. */
-        const char *head = "{\"type\":\"message\",\"data\":\"";
+        /* Exactly IPC_LINE_MAX is allowed (padded with an unknown key). */
+        const char *head = "{\"type\":\"message\",\"data\":1,\"pad\":\"";
         memset(big, 'a', IPC_LINE_MAX);
         memcpy(big, head, strlen(head));
         memcpy(big + IPC_LINE_MAX - 2, "\"}", 2);
         assert_int_eq(ipc_msg_parse_worker_line(big, IPC_LINE_MAX, &m, &reason), 0);
-        assert_int_eq(m.data_len, IPC_LINE_MAX - strlen(head) - 1 + 1);
+        assert_int_eq(m.data_len, 1);
+
+        /* data up to IPC_DATA_MAX bytes, not one more: the master must be
+         * able to forward it with any "from". */
+        for (size_t len = IPC_DATA_MAX; len <= IPC_DATA_MAX + 1; len++) {
+                static const char prefix[] = "{\"type\":\"message\",\"data\":\"";
+                size_t k = sizeof(prefix) - 1;
+                memcpy(big, prefix, k);
+                for (size_t i = 0; i < len - 2; i++)
+                        big[k++] = 'd';
+                big[k++] = '"';
+                big[k++] = '}';
+                int r = ipc_msg_parse_worker_line(big, k, &m, &reason);
+                if (len == IPC_DATA_MAX) {
+                        assert_int_eq(r, 0);
+                        assert_int_eq(m.data_len, IPC_DATA_MAX);
+                        char *fwd = malloc(IPC_LINE_MAX + 1);
+                        ssize_t f = ipc_msg_format_from(fwd, IPC_LINE_MAX + 1, IPC_PEER_SLOT, IPC_SLOT_MAX, m.data, m.data_len);
+                        assert_true(f > 0 && f <= IPC_LINE_MAX);
+                        free(fwd);
+                } else {
+                        assert_int_eq(r, -EINVAL);
+                        assert_str_contains(reason, "\"data\" longer than 65472 bytes");
+                        /* A master line may carry it (libcorral reads up to a whole line). */
+                        assert_int_eq(ipc_msg_parse_master_line(big, k, &m, &reason), 0);
+                }
+        }
 
         /* A huge number is a valid JSON number in data. */
         m = worker_ok("{\"type\":\"message\",\"data\":123456789012345678901234567890e999999}");
@@ -303,8 +329,8 @@ static void test_format(void **state) {
         assert_int_eq(ipc_msg_format_closed(buf, 5, 1), -ENOBUFS);
         assert_int_eq(ipc_msg_format_to(buf, 40, IPC_PEER_ALL, 0, "\"a long string that does not fit\"", 33), -ENOBUFS);
 
-        /* A data value that makes the line longer than IPC_LINE_MAX. */
-        size_t n = IPC_LINE_MAX;
+        /* A data value longer than IPC_DATA_MAX. */
+        size_t n = IPC_DATA_MAX + 1;
         char *data = malloc(n + 1), *out = malloc(n + IPC_MSG_OVERHEAD);
         memset(data, 'a', n);
         data[0] = data[n - 1] = '"';

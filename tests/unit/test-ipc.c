@@ -203,7 +203,7 @@ static void test_huge_line(void **state) {
         assert_true(f->ipc.open);
 
         /* Exactly IPC_LINE_MAX is not oversize. */
-        const char *head = "{\"type\":\"message\",\"data\":\"";
+        const char *head = "{\"type\":\"message\",\"data\":7,\"pad\":\"";
         memset(big, 'a', IPC_LINE_MAX);
         memcpy(big, head, strlen(head));
         memcpy(big + IPC_LINE_MAX - 2, "\"}", 2);
