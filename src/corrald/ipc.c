@@ -1,5 +1,13 @@
-/* ipc: see ipc.h. */
-#include <cjson/cJSON.h>
+/* ipc: see ipc.h.
+ *
+ * One uv_poll_t watches the socket: always readable, writable while the
+ * outgoing queue is not empty. The queue is one byte buffer of whole lines
+ * (each ending in '\n'), so "at a line boundary" means: the last byte
+ * written was a newline (mid_line is false). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -7,43 +15,131 @@
 #include "fd-util.h"
 #include "ipc.h"
 #include "log.h"
+#include "macros.h"
+#include "util.h"
 
-static void handle_line(Ipc *ipc, char *line, size_t n) {
-        line[n] = 0;
-        if (n == 0)
+/* At most this many log lines about one worker's bad input per interval;
+ * the rest are counted and summed up in the next line that gets through. */
+#define IPC_LOG_INTERVAL_USEC (10 * USEC_PER_SEC)
+#define IPC_LOG_BURST 5
+
+/* Reads per wakeup: bounded so one chatty worker cannot hold the loop. */
+#define IPC_READS_PER_WAKEUP 8
+#define IPC_CHUNK 16384
+/* SCM_RIGHTS fds accepted per recvmsg(); the kernel drops (closes) any
+ * that do not fit and sets MSG_CTRUNC. */
+#define IPC_FDS_PER_READ 16
+
+_printf_(2, 3) static void log_bad_input(Ipc *ipc, const char *fmt, ...) {
+        unsigned suppressed = 0;
+        char msg[512];
+        va_list ap;
+
+        if (!ratelimit_below(&ipc->log_limit, now_usec(), &suppressed))
                 return;
-        cJSON *j = cJSON_ParseWithLengthOpts(line, n + 1, NULL, true);
-        if (!j || !cJSON_IsObject(j)) {
-                log_warning("%s sent a malformed IPC line (not a JSON object); dropped", ipc->who);
-                cJSON_Delete(j);
-                return;
-        }
-        cJSON_Delete(j);
-        ipc->on_line(ipc, line);
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        if (suppressed > 0)
+                log_warning("%s: %s (%u similar messages suppressed)", ipc->who, msg, suppressed);
+        else
+                log_warning("%s: %s", ipc->who, msg);
 }
 
-static void on_readable(uv_poll_t *h, int status, int events) {
-        Ipc *ipc = h->data;
-        char chunk[16384];
+static void on_poll(uv_poll_t *h, int status, int events);
 
-        ssize_t n = recv(ipc->fd, chunk, sizeof(chunk), MSG_DONTWAIT);
-        if (n == -1 && (errno == EAGAIN || errno == EINTR))
+static void update_events(Ipc *ipc) {
+        int want = UV_READABLE | (ipc_queued(ipc) > 0 ? UV_WRITABLE : 0);
+        if (!ipc->open || want == ipc->events)
                 return;
-        if (n <= 0) {
-                /* EOF or error: the worker closed its end or is gone. */
-                ipc_close(ipc);
+        ipc->events = want;
+        uv_poll_start(&ipc->poll, want, on_poll);
+}
+
+size_t ipc_queued(const Ipc *ipc) {
+        return ipc->out_len - ipc->out_head;
+}
+
+/* ---- incoming ---------------------------------------------------------- */
+
+#define EXCERPT_MAX 48
+
+/* The first EXCERPT_MAX bytes of what a worker sent, fit for one log line:
+ * control characters (NUL included), backslashes and bytes >= 0x80 as \xNN.
+ * buf holds EXCERPT_MAX * 4 + 1 bytes. */
+static const char *escape_excerpt(const char *s, size_t n, char *buf) {
+        static const char hex[] = "0123456789abcdef";
+        size_t o = 0;
+        for (size_t i = 0; i < MIN(n, (size_t) EXCERPT_MAX); i++) {
+                unsigned char c = (unsigned char) s[i];
+                if (c >= 0x20 && c < 0x7f && c != '\\')
+                        buf[o++] = (char) c;
+                else {
+                        buf[o++] = '\\';
+                        buf[o++] = 'x';
+                        buf[o++] = hex[c >> 4];
+                        buf[o++] = hex[c & 15];
+                }
+        }
+        buf[o] = 0;
+        return buf;
+}
+
+static void handle_line(Ipc *ipc, char *line, size_t n) {
+        const char *reason = NULL;
+        IpcMessage msg;
+
+        line[n] = 0;
+        if (n == 0)
+                return;         /* an empty line carries nothing; not worth a warning */
+        if (ipc_msg_parse_worker_line(line, n, &msg, &reason) < 0) {
+                char esc[EXCERPT_MAX * 4 + 1];
+                ipc->malformed++;
+                log_bad_input(ipc, "malformed IPC line dropped (%s): %s%s", reason, escape_excerpt(line, n, esc),
+                              n > EXCERPT_MAX ? "..." : "");
                 return;
         }
+        if (msg.type == IPC_MSG_CLOSED) {
+                if (ipc->on_closed_report)
+                        ipc->on_closed_report(ipc, msg.n_closed);
+        } else if (ipc->on_message)
+                ipc->on_message(ipc, &msg);
+        else if (ipc->on_line)
+                ipc->on_line(ipc, line);
+}
 
-        for (char *p = chunk, *end = chunk + n; p < end;) {
-                char *nl = memchr(p, '\n', (size_t) (end - p));
+static void refuse_fds(Ipc *ipc, struct msghdr *mh) {
+        unsigned n = 0;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < k; i++) {
+                        int fd;
+                        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+                        safe_close(fd);
+                        n++;
+                }
+        }
+        if (mh->msg_flags & MSG_CTRUNC)
+                n++;    /* at least one more, which the kernel closed for us */
+        if (n > 0) {
+                ipc->fds_refused += n;
+                log_bad_input(ipc, "sent file descriptors on its IPC channel; closed them");
+        }
+}
+
+static void consume(Ipc *ipc, const char *chunk, size_t n) {
+        for (const char *p = chunk, *end = chunk + n; p < end;) {
+                const char *nl = memchr(p, '\n', (size_t) (end - p));
                 size_t take = nl ? (size_t) (nl - p) : (size_t) (end - p);
 
                 if (ipc->discarding) {
                         if (nl)
                                 ipc->discarding = false;
                 } else if (ipc->len + take > IPC_LINE_MAX) {
-                        log_warning("%s sent an IPC line longer than %d bytes; dropped", ipc->who, IPC_LINE_MAX);
+                        ipc->malformed++;
+                        log_bad_input(ipc, "IPC line longer than %d bytes dropped", IPC_LINE_MAX);
                         ipc->len = 0;
                         ipc->discarding = !nl;
                 } else {
@@ -60,11 +156,207 @@ static void on_readable(uv_poll_t *h, int status, int events) {
         }
 }
 
+static void on_readable(Ipc *ipc) {
+        for (unsigned i = 0; i < IPC_READS_PER_WAKEUP && ipc->open; i++) {
+                char chunk[IPC_CHUNK];
+                union {
+                        struct cmsghdr align;
+                        char buf[CMSG_SPACE(sizeof(int) * IPC_FDS_PER_READ)];
+                } control;
+                struct iovec iov = { chunk, sizeof(chunk) };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                                     .msg_control = &control, .msg_controllen = sizeof(control) };
+
+                /* MSG_CMSG_CLOEXEC: an fd the worker sends must not leak into
+                 * a worker we fork before we close it (it is closed below,
+                 * but the flag costs nothing and closes the window). */
+                ssize_t n = recvmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                if (n == -1 && errno == EINTR)
+                        continue;
+                if (n == -1 && errno == EAGAIN)
+                        return;
+                if (n >= 0 && (mh.msg_controllen > 0 || (mh.msg_flags & MSG_CTRUNC)))
+                        refuse_fds(ipc, &mh);
+                if (n <= 0) {
+                        /* EOF or error: the worker closed its end or is gone. */
+                        ipc_close(ipc);
+                        return;
+                }
+                consume(ipc, chunk, (size_t) n);
+        }
+}
+
+/* ---- outgoing ---------------------------------------------------------- */
+
+/* Write queued bytes, at most up to limit (an offset into out). Returns 0
+ * (written or would block) or -errno for a dead peer, in which case the
+ * queue is discarded: the reader will see the EOF and close. */
+static int flush_until(Ipc *ipc, size_t limit) {
+        while (ipc->out_head < limit) {
+                ssize_t w = send(ipc->fd, ipc->out + ipc->out_head, limit - ipc->out_head, MSG_DONTWAIT | MSG_NOSIGNAL);
+                if (w == -1 && errno == EINTR)
+                        continue;
+                if (w == -1 && errno == EAGAIN)
+                        break;
+                if (w == -1) {
+                        int r = -errno;
+                        ipc->out_head = ipc->out_len = 0;
+                        ipc->mid_line = false;
+                        update_events(ipc);
+                        return r;
+                }
+                ipc->out_head += (size_t) w;
+                ipc->mid_line = ipc->out[ipc->out_head - 1] != '\n';
+        }
+        if (ipc->out_head == ipc->out_len)
+                ipc->out_head = ipc->out_len = 0;
+        update_events(ipc);
+        return 0;
+}
+
+static void on_writable(Ipc *ipc) {
+        (void) flush_until(ipc, ipc->out_len);
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+        Ipc *ipc = h->data;
+        if (status < 0) {
+                ipc_close(ipc);
+                return;
+        }
+        if (events & UV_WRITABLE)
+                on_writable(ipc);
+        if (ipc->open && (events & (UV_READABLE | UV_DISCONNECT)))
+                on_readable(ipc);
+}
+
+/* Make room for n more bytes in the queue. */
+static int queue_reserve(Ipc *ipc, size_t n) {
+        if (ipc_queued(ipc) + n > IPC_QUEUE_MAX)
+                return -ENOBUFS;
+        if (ipc->out_len + n <= ipc->out_cap)
+                return 0;
+        if (ipc->out_head > 0) {
+                memmove(ipc->out, ipc->out + ipc->out_head, ipc_queued(ipc));
+                ipc->out_len -= ipc->out_head;
+                ipc->out_head = 0;
+                if (ipc->out_len + n <= ipc->out_cap)
+                        return 0;
+        }
+        size_t cap = ipc->out_cap ? ipc->out_cap : 4096;
+        while (cap < ipc->out_len + n)
+                cap *= 2;
+        cap = MIN(cap, (size_t) IPC_QUEUE_MAX);
+        char *p = realloc(ipc->out, cap);
+        if (!p)
+                return -ENOMEM;
+        ipc->out = p;
+        ipc->out_cap = cap;
+        return 0;
+}
+
+int ipc_send_line(Ipc *ipc, const char *line) {
+        size_t n = strlen(line);
+        int r;
+
+        if (!ipc->open)
+                return -ENOTCONN;
+        if (n > IPC_LINE_MAX || memchr(line, '\n', n))
+                return -EINVAL;
+
+        if (ipc_queued(ipc) == 0) {
+                /* The common case: the worker reads, write straight through. */
+                struct iovec iov[2] = { { (void *) line, n }, { (void *) "\n", 1 } };
+                struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
+                ssize_t w;
+                do
+                        w = sendmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+                while (w == -1 && errno == EINTR);
+                if (w == -1 && errno != EAGAIN)
+                        return -errno;
+                if (w == (ssize_t) n + 1)
+                        return 0;
+                size_t done = w > 0 ? (size_t) w : 0;
+                /* Queue the rest; it cannot exceed the cap of an empty queue. */
+                if ((r = queue_reserve(ipc, n + 1 - done)) < 0) {
+                        ipc->dropped++;
+                        return r;
+                }
+                if (done < n)
+                        memcpy(ipc->out + ipc->out_len, line + done, n - done);
+                ipc->out_len += n - MIN(done, n);
+                ipc->out[ipc->out_len++] = '\n';
+                ipc->mid_line = done > 0;
+                update_events(ipc);
+                return 0;
+        }
+
+        if ((r = queue_reserve(ipc, n + 1)) < 0) {
+                ipc->dropped++;
+                return -ENOBUFS;
+        }
+        memcpy(ipc->out + ipc->out_len, line, n);
+        ipc->out_len += n;
+        ipc->out[ipc->out_len++] = '\n';
+        update_events(ipc);
+        return 0;
+}
+
+int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
+        if (!ipc->open)
+                return -ENOTCONN;
+        if (listener_index > IPC_LISTENER_INDEX_MAX)
+                return -EINVAL;
+
+        if (ipc->mid_line) {
+                /* Finish the partly written line first: a hand-off byte in
+                 * the middle of a line would corrupt both. */
+                const char *nl = memchr(ipc->out + ipc->out_head, '\n', ipc_queued(ipc));
+                int r = flush_until(ipc, (size_t) (nl - ipc->out) + 1);
+                if (r < 0)
+                        return r;
+                if (ipc->mid_line)
+                        return -EAGAIN;
+        }
+
+        /* Queued whole lines, if any, stay queued: the hand-off byte may go
+         * before them, as both are read at line boundaries. */
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        char byte = (char) listener_index;
+        struct iovec iov = { &byte, 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = &control, .msg_controllen = sizeof(control) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+
+        ssize_t w;
+        do
+                w = sendmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (w == -1 && errno == EINTR);
+        if (w == -1)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        /* A 1-byte write is all or nothing. */
+        return 0;
+}
+
+/* ---- lifecycle --------------------------------------------------------- */
+
 int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd) {
         int r;
         ipc->fd = fd;
         ipc->len = 0;
         ipc->discarding = false;
+        ipc->out = NULL;
+        ipc->out_head = ipc->out_len = ipc->out_cap = 0;
+        ipc->mid_line = false;
+        ipc->dropped = ipc->malformed = ipc->fds_refused = 0;
+        ipc->log_limit = RATELIMIT_INIT(IPC_LOG_INTERVAL_USEC, IPC_LOG_BURST);
         if ((r = fd_nonblock(fd, true)) < 0)
                 goto fail;
         ipc->buf = malloc(IPC_LINE_MAX + 1);
@@ -76,7 +368,8 @@ int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd) {
                 goto fail;
         ipc->poll.data = ipc;
         ipc->open = true;
-        return uv_poll_start(&ipc->poll, UV_READABLE, on_readable);
+        ipc->events = UV_READABLE;
+        return uv_poll_start(&ipc->poll, UV_READABLE, on_poll);
 fail:
         free(ipc->buf);
         ipc->buf = NULL;
@@ -84,31 +377,14 @@ fail:
         return r;
 }
 
-int ipc_send_line(Ipc *ipc, const char *line) {
-        size_t n = strlen(line);
-        if (!ipc->open)
-                return -ENOTCONN;
-        struct iovec iov[2] = { { (void *) line, n }, { (void *) "\n", 1 } };
-        struct msghdr mh = { .msg_iov = iov, .msg_iovlen = 2 };
-        ssize_t w = sendmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (w == -1)
-                return -errno;
-        if ((size_t) w != n + 1) {
-                /* Half a line is in the stream now and the next message
-                 * would be glued onto it: a worker that does not read its
-                 * channel loses it rather than getting corrupt messages. */
-                log_warning("%s does not read its IPC channel; closing it", ipc->who);
-                ipc_close(ipc);
-                return -EAGAIN;
-        }
-        return 0;
-}
-
 static void on_closed(uv_handle_t *h) {
         Ipc *ipc = h->data;
         ipc->fd = safe_close(ipc->fd);
         free(ipc->buf);
         ipc->buf = NULL;
+        free(ipc->out);
+        ipc->out = NULL;
+        ipc->out_head = ipc->out_len = ipc->out_cap = 0;
         if (ipc->on_close)
                 ipc->on_close(ipc);
 }

@@ -1,20 +1,52 @@
-/* ipc: the master's end of a worker's CORRAL_IPC_FD channel (SPEC §6).
+/* ipc: the master's end of a worker's CORRAL_IPC_FD channel (SPEC §5, §6).
  *
- * A connected AF_UNIX stream socket carrying newline-delimited JSON. This
- * module reads and frames lines; a line that is too long or not a JSON
- * object is dropped and logged, never fatal. Embedded in its Worker. */
+ * A connected AF_UNIX stream socket. Worker -> master: newline-delimited
+ * JSON lines (messages and close reports, src/proto/ipc-msg.h). Master ->
+ * worker: message lines and hand-offs (one byte, the listener index, with
+ * the connection's fd in SCM_RIGHTS), a hand-off always between whole lines.
+ *
+ * Invariants:
+ *   - Never blocks and never closes the channel because the worker does not
+ *     read: outgoing lines wait in a bounded queue (IPC_QUEUE_MAX bytes)
+ *     drained by a writable watcher; a line that does not fit is dropped
+ *     and counted in `dropped`. Hand-offs are not queued: ipc_send_fd()
+ *     succeeds or fails at once, so the caller can try another worker.
+ *   - A malformed or oversize incoming line is dropped, counted in
+ *     `malformed` and logged at a bounded rate; fds a worker attaches to
+ *     its writes are closed at once (counted in `fds_refused`).
+ *   - The channel closes only on EOF or a socket error (the worker is
+ *     gone), or when the owner calls ipc_close().
+ *
+ * Embedded in its Worker (manager.h). Logs (log.h) only about what the
+ * worker sent, rate-limited; sending reports errors to the caller. */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
-#define IPC_LINE_MAX (64 * 1024)
+#include "ipc-msg.h"
+#include "policy.h"
+
+/* IPC_LINE_MAX (64 KiB) comes from ipc-msg.h. */
+#define IPC_QUEUE_MAX (256 * 1024)
+
+/* Listener indexes that a hand-off byte can carry: 0..122, as 123 is '{',
+ * the first byte of every message line (SPEC §6). */
+#define IPC_LISTENER_INDEX_MAX 122
 
 typedef struct Ipc Ipc;
-/* Called for each complete line that parsed as a JSON object. `json` is the
- * raw line text (NUL-terminated, no newline). */
+/* Called for each message line when on_message is NULL (the callback of
+ * the first version, kept for its callers). `json` is the raw line text,
+ * NUL-terminated, no newline. */
 typedef void (*IpcLineCallback)(Ipc *ipc, const char *json);
+/* Called for each valid message line. msg->data points into the line
+ * buffer, valid only during the call; msg->peer/slot is the target ("to"),
+ * whose slot number the owner checks against its slots. */
+typedef void (*IpcMessageCallback)(Ipc *ipc, const IpcMessage *msg);
+/* Called for each valid close report: n >= 1 connections closed. */
+typedef void (*IpcClosedReportCallback)(Ipc *ipc, unsigned n);
 /* Called once when the handle has been closed. */
 typedef void (*IpcCloseCallback)(Ipc *ipc);
 
@@ -22,23 +54,54 @@ struct Ipc {
         uv_poll_t poll;
         int fd;
         bool open;               /* the poll handle is initialised and not closed */
-        char *buf;               /* partial line */
+        int events;              /* what the poll handle watches now */
+
+        char *buf;               /* partial incoming line, IPC_LINE_MAX + 1 */
         size_t len;
         bool discarding;         /* inside an oversize line, skip to its newline */
+
+        char *out;               /* outgoing bytes out[out_head..out_len) */
+        size_t out_head, out_len, out_cap;
+        bool mid_line;           /* the bytes at out_head continue a partly written line */
+
+        uint64_t dropped;        /* outgoing lines dropped: queue full */
+        uint64_t malformed;      /* incoming lines dropped: malformed or oversize */
+        uint64_t fds_refused;    /* fds the worker attached, closed unread */
+        RateLimit log_limit;     /* for the log lines about malformed input */
+
         IpcLineCallback on_line;
+        IpcMessageCallback on_message;
+        IpcClosedReportCallback on_closed_report;
         IpcCloseCallback on_close;
         const char *who;         /* for log messages, e.g. "worker 2" */
         void *userdata;
 };
 
-/* Take ownership of fd and start reading. Returns 0 or a negative errno
- * (fd is closed on failure). */
+/* Take ownership of fd and start reading. The callbacks, who and userdata
+ * are set by the caller beforehand; the rest of *ipc is initialised here.
+ * Returns 0 or a negative errno (fd is closed on failure). */
 int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd);
 
-/* Send one line (a newline is appended). Non-blocking: returns -EAGAIN if
- * the worker is not reading. Returns 0 or -errno. */
+/* Queue one line (a newline is appended); never blocks. Returns 0 when
+ * the line was written or queued, -ENOBUFS when the queue is full (the
+ * line is dropped and counted in ipc->dropped), -EINVAL for a line that
+ * contains a newline or is longer than IPC_LINE_MAX, -ENOTCONN when the
+ * channel is closed. Does not log. */
 int ipc_send_line(Ipc *ipc, const char *line);
 
+/* Hand a connection over: one byte (listener_index) with fd attached,
+ * written only at a line boundary. If a line is partly written, its rest
+ * is written first; if that does not go through, the hand-off is not
+ * attempted. Returns 0 when the kernel took the fd (the caller then closes
+ * its own copy), -EAGAIN when the channel is full now (try another
+ * worker), -EPIPE/-ECONNRESET/-ENOTCONN when the worker is gone, -EINVAL
+ * for an index above IPC_LISTENER_INDEX_MAX. fd is never closed here.
+ * Does not log. */
+int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index);
+
+/* Bytes waiting in the outgoing queue. */
+size_t ipc_queued(const Ipc *ipc);
+
 /* Stop reading and close; on_close runs from the loop afterwards (only if
- * the handle was open). Safe to call twice. */
+ * the handle was open). Queued lines are discarded. Safe to call twice. */
 void ipc_close(Ipc *ipc);

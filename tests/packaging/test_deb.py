@@ -163,8 +163,8 @@ def dpkg_buildpackage_builds_the_deb(ctx):
     diag("dpkg-buildpackage -us -uc -b: %.1fs" % (time.monotonic() - t0))
     assert "dh_auto_test" in r.stdout + r.stderr, "the unit tests did not run"
     debs = [f for f in os.listdir(ctx["tmp"]) if f.endswith(".deb") and "-dbgsym_" not in f]
-    eq(sorted(re.sub(r"_.*", "", d) for d in debs), ["corral"], "binary packages built")
-    ctx["deb"] = os.path.join(ctx["tmp"], debs[0])
+    eq(sorted(re.sub(r"_.*", "", d) for d in debs), ["corral", "libcorral-dev", "libcorral0"], "binary packages built")
+    ctx["deb"] = os.path.join(ctx["tmp"], [d for d in debs if d.startswith("corral_")][0])
     ctx["changes"] = os.path.join(ctx["tmp"], [f for f in os.listdir(ctx["tmp"]) if f.endswith(".changes")][0])
 
 

@@ -1,0 +1,7 @@
+/* corral-internal: what the library's own tests need and users do not.
+ * Not installed; not exported by libcorral.sym. */
+#pragma once
+
+/* Forget the channel state (closing kept fds, freeing kept messages), as
+ * if the process had just started, so one test binary can run many cases. */
+void libcorral_reset_for_tests(void);

@@ -1,0 +1,488 @@
+/* test-libcorral: the worker library without corrald. The test plays the
+ * master on a socketpair: it hands off fds with the 1-byte payload,
+ * interleaves message lines, sends 64 KiB lines and garbage, and checks
+ * what the library returns and that no fd leaks. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "test-helpers.h"
+
+#include "corral-internal.h"
+#include "corral.h"
+#include "fd-util.h"
+#include "ipc-msg.h"
+
+typedef struct Fixture {
+        int master;             /* the test's end */
+        int worker;             /* CORRAL_IPC_FD */
+        int pipefd[2];          /* something to hand off */
+        unsigned fds_before;
+} Fixture;
+
+static unsigned count_fds(void) {
+        unsigned n = 0;
+        DIR *d = opendir("/proc/self/fd");
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));)
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n;
+}
+
+static int setup(void **state) {
+        Fixture *f = calloc(1, sizeof(Fixture));
+        int sv[2];
+        char num[16];
+        assert_non_null(f);
+        f->fds_before = count_fds();
+        assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        f->master = sv[0];
+        f->worker = sv[1];
+        snprintf(num, sizeof(num), "%d", f->worker);
+        assert_int_eq(setenv("CORRAL_IPC_FD", num, 1), 0);
+        assert_int_eq(pipe2(f->pipefd, O_CLOEXEC), 0);
+        libcorral_reset_for_tests();
+        *state = f;
+        return 0;
+}
+
+static int teardown(void **state) {
+        Fixture *f = *state;
+        libcorral_reset_for_tests();
+        safe_close(f->master);
+        safe_close(f->worker);
+        safe_close(f->pipefd[0]);
+        safe_close(f->pipefd[1]);
+        /* Nothing the library received stays open. */
+        assert_int_eq(count_fds(), f->fds_before);
+        unsetenv("CORRAL_IPC_FD");
+        free(f);
+        return 0;
+}
+
+static void sendmsg_fds(int sock, const void *data, size_t len, const int *fds, unsigned n_fds) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } control = {};
+        struct iovec iov = { (void *) data, len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        if (n_fds > 0) {
+                mh.msg_control = &control;
+                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+                memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+        }
+        assert_int_eq(sendmsg(sock, &mh, MSG_NOSIGNAL), (ssize_t) len);
+}
+
+static void master_handoff(Fixture *f, unsigned char index) {
+        sendmsg_fds(f->master, &index, 1, &f->pipefd[0], 1);
+}
+
+static void master_line(Fixture *f, const char *line) {
+        assert_int_eq(loop_write(f->master, line, strlen(line)), 0);
+        assert_int_eq(loop_write(f->master, "\n", 1), 0);
+}
+
+static void assert_is_pipe(Fixture *f, int fd) {
+        struct stat a, b;
+        assert_true(fd >= 0);
+        assert_int_eq(fstat(fd, &a), 0);
+        assert_int_eq(fstat(f->pipefd[0], &b), 0);
+        assert_int_eq(a.st_ino, b.st_ino);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+}
+
+static void accept_expect(Fixture *f, unsigned index) {
+        unsigned got = 999;
+        int fd = corral_accept_nonblock(&got);
+        if (fd < 0)
+                fail_msg("corral_accept_nonblock() == %d, expected a hand-off of listener %u", fd, index);
+        assert_is_pipe(f, fd);
+        assert_int_eq(got, index);
+        assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
+        close(fd);
+}
+
+static void recv_expect(int from, const char *data) {
+        CorralMessage m;
+        int r = corral_recv_message(&m);
+        if (r < 0)
+                fail_msg("corral_recv_message() == %d, expected %s", r, data);
+        assert_int_eq(m.from, from);
+        assert_string_equal(m.data, data);
+        assert_int_eq(m.data_len, strlen(data));
+}
+
+static void test_environment(void **state) {
+        unsetenv("CORRAL_WORKER_ID");
+        assert_int_eq(corral_worker_id(), -ENOENT);
+        setenv("CORRAL_WORKER_ID", "3", 1);
+        assert_int_eq(corral_worker_id(), 3);
+        setenv("CORRAL_WORKER_ID", "3x", 1);
+        assert_int_eq(corral_worker_id(), -EINVAL);
+        setenv("CORRAL_WORKER_ID", "-1", 1);
+        assert_int_eq(corral_worker_id(), -EINVAL);
+        setenv("CORRAL_WORKER_ID", "99999999999", 1);
+        assert_int_eq(corral_worker_id(), -EINVAL);
+        setenv("CORRAL_GENERATION", "12", 1);
+        assert_int_eq(corral_generation(), 12);
+        unsetenv("CORRAL_WORKER_ID");
+        unsetenv("CORRAL_GENERATION");
+
+        /* Not under corrald or systemd: notify is a no-op, no listeners. */
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("LISTEN_FDS");
+        assert_int_eq(corral_ready(), 0);
+        assert_int_eq(corral_status("%d/%d", 1, 2), 0);
+        assert_int_eq(corral_listen_fds(NULL), 0);
+}
+
+static void test_no_channel(void **state) {
+        Fixture *f = *state;
+        unsetenv("CORRAL_IPC_FD");
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_ipc_fd(), -ENOENT);
+        assert_int_eq(corral_accept(NULL), -ENOENT);
+        assert_int_eq(corral_send(CORRAL_MASTER, "1"), -ENOENT);
+
+        /* Not a socket. */
+        char num[16];
+        snprintf(num, sizeof(num), "%d", f->pipefd[1]);
+        setenv("CORRAL_IPC_FD", num, 1);
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_ipc_fd(), -EBADF);
+
+        setenv("CORRAL_IPC_FD", "9999", 1);
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_ipc_fd(), -EBADF);
+
+        snprintf(num, sizeof(num), "%d", f->worker);
+        setenv("CORRAL_IPC_FD", num, 1);
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_ipc_fd(), f->worker);
+        assert_true(fcntl(f->worker, F_GETFD) & FD_CLOEXEC);
+}
+
+static void test_interleaved(void **state) {
+        Fixture *f = *state;
+        /* Written before the worker reads anything, so one read may glue
+         * lines and a hand-off byte together. */
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\",\"data\":{\"n\":1}}");
+        master_handoff(f, 1);
+        master_line(f, "{\"type\":\"message\",\"from\":2,\"data\":\"two\"}");
+        master_handoff(f, 0);
+        master_handoff(f, '\n');       /* a newline byte as index is still a hand-off */
+        master_line(f, "{\"type\":\"message\",\"data\":[3]}");
+
+        accept_expect(f, 1);
+        accept_expect(f, 0);
+        accept_expect(f, '\n');
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);
+        recv_expect(CORRAL_CTL, "{\"n\":1}");
+        recv_expect(2, "\"two\"");
+        recv_expect(CORRAL_CTL, "[3]");
+        CorralMessage m;
+        assert_int_eq(corral_recv_message(&m), -EAGAIN);
+        assert_int_eq(corral_messages_dropped(), 0);
+
+        /* Now the other way round: messages first, hand-offs kept. */
+        master_handoff(f, 5);
+        master_line(f, "{\"type\":\"message\",\"from\":1,\"data\":1}");
+        master_handoff(f, 6);
+        recv_expect(1, "1");
+        assert_int_eq(corral_recv_message(&m), -EAGAIN);
+        accept_expect(f, 5);
+        accept_expect(f, 6);
+}
+
+static unsigned handler_calls;
+static char handler_last[64];
+
+static void handler(const CorralMessage *msg, void *userdata) {
+        handler_calls++;
+        snprintf(handler_last, sizeof(handler_last), "%d:%s", msg->from, msg->data);
+        assert_ptr_equal(userdata, &handler_calls);
+}
+
+static void test_handler(void **state) {
+        Fixture *f = *state;
+        handler_calls = 0;
+        master_line(f, "{\"type\":\"message\",\"from\":4,\"data\":\"kept\"}");
+        master_handoff(f, 2);
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\",\"data\":\"live\"}");
+        accept_expect(f, 2);
+        /* Kept before the handler existed: delivered when it is set. */
+        corral_set_message_handler(handler, &handler_calls);
+        assert_int_eq(handler_calls, 1);
+        assert_string_equal(handler_last, "4:\"kept\"");
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);
+        assert_int_eq(handler_calls, 2);
+        assert_string_equal(handler_last, "-4:\"live\"");
+        corral_set_message_handler(NULL, NULL);
+}
+
+static void test_long_lines(void **state) {
+        Fixture *f = *state;
+        char *line = malloc(IPC_LINE_MAX + 2);
+        const char *head = "{\"type\":\"message\",\"from\":\"ctl\",\"data\":\"";
+        assert_non_null(line);
+
+        /* Exactly 64 KiB: delivered. */
+        memset(line, 'a', IPC_LINE_MAX);
+        memcpy(line, head, strlen(head));
+        memcpy(line + IPC_LINE_MAX - 2, "\"}", 2);
+        line[IPC_LINE_MAX] = 0;
+        master_line(f, line);
+        master_handoff(f, 3);
+
+        /* One byte more: dropped, counted, and the stream stays aligned. */
+        memset(line, 'b', IPC_LINE_MAX + 1);
+        memcpy(line, head, strlen(head));
+        memcpy(line + IPC_LINE_MAX - 1, "\"}", 2);
+        line[IPC_LINE_MAX + 1] = 0;
+        master_line(f, line);
+        master_handoff(f, 4);
+        master_line(f, "{\"type\":\"message\",\"data\":\"after\"}");
+
+        CorralMessage m;
+        assert_int_eq(corral_recv_message(&m), 0);
+        assert_int_eq(m.data_len, IPC_LINE_MAX - strlen(head) - 1 + 1);
+        assert_int_eq(m.data[1], 'a');
+        recv_expect(CORRAL_CTL, "\"after\"");
+        assert_int_eq(corral_messages_dropped(), 1);
+        accept_expect(f, 3);
+        accept_expect(f, 4);
+        free(line);
+}
+
+static void test_garbage(void **state) {
+        Fixture *f = *state;
+        /* Stray bytes without fds, non-JSON, wrong types, a worker-direction line. */
+        master_line(f, "xyz");
+        master_line(f, "{not json}");
+        master_line(f, "{\"type\":\"closed\",\"n\":1}");
+        master_line(f, "{\"type\":\"message\",\"from\":\"all\",\"data\":1}");
+        master_line(f, "");
+        /* An fd attached to a message line: closed, the message still read. */
+        const char *line = "{\"type\":\"message\",\"data\":\"with fd\"}\n";
+        int two[2] = { f->pipefd[0], f->pipefd[1] };
+        sendmsg_fds(f->master, line, strlen(line), two, 2);
+        /* A hand-off carrying two fds: the first is the connection. */
+        unsigned char idx = 7;
+        sendmsg_fds(f->master, &idx, 1, two, 2);
+        master_handoff(f, 8);
+
+        recv_expect(CORRAL_CTL, "\"with fd\"");
+        accept_expect(f, 7);
+        accept_expect(f, 8);
+        /* x, y, z (3 stray bytes), 3 bad lines, 2 fds on the message line,
+         * the second fd of the hand-off. */
+        assert_int_eq(corral_messages_dropped(), 9);
+}
+
+/* A hostile master attaches an fd to each of many pieces of one line:
+ * more fds than the reader records at once. All are closed (teardown
+ * counts), the line is dropped, and the next hand-off still works. */
+static void test_fds_inside_a_long_line(void **state) {
+        Fixture *f = *state;
+        sendmsg_fds(f->master, "{\"type\":\"message\",\"data\":\"", 26, &f->pipefd[1], 1);
+        for (unsigned i = 0; i < 30; i++)
+                sendmsg_fds(f->master, "abc", 3, &f->pipefd[1], 1);
+        sendmsg_fds(f->master, "\"}\n", 3, &f->pipefd[1], 1);
+        master_handoff(f, 1);
+        accept_expect(f, 1);
+        /* The line itself is valid: delivered, and its 32 fds counted as dropped. */
+        CorralMessage m;
+        assert_int_eq(corral_recv_message(&m), 0);
+        assert_int_eq(m.data_len, 92);
+        assert_int_eq(corral_messages_dropped(), 32);
+}
+
+static void test_eof(void **state) {
+        Fixture *f = *state;
+        master_handoff(f, 1);
+        master_line(f, "{\"type\":\"message\",\"data\":1}");
+        f->master = safe_close(f->master);
+        accept_expect(f, 1);
+        assert_int_eq(corral_accept(NULL), -ECONNRESET);
+        recv_expect(CORRAL_CTL, "1");
+        CorralMessage m;
+        assert_int_eq(corral_recv_message(&m), -ECONNRESET);
+}
+
+static void *late_master(void *arg) {
+        Fixture *f = arg;
+        master_line(f, "{\"type\":\"message\",\"data\":\"late\"}");
+        master_handoff(f, 9);
+        return NULL;
+}
+
+static void test_blocking_accept(void **state) {
+        Fixture *f = *state;
+        pthread_t t;
+        unsigned index = 0;
+        assert_int_eq(pthread_create(&t, NULL, late_master, f), 0);
+        int fd = corral_accept(&index);
+        assert_int_eq(pthread_join(t, NULL), 0);
+        assert_is_pipe(f, fd);
+        assert_int_eq(index, 9);
+        assert_false(fcntl(fd, F_GETFL) & O_NONBLOCK);
+        close(fd);
+        recv_expect(CORRAL_CTL, "\"late\"");
+}
+
+static void test_many_kept_handoffs(void **state) {
+        Fixture *f = *state;
+        for (unsigned i = 0; i < 100; i++)
+                master_handoff(f, (unsigned char) (i % 100));
+        master_line(f, "{\"type\":\"message\",\"data\":\"end\"}");
+        recv_expect(CORRAL_CTL, "\"end\"");
+        for (unsigned i = 0; i < 100; i++)
+                accept_expect(f, i % 100);
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);
+}
+
+/* Read whole lines the worker wrote; returns how many were parsed into msgs. */
+static unsigned master_read(Fixture *f, IpcMessage *msgs, unsigned max, char *storage, size_t size) {
+        size_t len = 0;
+        for (;;) {
+                ssize_t n = recv(f->master, storage + len, size - len - 1, MSG_DONTWAIT);
+                if (n <= 0)
+                        break;
+                len += (size_t) n;
+        }
+        unsigned k = 0;
+        for (char *p = storage, *end = storage + len; p < end && k < max;) {
+                char *nl = memchr(p, '\n', (size_t) (end - p));
+                assert_non_null(nl);
+                const char *reason = NULL;
+                if (ipc_msg_parse_worker_line(p, (size_t) (nl - p), &msgs[k], &reason) < 0)
+                        fail_msg("bad line from the library (%s): %.*s", reason, (int) (nl - p), p);
+                k++;
+                p = nl + 1;
+        }
+        return k;
+}
+
+static void test_send_and_closed(void **state) {
+        Fixture *f = *state;
+        IpcMessage m[8];
+        static char storage[1 << 20];
+
+        assert_int_eq(corral_send(CORRAL_ALL, "{ \"a\" : [1, 2],\n \"b\" : \"x y\" }"), 0);
+        assert_int_eq(corral_send(CORRAL_OTHERS, "null"), 0);
+        assert_int_eq(corral_send(3, "\"to three\""), 0);
+        assert_int_eq(corral_send(CORRAL_MASTER, "4"), 0);
+        assert_int_eq(corral_closed(2), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 5);
+        assert_int_eq(m[0].peer, IPC_PEER_ALL);
+        assert_int_eq(m[0].data_len, strlen("{\"a\":[1,2],\"b\":\"x y\"}"));
+        assert_int_eq(memcmp(m[0].data, "{\"a\":[1,2],\"b\":\"x y\"}", m[0].data_len), 0);
+        assert_int_eq(m[1].peer, IPC_PEER_OTHERS);
+        assert_int_eq(m[2].peer, IPC_PEER_SLOT);
+        assert_int_eq(m[2].slot, 3);
+        assert_int_eq(m[3].peer, IPC_PEER_MASTER);
+        assert_int_eq(m[4].type, IPC_MSG_CLOSED);
+        assert_int_eq(m[4].n_closed, 2);
+
+        assert_int_eq(corral_send(CORRAL_ALL, "{"), -EINVAL);
+        assert_int_eq(corral_send(CORRAL_ALL, "1 2"), -EINVAL);
+        assert_int_eq(corral_send(CORRAL_CTL, "1"), -EINVAL);
+        assert_int_eq(corral_send(-7, "1"), -EINVAL);
+        assert_int_eq(corral_send(70000, "1"), -EINVAL);
+        assert_int_eq(corral_send(CORRAL_ALL, NULL), -EINVAL);
+        assert_int_eq(corral_closed(0), -EINVAL);
+        char *big = malloc(IPC_LINE_MAX + 1);
+        memset(big, ' ', IPC_LINE_MAX);
+        big[0] = '1';
+        big[IPC_LINE_MAX] = 0;
+        /* 64 KiB of mostly whitespace compacts to a short line: fine. */
+        assert_int_eq(corral_send(CORRAL_ALL, big), 0);
+        memset(big, '1', IPC_LINE_MAX);
+        assert_int_eq(corral_send(CORRAL_ALL, big), -EMSGSIZE);
+        free(big);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+}
+
+/* Sum the close reports in what the master can read now; junk lines of
+ * spaces are skipped. Returns the number of report lines. */
+static unsigned master_sum_closed(Fixture *f, unsigned *total) {
+        static char storage[4 << 20];
+        size_t len = 0;
+        unsigned lines = 0;
+        for (;;) {
+                ssize_t n = recv(f->master, storage + len, sizeof(storage) - len, MSG_DONTWAIT);
+                if (n <= 0)
+                        break;
+                len += (size_t) n;
+        }
+        for (char *p = storage, *end = storage + len; p < end;) {
+                char *nl = memchr(p, '\n', (size_t) (end - p));
+                assert_non_null(nl);
+                if (*p == '{') {
+                        IpcMessage m;
+                        assert_int_eq(ipc_msg_parse_worker_line(p, (size_t) (nl - p), &m, NULL), 0);
+                        assert_int_eq(m.type, IPC_MSG_CLOSED);
+                        *total += m.n_closed;
+                        lines++;
+                }
+                p = nl + 1;
+        }
+        return lines;
+}
+
+static void test_closed_coalesces(void **state) {
+        Fixture *f = *state;
+        int small = 4096;
+        char junk[512];
+        unsigned total = 0, lines = 0;
+
+        assert_int_eq(setsockopt(f->worker, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        assert_int_eq(setsockopt(f->master, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+        /* Fill the worker -> master direction while the master does not read. */
+        memset(junk, ' ', sizeof(junk));
+        junk[sizeof(junk) - 1] = '\n';
+        while (send(f->worker, junk, sizeof(junk), MSG_DONTWAIT) > 0)
+                ;
+        for (unsigned i = 0; i < 1000; i++)
+                assert_int_eq(corral_closed(1), 0);    /* never blocks */
+        lines += master_sum_closed(f, &total);
+        /* The channel has room again: the next report carries the rest. */
+        assert_int_eq(corral_closed(1), 0);
+        lines += master_sum_closed(f, &total);
+        assert_int_eq(total, 1001);
+        assert_true(lines < 100);
+}
+
+int main(void) {
+        const struct CMUnitTest tests[] = {
+                cmocka_unit_test_setup_teardown(test_environment, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_no_channel, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_interleaved, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_handler, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_long_lines, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fds_inside_a_long_line, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_eof, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_blocking_accept, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_many_kept_handoffs, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_send_and_closed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_closed_coalesces, setup, teardown),
+        };
+        return cmocka_run_group_tests_name("libcorral", tests, NULL, NULL);
+}
