@@ -246,7 +246,12 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
                                     IPC_DATA_MAX);
                 return;
         }
-        unsigned n = manager_send(m, t, text, len);
+        _cleanup_free_ pid_t *pids = calloc(m->n_slots, sizeof(pid_t));
+        if (!pids) {
+                control_reply_error(c, "out of memory");
+                return;
+        }
+        unsigned n = manager_send(m, t, text, len, pids);
         if (n == 0) {
                 /* Nothing reached anyone: that is a failure (exit 1), not
                  * "delivered to 0 workers". */
@@ -259,6 +264,9 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
                 return;
         }
         cJSON *o = cJSON_CreateObject();
+        cJSON *a = o ? cJSON_AddArrayToObject(o, "pids") : NULL;
+        for (unsigned i = 0; a && i < n; i++)
+                cJSON_AddItemToArray(a, cJSON_CreateNumber(pids[i]));
         if (o)
                 cJSON_AddNumberToObject(o, "delivered", n);
         control_reply_ok(c, o);

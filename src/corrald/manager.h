@@ -116,6 +116,7 @@ struct Ipc *worker_ipc(Worker *w);
 struct IpcMessage;
 void manager_on_message(Manager *m, Worker *from, const struct IpcMessage *msg);
 /* Send data (one JSON value) from "ctl" to the worker of slot `slot`, or
- * to every slot's worker when slot < 0. Returns how many took it. */
-unsigned manager_send(Manager *m, int slot, const char *data, size_t len);
+ * to every slot's worker when slot < 0. Returns how many took it, their
+ * pids in ret_pids (room for n_slots; may be NULL). */
+unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids);
 void manager_messages_done(Manager *m);

@@ -56,14 +56,14 @@ static void log_message(Worker *w, const IpcMessage *msg) {
                  n < msg->data_len ? "..." : "");
 }
 
-/* Send a formatted line to slot i's current worker. */
-static bool deliver(Manager *m, unsigned i, const char *line) {
+/* Send a formatted line to slot i's current worker; returns its pid, or 0. */
+static pid_t deliver(Manager *m, unsigned i, const char *line) {
         Worker *w = slot_current(m->slots[i]);
-        return w && w->pid > 0 && ipc_send_line(worker_ipc(w), line) >= 0;
+        return w && w->pid > 0 && ipc_send_line(worker_ipc(w), line) >= 0 ? w->pid : 0;
 }
 
 static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, unsigned to_slot, const char *data,
-                      size_t len) {
+                      size_t len, pid_t *ret_pids) {
         size_t cap = len + IPC_MSG_OVERHEAD;
         _cleanup_free_ char *line = malloc(cap);
         if (!line || ipc_msg_format_from(line, cap, from, from_slot, data, len) < 0)
@@ -72,8 +72,10 @@ static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, 
         for (unsigned i = 0; i < m->n_slots; i++) {
                 bool target = to == IPC_PEER_ALL || (to == IPC_PEER_OTHERS && i != from_slot) ||
                               (to == IPC_PEER_SLOT && i == to_slot);
-                if (target)
-                        n += deliver(m, i, line);
+                pid_t pid = target ? deliver(m, i, line) : 0;
+                if (pid > 0 && ret_pids)
+                        ret_pids[n] = pid;
+                n += pid > 0;
         }
         return n;
 }
@@ -89,12 +91,12 @@ void manager_on_message(Manager *m, Worker *w, const IpcMessage *msg) {
                 m->n_undeliverable++;
                 return;
         }
-        (void) route(m, IPC_PEER_SLOT, w->id, msg->peer, msg->slot, msg->data, msg->data_len);
+        (void) route(m, IPC_PEER_SLOT, w->id, msg->peer, msg->slot, msg->data, msg->data_len, NULL);
 }
 
-unsigned manager_send(Manager *m, int slot, const char *data, size_t len) {
+unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids) {
         return route(m, IPC_PEER_CTL, 0, slot < 0 ? IPC_PEER_ALL : IPC_PEER_SLOT, slot < 0 ? 0 : (unsigned) slot,
-                     data, len);
+                     data, len, ret_pids);
 }
 
 void manager_messages_done(Manager *m) {
