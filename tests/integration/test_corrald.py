@@ -84,7 +84,7 @@ def worker_contract_env_and_fds():
             eq(env["LISTEN_FDS"], "2", "LISTEN_FDS")
             eq(env["LISTEN_PID"], str(pid), "LISTEN_PID is the worker's own pid")
             eq(env["LISTEN_FDNAMES"], "web:listen1", "LISTEN_FDNAMES")
-            assert env["NOTIFY_SOCKET"].startswith("@corral/contract/"), env["NOTIFY_SOCKET"]
+            assert re.fullmatch(r"@[0-9a-f]{5}", env["NOTIFY_SOCKET"]), "autobound: %s" % env["NOTIFY_SOCKET"]
             eq(env["CORRAL_INSTANCE"], "contract", "CORRAL_INSTANCE")
             eq(env["CORRAL_GENERATION"], "1", "CORRAL_GENERATION")
             eq(env["CORRAL_IPC_FD"], "5", "CORRAL_IPC_FD")
