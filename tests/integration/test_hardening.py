@@ -41,8 +41,13 @@ def ctl(c, *args, timeout=10):
                           timeout=timeout)
 
 
+def wait_control(c):
+    wait_for(lambda: os.path.exists(c.control), 10, "the control socket")
+
+
 def timed_status(c, limit=2.0):
     """`corralctl status --json` must answer, and within `limit` seconds."""
+    wait_control(c)
     t0 = time.monotonic()
     p = ctl(c, "--json", "status", timeout=limit + 10)
     dt = time.monotonic() - t0
@@ -73,6 +78,130 @@ def notify_socket_name_cannot_be_squatted():
     finally:
         for s in held:
             s.close()
+
+
+def config(name, **keys):
+    path = os.path.join(TMP, name + ".json")
+    with open(path, "w") as f:
+        json.dump(keys, f)
+    return path
+
+
+class FakeJournal:
+    """A stream socket standing in for journald's /run/systemd/journal/stdout
+    (corrald is pointed at it with CORRAL_TEST_JOURNAL_STDOUT). Stuck: its
+    backlog is full and it never accepts. Else it accepts and records what
+    each stream sends."""
+
+    def __init__(self, stuck):
+        self.path = os.path.join(tempfile.mkdtemp(dir=TMP), "stdout")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.fillers = []
+        self.streams = []
+        if stuck:
+            self.sock.listen(0)
+            while True:
+                f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                f.setblocking(False)
+                try:
+                    f.connect(self.path)
+                except BlockingIOError:
+                    f.close()
+                    break
+                self.fillers.append(f)
+        else:
+            self.sock.listen(64)
+            self.sock.settimeout(0.2)
+            self.closed = False
+            import threading
+            self.lock = threading.Lock()
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            buf = bytearray()
+            with self.lock:
+                self.streams.append(buf)
+            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
+
+    def _read(self, conn, buf):
+        while True:
+            try:
+                d = conn.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            with self.lock:
+                buf.extend(d)
+
+    def texts(self):
+        with self.lock:
+            return [bytes(b).decode(errors="replace") for b in self.streams]
+
+    def close(self):
+        self.closed = True
+        for f in self.fillers:
+            f.close()
+        self.sock.close()
+
+
+@case
+def stuck_journald_does_not_freeze_spawning():
+    """#11.3: a journald that never accepts used to block the child in
+    connect(2) and the master in its read of the exec status."""
+    j = FakeJournal(stuck=True)
+    c, n = run(["-w", "3"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path})
+    try:
+        st, _ = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 3, 5, "3 workers spawned")
+        ctl(c, "scale", "6")
+        st, dt = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 6, 5, "6 workers spawned")
+        timed_status(c)
+    finally:
+        finish(c, n)
+        j.close()
+
+
+@case
+def journal_stream_names_the_workers_own_stream():
+    """#12.2: JOURNAL_STREAM is the worker's own stderr stream in journal
+    mode, and unset in stderr mode; never corrald's."""
+    j = FakeJournal(stuck=False)
+    sh = 'echo "js=$JOURNAL_STREAM" >&2; echo "st=$(stat -L -c %d:%i /proc/self/fd/2)" >&2; exec sleep 3600'
+    path = config("jstream", workers=1, ready={"mode": "spawn"}, exec=["/bin/sh", "-c", sh])
+    c, n = run(["-c", path], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path, "JOURNAL_STREAM": "1:2"})
+    try:
+        def both():
+            for t in j.texts():
+                m1, m2 = re.search(r"js=(\S*)\n", t), re.search(r"st=(\S*)\n", t)
+                if m1 and m2:
+                    return t, m1.group(1), m2.group(1)
+            return None
+        t, js, st = wait_for(both, 10, "the worker's lines on its stderr stream")
+        assert t.startswith("jstream\n\n4\n1\n0\n0\n0\n"), "stream header: %r" % t[:40]
+        eq(js, st, "JOURNAL_STREAM is DEVICE:INODE of the worker's stderr")
+    finally:
+        finish(c, n)
+        j.close()
+    c, n = run(["-w", "1", "-n", "jstream2"], ["/bin/sh", "-c", "exec sleep 3600"],
+               env={"JOURNAL_STREAM": "1:2"})
+    try:
+        w = c.wait_workers(1)[0]
+        assert "JOURNAL_STREAM" not in proc_environ(w), "JOURNAL_STREAM leaked in stderr mode"
+    finally:
+        finish(c, n)
 
 
 def teardown(_):
