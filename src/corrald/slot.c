@@ -272,7 +272,7 @@ static Worker *worker_spawn(Slot *s) {
                 log_warning("%s: cannot watch its IPC channel", w->who);
         w->output = (Output) { .on_close = on_output_closed, .userdata = w };
         if (piped) {
-                if (output_start(&w->output, m->loop, out_r, c->name, s->id) >= 0)
+                if (output_start(&w->output, m->loop, out_r, c->name, s->id, pid) >= 0)
                         w->n_handles++;
                 else
                         log_warning("%s: cannot read its output", w->who);

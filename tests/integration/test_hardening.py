@@ -204,6 +204,89 @@ def journal_stream_names_the_workers_own_stream():
         finish(c, n)
 
 
+def stat_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@case
+def blocked_stderr_never_blocks_the_master():
+    """#11.8: with stderr on a pipe nobody reads, the master used to hang in
+    write(2): the control socket went silent, a killed worker stayed a
+    zombie. Two workers flood their stdout; nobody reads corrald's."""
+    d = tempfile.mkdtemp(dir=TMP)
+    ctl_path = os.path.join(d, "ctl.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "LISTEN_FDS")}
+    flood = "while :; do echo flood-line-of-some-length-$$-0123456789abcdef; done"
+    p = subprocess.Popen([CORRALD, "--log", "stderr", "-n", "blk", "-w", "2", "--control", ctl_path, "--",
+                          "/bin/sh", "-c", flood], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    class C:
+        control = ctl_path
+    try:
+        wait_for(lambda: os.path.exists(ctl_path), 10, "control socket")
+        # The pipe holds 64 KiB by default (pipe(7)); the floods fill it at once.
+        wait_for(lambda: _pipe_full(p.stdout.fileno()), 10, "corrald's stderr pipe full")
+        st, _ = timed_status(C)
+        victim = [s["pid"] for s in st["slots"] if s["pid"]][0]
+        os.kill(victim, signal.SIGKILL)
+
+        def respawned():
+            st, _ = timed_status(C)
+            pids = [s["pid"] for s in st["slots"] if s["pid"]]
+            return len(pids) == 2 and victim not in pids and stat_state(victim) is None
+        wait_for(respawned, 10, "the killed worker reaped (no zombie) and replaced")
+        timed_status(C)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+
+
+def _pipe_full(fd):
+    import fcntl
+    import termios
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, sys.byteorder) >= 60000
+
+
+@case
+def control_characters_from_workers_are_escaped_on_stderr():
+    """#11.9: STATUS= text with ESC/BEL/CR reached the terminal raw."""
+    w = ("import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); p=os.environ['NOTIFY_SOCKET'];"
+         "os.write(int(os.environ['CORRAL_IPC_FD']), b'{\"type\":\"message\",\"data\":\"evil\\x1b[2J\\x07\\rX\"}\\n');"
+         "s.sendto(b'READY=1\\nSTATUS=evil\\x1b[2J\\x07\\rX', '\\0'+p[1:]);"
+         "import time; time.sleep(3600)")
+    c, n = run(["-w", "1", "-n", "esc"], [sys.executable, "-c", w], env={"CORRAL_DEBUG": "1"})
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"message: .*evil")
+        out = c.output()
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out, "raw control bytes on stderr: %r" % out
+    finally:
+        finish(c, n)
+
+
+@case
+def journal_unreachable_is_said_once_and_falls_back():
+    """#12.15: with --log journal and no journald, our events vanished."""
+    if os.path.exists("/run/systemd/journal/socket"):
+        raise Skip("a journald runs here")
+    c, n = run(["-w", "1", "-n", "nojd"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal")
+    try:
+        c.wait_line(r"^corrald\[nojd\]: worker 0 \(pid \d+\) started")
+        eq(c.count(r"the journal is not reachable"), 1, "said once\n" + c.output())
+    finally:
+        finish(c, n)
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 
