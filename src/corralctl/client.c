@@ -67,6 +67,17 @@ int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
                 sleep_usec(10 * USEC_PER_MSEC);
         }
 
+        /* Trust replies only from a server run by root or by ourselves: a
+         * socket in a place another user controls could be theirs, and a
+         * fake corrald could report success for an operation that never
+         * happened (SO_PEERCRED: the credentials at the server's listen()). */
+        struct ucred cred;
+        socklen_t cl = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == -1)
+                return -errno;
+        if (cred.uid != 0 && cred.uid != geteuid())
+                return -EREMOTEIO;
+
         Client *c = calloc(1, sizeof(Client));
         if (!c)
                 return -ENOMEM;

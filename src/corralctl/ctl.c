@@ -126,6 +126,9 @@ int ctl_client_error(const char *path, const char *name, int r) {
         case -ENOTSOCK:
                 why = "not a socket";
                 break;
+        case -EREMOTEIO:
+                why = "served by a process that is neither root nor your own user; not trusting it";
+                break;
         case -ENAMETOOLONG:
                 why = "socket path too long";
                 break;

@@ -287,6 +287,187 @@ def journal_unreachable_is_said_once_and_falls_back():
         finish(c, n)
 
 
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for l in f:
+            if l.startswith("VmRSS:"):
+                return int(l.split()[1])
+    return 0
+
+
+def connect_control(c, n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(c.control)
+        socks.append(s)
+    return socks
+
+
+@case
+def control_clients_that_never_read_are_not_read_either():
+    """#11.6: 63 clients sending requests and never reading took the master
+    to 100 % CPU and 350 MB. Now their input stays in the kernel."""
+    c, n = run(["-w", "1", "-n", "flood"], ["/bin/sh", "-c", "exec sleep 3600"])
+    socks = []
+    try:
+        wait_control(c)
+        before = rss_kb(c.master_pid())
+        socks = connect_control(c, 60)
+        req = b'{"command":"status"}\n' * 3000
+        for s in socks:
+            s.setblocking(False)
+            try:
+                s.send(req)
+            except BlockingIOError:
+                pass
+        st, dt = timed_status(c)
+        time.sleep(0.5)   # let the master chew on what it took in
+        st, dt2 = timed_status(c)
+        after = rss_kb(c.master_pid())
+        assert after - before < 60 * 1024, "master RSS grew from %d to %d KiB" % (before, after)
+        print("# status in %.3fs and %.3fs with 60 flooding clients; RSS %d -> %d KiB" % (dt, dt2, before, after))
+    finally:
+        for s in socks:
+            s.close()
+        finish(c, n)
+
+
+def closed_by_peer(s, timeout=10):
+    s.settimeout(timeout)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@case
+def idle_control_connections_time_out_and_are_evicted():
+    """#11.7: 64 idle connections locked corralctl out. Now the longest idle
+    is evicted for a new client, and half-sent requests time out (5 s)."""
+    c, n = run(["-w", "1", "-n", "idle"], ["/bin/sh", "-c", "exec sleep 3600"])
+    socks = []
+    try:
+        wait_control(c)
+        partial = connect_control(c, 1)[0]
+        partial.send(b'{"command":')
+        t0 = time.monotonic()
+        socks = connect_control(c, 200)
+        st, dt = timed_status(c)
+        print("# status in %.3fs with 200 idle connections" % dt)
+        c.wait_line(r"closed the longest idle one")
+        # Evicted (the oldest) or timed out: either way closed by the master.
+        assert closed_by_peer(partial), "the half-sent request's connection closed"
+        # A fresh half-sent request is closed by the 5 s time-out.
+        p2 = connect_control(c, 1)[0]
+        p2.send(b'{"comm')
+        t1 = time.monotonic()
+        assert closed_by_peer(p2), "a half-sent request times out"
+        took = time.monotonic() - t1
+        assert 4 <= took <= 8, "half-sent request closed after %.1fs (expected ~5 s)" % took
+        timed_status(c)
+    finally:
+        for s in socks:
+            s.close()
+        finish(c, n)
+
+
+@case
+def control_path_that_is_not_a_socket_is_never_removed():
+    """#11.10: --control FILE deleted that regular file."""
+    d = tempfile.mkdtemp(dir=TMP)
+    f = os.path.join(d, "precious.txt")
+    with open(f, "w") as fh:
+        fh.write("keep me\n")
+    c = Corrald(["-w", "1", "-n", "nsock", "--control", f], ["/bin/sh", "-c", "exec sleep 3600"])
+    try:
+        c.wait_exit(20)
+        eq(c.stop(), 1, "corrald refuses\n" + c.output())
+        assert "not a socket" in c.output(), c.output()
+        eq(open(f).read(), "keep me\n", "the file is untouched")
+    finally:
+        c.kill()
+
+
+@case
+def untrusted_control_directories_are_refused():
+    """#11.10: a control directory others may write to, or own, or reach
+    through their symlink, was accepted."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to make files owned by another user")
+    base = tempfile.mkdtemp(dir=TMP)
+    os.chmod(base, 0o755)
+    ww = os.path.join(base, "ww")
+    os.mkdir(ww)
+    os.chmod(ww, 0o777)
+    other = os.path.join(base, "other")
+    os.mkdir(other, 0o755)
+    os.chown(other, 65534, 65534)
+    mine = os.path.join(base, "mine")
+    os.mkdir(mine, 0o755)
+    link = os.path.join(base, "link")
+    os.symlink(mine, link)
+    os.lchown(link, 65534, 65534)
+    for d, why in ((ww, "writable by group or others"), (other, "owned by uid 65534"),
+                   (link, "symlink owned by uid 65534")):
+        c = Corrald(["-w", "1", "-n", "dirs", "--control", os.path.join(d, "x.sock")],
+                    ["/bin/sh", "-c", "exec sleep 3600"])
+        try:
+            c.wait_exit(20)
+            eq(c.stop(), 1, "corrald refuses %s\n%s" % (d, c.output()))
+            assert why in c.output(), c.output()
+        finally:
+            c.kill()
+    # The trusted directory behind that symlink is fine when named directly.
+    c, n = run(["-w", "1", "-n", "dirs", "--control", os.path.join(mine, "x.sock")],
+               ["/bin/sh", "-c", "exec sleep 3600"])
+    try:
+        c.control = os.path.join(mine, "x.sock")
+        timed_status(c)
+    finally:
+        finish(c, n)
+
+
+FAKE_SERVER = r'''
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = s.accept()
+    try:
+        conn.recv(65536)
+        conn.sendall(b'{"type":"result","ok":true}\n')
+    except OSError:
+        pass
+    conn.close()
+'''
+
+
+@case
+def corralctl_does_not_trust_another_users_server():
+    """#11.10: a fake socket of another user made root's corralctl print
+    success."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to run a server as another user")
+    d = tempfile.mkdtemp(prefix="corral-fake-")
+    os.chmod(d, 0o1777)
+    path = os.path.join(d, "fake.sock")
+    p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                          "-c", FAKE_SERVER, path], stdout=subprocess.PIPE, text=True)
+    try:
+        eq(p.stdout.readline().strip(), "listening", "fake server up")
+        r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
+        eq(r.returncode, 3, "corralctl refuses: %s%s" % (r.stdout, r.stderr))
+        assert "not trusting" in r.stderr, r.stderr
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 
