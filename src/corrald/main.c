@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "fd-util.h"
 #include "log.h"
 #include "manager.h"
 #include "util.h"
@@ -159,6 +160,14 @@ int main(int argc, char *argv[]) {
                 free(error);
                 return 1;
         }
+
+        /* Each worker costs the master fds (its IPC socket, its output
+         * pipe in stderr mode, a few more while it is spawned): use the
+         * whole hard limit, as systemd does for itself. Workers get the
+         * original soft limit back (spawn.c). */
+        r = rlimit_nofile_raise();
+        if (r < 0)
+                log_warning("cannot raise the file descriptor limit: %s", strerror(-r));
 
         /* Writes to a worker's IPC socket after it died must fail with EPIPE,
          * not kill the master. Workers get SIG_DFL back in spawn.c. */

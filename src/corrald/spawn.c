@@ -288,6 +288,11 @@ _noreturn_ static void child(const SpawnParams *p, const SpawnJournal *journal, 
         if (p->cwd && chdir(p->cwd) == -1)
                 child_fail(err_pipe, "chdir", errno);
 
+        /* corrald raised its own soft fd limit (main.c); the worker gets
+         * the one corrald was started with, as systemd does for services. */
+        if (rlimit_nofile_restore() < 0)
+                child_fail(err_pipe, "setup", errno);
+
         sigemptyset(&none);
         (void) sigprocmask(SIG_SETMASK, &none, NULL);
 

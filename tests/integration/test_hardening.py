@@ -468,6 +468,36 @@ def corralctl_does_not_trust_another_users_server():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def nofile(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for l in f:
+            if l.startswith("Max open files"):
+                soft, hard = l.split()[3:5]
+                return int(soft), int(hard)
+
+
+@case
+def master_raises_its_fd_limit_workers_get_the_original():
+    """#11.4: the master uses the whole hard fd limit; workers see the soft
+    limit corrald was started with, as under systemd."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048 or hard == resource.RLIM_INFINITY:
+        raise Skip("hard fd limit %s too low to tell apart" % hard)
+    old = (soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        c, n = run(["-w", "1", "-n", "nofile"], ["/bin/sh", "-c", "exec sleep 3600"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    try:
+        w = c.wait_workers(1)[0]
+        eq(nofile(c.master_pid()), (hard, hard), "master's soft limit raised to the hard one")
+        eq(nofile(w), (512, hard), "worker's soft limit is the original")
+    finally:
+        finish(c, n)
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 
