@@ -670,6 +670,39 @@ static char *default_name(const char *path) {
         return n > 0 ? strndup(base, n) : strdup("corral");
 }
 
+int config_check_overrides(const ConfigOverrides *o, char **ret_error) {
+        _cleanup_(config_unrefp) Config *c = config_new_default();
+        Ctx ctx = { .file = "command line" };
+        int r = 0;
+
+        *ret_error = NULL;
+        if (!c)
+                return -ENOMEM;
+        if (o->name) {
+                cJSON *v = cJSON_CreateString(o->name);
+                if (!v)
+                        return -ENOMEM;
+                r = p_name(&ctx, "--name", v, c);
+                cJSON_Delete(v);
+        }
+        if (r >= 0 && o->control) {
+                cJSON *v = cJSON_CreateString(o->control);
+                if (!v)
+                        return -ENOMEM;
+                r = p_control(&ctx, "--control", v, c);
+                cJSON_Delete(v);
+        }
+        for (char **l = o->listen; r >= 0 && l && *l; l++)
+                r = listen_add(&ctx, "--listen", *l, c);
+        if (r == -ENOMEM) {
+                free(ctx.error);
+                return r;
+        }
+        if (r < 0)
+                *ret_error = ctx.error;
+        return r;
+}
+
 int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {
         _cleanup_(config_unrefp) Config *c = config_new_default();
         Ctx ctx = { .file = o->path ? o->path : "command line" };

@@ -498,6 +498,22 @@ def master_raises_its_fd_limit_workers_get_the_original():
         finish(c, n)
 
 
+@case
+def usage_errors_exit_2_and_early_errors_use_the_name():
+    """#12.14: a bad --listen exited 1 (usage errors are 2, SPEC §7), and
+    early errors said corrald[corral]: although -n NAME was given."""
+    def rc(*args):
+        r = subprocess.run([CORRALD] + list(args), capture_output=True, text=True, timeout=20)
+        return r.returncode, r.stderr
+    for args in (["--listen", "foo"], ["-n", "bad name!"], ["-w", "0"], ["--control", "relative.sock"]):
+        code, err = rc(*(args + ["--", "/bin/true"]))
+        eq(code, 2, "%r is a usage error: %s" % (args, err))
+        assert "Try 'corrald --help'." in err, err
+    code, err = rc("--log", "stderr", "-n", "myname", "-c", os.path.join(TMP, "missing.json"))
+    eq(code, 1, "a missing config file is not a usage error")
+    assert err.startswith("corrald[myname]: "), err
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 
