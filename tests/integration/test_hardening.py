@@ -514,6 +514,89 @@ def usage_errors_exit_2_and_early_errors_use_the_name():
     assert err.startswith("corrald[myname]: "), err
 
 
+@case
+def everything_at_once_status_answers_and_workers_serve():
+    """#11 "Done when": stderr blocked, journald stuck, 200 idle and 60
+    flooding control clients, a notify flood and a scale, all at once:
+    `corralctl status` answers within 2 s and the workers keep serving."""
+    from corral import http_get
+    import fcntl
+    j = FakeJournal(stuck=True)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(w, fcntl.F_SETFL, 0)
+    d = tempfile.mkdtemp(dir=TMP)
+    ctl_path = os.path.join(d, "ctl.sock")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "LISTEN_FDS")}
+    env["CORRAL_TEST_JOURNAL_STDOUT"] = j.path
+    p = subprocess.Popen([CORRALD, "--log", "journal", "-n", "all", "-w", "2", "--listen", "127.0.0.1:%d" % port,
+                          "--control", ctl_path, "--", HELLO], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                         env=env, start_new_session=True)
+    os.close(w)
+
+    class C:
+        control = ctl_path
+    socks = []
+    try:
+        wait_for(lambda: os.path.exists(ctl_path), 10, "control socket")
+        wait_for(lambda: (lambda st: st["ready"] == 2)(timed_status(C)[0]), 20, "2 workers ready")
+        socks += connect_control(C, 200)
+        flood = connect_control(C, 60)
+        socks += flood
+        req = b'{"command":"status"}\n' * 3000
+        for s in flood:
+            s.setblocking(False)
+            try:
+                s.send(req)
+            except BlockingIOError:
+                pass
+        notify = proc_environ(children_of(p.pid)[0])["NOTIFY_SOCKET"]
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.setblocking(False)
+        for i in range(20000):
+            try:
+                ns.sendto(b"STATUS=flood %d" % i, "\0" + notify[1:])
+            except BlockingIOError:
+                pass
+        ns.close()
+        _, worst = timed_status(C)
+        t0 = time.monotonic()
+        t = ctl(C, "scale", "8", timeout=10)
+        eq(t.returncode, 0, "scale 8: %s%s" % (t.stdout, t.stderr))
+        worst = max(worst, time.monotonic() - t0)
+        assert worst < 2, "scale took %.2fs" % worst
+        deadline = time.monotonic() + 20
+        while True:
+            st, dt = timed_status(C)
+            worst = max(worst, dt)
+            eq(http_get(port, timeout=5)[0], 200, "a worker answers")
+            if st["ready"] == 8:
+                break
+            assert time.monotonic() < deadline, "8 workers ready: %r" % st
+        print("# worst status %.3fs; master RSS %d KiB" % (worst, rss_kb(p.pid)))
+    finally:
+        for s in socks:
+            s.close()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+        os.close(r)
+        j.close()
+
+
+def children_of(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+        return [int(x) for x in f.read().split()]
+
+
 def teardown(_):
     shutil.rmtree(TMP, ignore_errors=True)
 
