@@ -198,7 +198,7 @@ def journal_stream_names_the_workers_own_stream():
     c, n = run(["-w", "1", "-n", "jstream2"], ["/bin/sh", "-c", "exec sleep 3600"],
                env={"JOURNAL_STREAM": "1:2"})
     try:
-        w = c.wait_workers(1)[0]
+        w = exec_done(c, 1)[0]
         assert "JOURNAL_STREAM" not in proc_environ(w), "JOURNAL_STREAM leaked in stderr mode"
     finally:
         finish(c, n)
@@ -468,6 +468,18 @@ def corralctl_does_not_trust_another_users_server():
         shutil.rmtree(d, ignore_errors=True)
 
 
+def exec_done(c, n, prog="sleep"):
+    """The workers once they have exec'd prog: a child seen before its exec
+    still has corrald's environment and limits."""
+    def done():
+        ws = c.workers()
+        try:
+            return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
+        except FileNotFoundError:
+            return None
+    return wait_for(done, 20, "%d workers running %s" % (n, prog))
+
+
 def nofile(pid):
     with open("/proc/%d/limits" % pid) as f:
         for l in f:
@@ -491,7 +503,7 @@ def master_raises_its_fd_limit_workers_get_the_original():
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, old)
     try:
-        w = c.wait_workers(1)[0]
+        w = exec_done(c, 1)[0]
         eq(nofile(c.master_pid()), (hard, hard), "master's soft limit raised to the hard one")
         eq(nofile(w), (512, hard), "worker's soft limit is the original")
     finally:
