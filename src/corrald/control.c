@@ -4,9 +4,11 @@
  * buffer of CONTROL_LINE_MAX. Back-pressure: while a request is in progress
  * further input is not read (requests are strictly sequential), and while
  * more than CONTROL_WRITE_HIGH of replies wait for the client to read them,
- * no further request is taken either (its input stays in the kernel), so a
+ * no further request is taken either (its input stays in the kernel, and
+ * SO_SNDBUF keeps what the kernel holds of unread replies small), so a
  * client that sends and never reads costs at most one line buffer, that
- * much output and one reply. Streamed output (progress, followed
+ * much output and one reply. At most CONTROL_BATCH pipelined requests of
+ * one client are taken per loop iteration, so the others never wait long. Streamed output (progress, followed
  * messages) past CONTROL_WRITE_MAX closes the connection.
  *
  * Time-outs (CONTROL_IDLE_MS, CONTROL_PARTIAL_MS): a connection with no
@@ -32,13 +34,16 @@
 #include "util.h"
 
 #define CONTROL_WRITE_MAX (4 * 1024 * 1024)
-#define CONTROL_WRITE_HIGH (16 * 1024)
+#define CONTROL_WRITE_HIGH (4 * 1024)
 /* SO_SNDBUF of a connection: what the kernel holds of unread replies. */
-#define CONTROL_SNDBUF (16 * 1024)
+#define CONTROL_SNDBUF (4 * 1024)
 #define CONTROL_CONNS_MAX 64
 #define CONTROL_IDLE_MS 10000
 #define CONTROL_PARTIAL_MS 5000
 #define CONTROL_SWEEP_MS 1000
+/* Requests taken from one connection before the others get their turn;
+ * the rest wait for the next loop iteration (an idle handle). */
+#define CONTROL_BATCH 8
 
 struct ControlConn {
         uv_pipe_t pipe;
@@ -47,6 +52,7 @@ struct ControlConn {
         bool closed;          /* uv_close() called */
         bool busy;            /* a request is in progress */
         bool dispatching;     /* inside conn_dispatch() */
+        bool starved;         /* has buffered requests, waits for the next iteration */
         char *buf;
         size_t len;
         uid_t uid;
@@ -128,6 +134,30 @@ static size_t conn_queued(ControlConn *c) {
 }
 
 static void conn_dispatch(ControlConn *c);
+
+/* Give every starved connection its next batch. */
+static void on_idle(uv_idle_t *h) {
+        ControlServer *s = h->data;
+        bool more = false;
+        for (ControlConn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                if (!c->starved || c->closed)
+                        continue;
+                if (!c->dispatching)
+                        conn_dispatch(c);
+                more = more || c->starved;
+        }
+        if (!more && s->idle_active) {
+                uv_idle_stop(&s->idle);
+                s->idle_active = false;
+        }
+}
+
+static void server_wake(ControlServer *s) {
+        if (s->idle_ready)
+                (void) uv_idle_start(&s->idle, on_idle);
+        s->idle_active = s->idle_ready;
+}
 
 static void on_write_done(uv_write_t *req, int status) {
         WriteReq *w = (WriteReq *) req;
@@ -242,8 +272,17 @@ void control_reply_ok(ControlConn *c, cJSON *fields) {
 /* Handle every complete buffered line, one request at a time, then read
  * more unless a request is still in progress. */
 static void conn_dispatch(ControlConn *c) {
+        unsigned n = 0;
         c->dispatching = true;
+        c->starved = false;
         while (!c->busy && !c->closed && conn_queued(c) <= CONTROL_WRITE_HIGH) {
+                if (n++ >= CONTROL_BATCH && memchr(c->buf, '\n', c->len)) {
+                        /* Fairness: one client's pipelined requests must not
+                         * keep everyone else waiting. */
+                        c->starved = true;
+                        server_wake(c->server);
+                        break;
+                }
                 char *nl = memchr(c->buf, '\n', c->len);
                 if (!nl)
                         break;
@@ -271,8 +310,9 @@ static void conn_dispatch(ControlConn *c) {
         c->dispatching = false;
         if (c->closed)
                 return;
-        /* Busy, or replies pile up unread: leave the input in the kernel. */
-        if (c->busy || conn_queued(c) > CONTROL_WRITE_HIGH)
+        /* Busy, replies pile up unread, or it had its turn: leave the input
+         * in the kernel. */
+        if (c->busy || c->starved || conn_queued(c) > CONTROL_WRITE_HIGH)
                 uv_read_stop((uv_stream_t *) &c->pipe);
         else
                 uv_read_start((uv_stream_t *) &c->pipe, on_alloc, on_read);
@@ -540,6 +580,10 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
         if (r < 0)
                 return log_error_errno(r, "cannot listen on control socket %s: %m", path);
+        if (uv_idle_init(loop, &s->idle) == 0) {
+                s->idle.data = s;
+                s->idle_ready = true;
+        }
         if (uv_timer_init(loop, &s->sweep) == 0) {
                 s->sweep.data = s;
                 s->sweep_active = true;
@@ -556,6 +600,10 @@ void control_server_stop(ControlServer *s) {
         s->active = false;
         while (s->conns)
                 conn_close(s->conns);
+        if (s->idle_ready) {
+                s->idle_ready = s->idle_active = false;
+                uv_close((uv_handle_t *) &s->idle, NULL);
+        }
         if (s->sweep_active) {
                 s->sweep_active = false;
                 uv_timer_stop(&s->sweep);

@@ -36,6 +36,8 @@ struct ControlServer {
         void *userdata;
         unsigned n_conns;
         ControlConn *conns;
+        uv_idle_t idle;            /* runs while a connection waits for its next batch */
+        bool idle_ready, idle_active;
         uv_timer_t sweep;          /* closes idle and half-sent connections */
         bool sweep_active;
         RateLimit evict_log, refuse_log;
