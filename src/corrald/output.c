@@ -2,7 +2,7 @@
  *
  * Invariant: buf[0..prefix_len) is the line prefix and buf[prefix_len..len)
  * the bytes of the current line received so far; len <= prefix_len +
- * OUTPUT_LINE_MAX, and buf has room for the newline after that. Lines go
+ * OUTPUT_LINE_MAX and len < cap, so the newline always fits. Lines go
  * to log_stderr_write(), the one non-blocking FIFO for corrald's stderr, so
  * they stay whole and never interleave with other lines of ours. */
 #include <fcntl.h>
@@ -25,6 +25,8 @@
 #define DRAIN_MAX (1024 * 1024)
 /* Longest "NAME[SLOT/PID]: " we write; a longer name is cut. */
 #define PREFIX_MAX 256
+/* Line bytes a worker's buffer holds at first. */
+#define OUTPUT_BUF_START 1024
 
 int output_pipe(int *ret_read, int *ret_write) {
         int fds[2];
@@ -60,11 +62,29 @@ static size_t cut_at(const char *p, size_t room) {
         return cut > 0 && ((unsigned char) p[cut] & 0xC0) != 0x80 ? cut : room;
 }
 
+/* Make room for `want` more bytes of the current line (and the newline),
+ * growing buf up to its full size; most lines are short, so a worker's
+ * buffer starts small. Returns the room there is, which may be less when
+ * memory is short (the line is then split earlier). */
+static size_t make_room(Output *o, size_t want) {
+        size_t limit = o->prefix_len + OUTPUT_LINE_MAX;
+        size_t need = MIN(o->len + want, limit) + 1;
+        if (need > o->cap) {
+                size_t cap = MAX(need, MIN(o->cap * 2, limit + 1));
+                char *b = realloc(o->buf, cap);
+                if (b) {
+                        o->buf = b;
+                        o->cap = cap;
+                }
+        }
+        return MIN(o->cap - 1, limit) - o->len;
+}
+
 static void feed(Output *o, const char *p, size_t n) {
         while (n > 0) {
-                size_t room = o->prefix_len + OUTPUT_LINE_MAX - o->len;
                 const char *nl = memchr(p, '\n', n);
                 size_t take = nl ? (size_t) (nl - p) : n;
+                size_t room = make_room(o, take);
 
                 if (take > room) {
                         /* Longer than journald's LineMax=: pass on what we
@@ -153,9 +173,9 @@ int output_start(Output *o, uv_loop_t *loop, int fd, const char *name, unsigned 
         o->fd = fd;
         if ((r = fd_nonblock(fd, true)) < 0)
                 goto fail;
-        /* Allocated once per worker, at its full size: PREFIX_MAX, a line,
-         * the newline. */
-        o->buf = malloc(PREFIX_MAX + OUTPUT_LINE_MAX + 1);
+        /* The prefix and a short line; grown as lines need (make_room()). */
+        o->cap = PREFIX_MAX + OUTPUT_BUF_START;
+        o->buf = malloc(o->cap);
         if (!o->buf) {
                 r = -ENOMEM;
                 goto fail;

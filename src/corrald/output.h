@@ -40,7 +40,8 @@ struct Output {
         bool continued;            /* the current line is the rest of a split one */
         size_t prefix_len;         /* buf starts with "NAME[SLOT/PID]: " */
         size_t len;                /* prefix + pending bytes of the current line */
-        char *buf;                 /* prefix, one line of OUTPUT_LINE_MAX, newline */
+        char *buf;                 /* prefix, the current line, room for a newline */
+        size_t cap;                /* allocated size of buf */
         OutputCloseCallback on_close;
         void *userdata;
 };
