@@ -127,7 +127,7 @@ int ctl_client_error(const char *path, const char *name, int r) {
                 why = "not a socket";
                 break;
         case -EREMOTEIO:
-                why = "served by a process that is neither root nor your own user; not trusting it";
+                why = "served by another user's process from a place others control; not trusting it";
                 break;
         case -ENAMETOOLONG:
                 why = "socket path too long";

@@ -450,39 +450,50 @@ while True:
 '''
 
 
+def _fake_server(path):
+    p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                          "-c", FAKE_SERVER, path], stdout=subprocess.PIPE, text=True)
+    eq(p.stdout.readline().strip(), "listening", "fake server up")
+    return p
+
+
 @case
 def corralctl_does_not_trust_another_users_server():
     """#11.10: a fake socket of another user made root's corralctl print
-    success."""
+    success. Root trusts another user's server (an instance with
+    DynamicUser= or User=) only where nobody but root and that user could
+    have put the socket."""
     if os.geteuid() != 0:
         raise Skip("needs root to run a server as another user")
-    d = tempfile.mkdtemp(prefix="corral-fake-")
-    os.chmod(d, 0o1777)
-    path = os.path.join(d, "fake.sock")
-    p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
-                          "-c", FAKE_SERVER, path], stdout=subprocess.PIPE, text=True)
+    if not os.access("/run", os.W_OK):
+        raise Skip("needs a root-owned place to write to")
+    base = tempfile.mkdtemp(prefix="corral-fake-", dir="/run")
+    os.chmod(base, 0o755)
+    shared = os.path.join(base, "shared")      # like /tmp: anyone may create a socket there
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    own = os.path.join(base, "own")            # like RuntimeDirectory= of a DynamicUser= instance
+    os.mkdir(own, 0o755)
+    os.chown(own, 65534, 65534)
+    link = os.path.join(base, "link")          # the other user's symlink to that place
+    os.symlink(own, link)
+    os.lchown(link, 65534, 65534)
+    procs = []
     try:
-        eq(p.stdout.readline().strip(), "listening", "fake server up")
-        r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
-        eq(r.returncode, 3, "corralctl refuses: %s%s" % (r.stdout, r.stderr))
-        assert "not trusting" in r.stderr, r.stderr
+        procs.append(_fake_server(os.path.join(shared, "fake.sock")))
+        procs.append(_fake_server(os.path.join(own, "app.sock")))
+        for path in (os.path.join(shared, "fake.sock"), os.path.join(link, "app.sock")):
+            r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
+            eq(r.returncode, 3, "corralctl refuses %s: %s%s" % (path, r.stdout, r.stderr))
+            assert "not trusting" in r.stderr, r.stderr
+        r = subprocess.run([CORRALCTL, "-s", os.path.join(own, "app.sock"), "reload"], capture_output=True,
+                           text=True, timeout=20)
+        eq(r.returncode, 0, "root trusts the user's own place: %s%s" % (r.stdout, r.stderr))
     finally:
-        p.kill()
-        p.wait()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def exec_done(c, n, prog="sleep"):
-    """The workers once they have exec'd prog: a child seen before its exec
-    still has corrald's environment and limits."""
-    def done():
-        ws = c.workers()
-        try:
-            return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
-        except FileNotFoundError:
-            return None
-    return wait_for(done, 20, "%d workers running %s" % (n, prog))
-
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 def nofile(pid):
     with open("/proc/%d/limits" % pid) as f:
