@@ -218,7 +218,7 @@ static int handle_line(char *line, size_t len, client_progress_t progress, void 
                 *ret = j;
                 return 1;
         }
-        if (strcmp(type->valuestring, "progress") == 0 && progress) {
+        if (progress) {
                 const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
                 progress(cJSON_IsString(m) ? m->valuestring : "", j, userdata);
         }

@@ -17,8 +17,9 @@
 
 typedef struct Client Client;
 
-/* Called for each {"type":"progress"} line, in arrival order, with its
- * "message" (never NULL) and the whole line. */
+/* Called for each line before the result ({"type":"progress"}, or the
+ * {"type":"message"} lines of `messages -f`), in arrival order, with its
+ * "message" ("" if none; never NULL) and the whole line. */
 typedef void (*client_progress_t)(const char *message, const cJSON *line, void *userdata);
 
 /* Connect to the socket at path, waiting at most timeout_usec while the

@@ -272,8 +272,16 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
         control_reply_ok(c, o);
 }
 
-/* The last messages workers sent to the master (SPEC §6). */
+/* The last messages workers sent to the master (SPEC §6); with "follow",
+ * a stream of {"type":"message"} lines that ends only when corrald stops
+ * or the client goes. */
 static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "follow"))) {
+                if (manager_follow_messages(m, c) < 0)
+                        control_reply_error(c, "too many clients follow messages (at most %d)",
+                                            MESSAGES_FOLLOWERS_MAX);
+                return;
+        }
         cJSON *o = cJSON_CreateObject();
         cJSON *a = o ? cJSON_AddArrayToObject(o, "messages") : NULL;
         for (unsigned k = 0; a && k < m->n_kept; k++) {

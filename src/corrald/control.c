@@ -221,12 +221,21 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
 
 /* The current request got its result: take the next one, if buffered,
- * and read again. Called from a handler (synchronous reply) or later (a
- * rollout's result); conn_dispatch() never re-enters itself. */
+ * and read again. From a handler's synchronous reply, conn_dispatch()'s
+ * loop goes on by itself. A later result (a rollout's, sent from deep
+ * inside the manager) only schedules the next request for the idle
+ * handle: a reply never starts another request from inside the first. */
 static void request_done(ControlConn *c) {
         c->busy = false;
-        if (!c->dispatching)
-                conn_dispatch(c);
+        if (c->dispatching || c->closed)
+                return;
+        c->starved = true;
+        server_wake(c->server);
+}
+
+void control_send_event(ControlConn *c, cJSON *obj) {
+        if (control_conn_alive(c))
+                conn_send(c, obj);
 }
 
 void control_reply_progress(ControlConn *c, const char *fmt, ...) {

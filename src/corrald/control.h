@@ -62,6 +62,10 @@ ControlConn *control_conn_unref(ControlConn *c);
 /* Whether the client is still connected (replies to a gone client are dropped). */
 bool control_conn_alive(const ControlConn *c);
 
+/* Send obj (which has its own "type", e.g. "message") as one line while
+ * a request is in progress: a streaming reply. Does not take obj. A client
+ * that does not read is disconnected (bounded output). */
+void control_send_event(ControlConn *c, cJSON *obj);
 /* Send {"type":"progress","message":...}. */
 _printf_(2, 3) void control_reply_progress(ControlConn *c, const char *fmt, ...);
 /* Send {"type":"result","ok":false,"error":...} and end the request. */

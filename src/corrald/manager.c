@@ -507,6 +507,7 @@ void manager_stop(Manager *m, int exit_code) {
         (void) sd_notify(0, "STOPPING=1");
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
+        manager_unfollow_messages(m);
         shrink_slots(m, 0);
 }
 
