@@ -152,8 +152,17 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
                                     CONFIG_WORKERS_MAX);
                 return;
         }
-        if (manager_scale(m, (unsigned) target) == -EBUSY) {
+        unsigned max = 0, open = 0;
+        (void) manager_fd_room(m, (unsigned) target, &max, &open);
+        int r = manager_scale(m, (unsigned) target);
+        if (r == -EBUSY) {
                 control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
+                return;
+        }
+        if (r == -EMFILE) {
+                control_reply_error(c, "cannot scale to %g workers: the open-file limit is %u, %u are open, and "
+                                    "each worker needs %u more (plus %d spare); raise LimitNOFILE=",
+                                    target, max, open, manager_fds_per_worker(), SCALE_FD_RESERVE);
                 return;
         }
         cJSON *o = cJSON_CreateObject();

@@ -96,8 +96,17 @@ static inline Config *manager_config(const Manager *m) {
 }
 
 /* Change the number of slots (>= 1); new ones are started in batches.
- * Refused (returns -EBUSY) while stopping or while a plan runs. */
+ * Refused while stopping or while a plan runs (-EBUSY), and when the
+ * workers would not fit in RLIMIT_NOFILE (-EMFILE). */
 int manager_scale(Manager *m, unsigned n);
+
+/* File descriptors the master keeps open per worker, and the headroom a
+ * scale leaves for spawning, replacements and control clients. */
+#define SCALE_FD_RESERVE 64
+unsigned manager_fds_per_worker(void);
+/* Whether n workers fit in the fd budget: 0 or -EMFILE; the soft limit
+ * and the fds open now in *ret_max and *ret_open (may be NULL). */
+int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open);
 
 /* Start a reload or restart (slot < 0: all). The result goes to client
  * (may be NULL: SIGHUP), now or when the plan ends. */

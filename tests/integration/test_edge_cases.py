@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -326,6 +327,34 @@ notify("READY=1"); forever()
         eq(r["ok"], True, "reload result (%r)" % r)
     finally:
         finish(c, n)
+
+
+@case
+def scale_past_the_fd_limit_is_refused_not_attempted():
+    # Issue 11.4: `scale 1500` under LimitNOFILE=1024 was accepted, spawns
+    # failed with EMFILE, counted as failures and gave up.
+    w = worker("fdlimit", r'''
+notify("READY=1"); forever()
+''')
+    c = Corrald(["-w", "2", "--name", "fdlimit"], exec_=w, env={"CORRAL_TEST_DIR": TMP})
+    try:
+        wait_for(lambda: status(c)["ready"] == 2, 20, "2 workers ready")
+        # Lower the master's limit as LimitNOFILE=256 would.
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=256:256"], check=True)
+        k = Ctl(c.control)
+        r = k.req({"command": "scale", "workers": 1500})
+        eq(r["ok"], False, "scale 1500 refused")
+        assert "open-file limit is 256" in r["error"], r["error"]
+        r = k.req({"command": "scale", "workers": 20})
+        k.close()
+        eq(r["ok"], True, "a scale that fits")
+        st = wait_for(lambda: (lambda s: s if s["ready"] == 20 else None)(status(c)), 30, "20 workers ready")
+        eq((st["state"], st["workers"]), ("running", 20), "no failure, no give-up")
+        assert c.count(r"cannot start") == 0, c.output()
+    finally:
+        rc = c.stop()
+        c.kill()
+        eq(rc, 0, "corrald exit status")
 
 
 def teardown(_=None):
