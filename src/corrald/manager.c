@@ -240,8 +240,8 @@ static void plan_failed(Manager *m) {
                         set_slot_count(m, r->old_workers);
         }
         for (unsigned i = 0; i < m->n_slots; i++) {
-                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
                 any_old |= slot_current(m->slots[i]) != NULL;
+                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
         }
         if (r->kind == ROLLOUT_RECYCLE) {
                 m->recycle_pause_until = now_usec() + manager_config(m)->restart_window_ms * USEC_PER_MSEC;
