@@ -194,6 +194,34 @@ def messages_between_workers_and_to_the_master():
 
 
 @case
+def corralctl_messages_follows_until_corrald_stops():
+    import subprocess
+    from corral import CORRALCTL
+    port = free_port()
+    c, n = start("least-conn", listen=["127.0.0.1:%d" % port])
+    follow = None
+    try:
+        follow = subprocess.Popen([CORRALCTL, "-s", c.control, "--json", "messages", "-f"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        lines = []
+        reader = __import__("threading").Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+        reader.start()
+        # Pongs that arrive before the follower is registered are kept and
+        # streamed first, so the order of the two does not matter.
+        eq(req(c, {"command": "send", "target": "all", "data": "ping"})["delivered"], 2, "ping sent")
+        wait_for(lambda: len(lines) >= 2 or None, 10, "two messages streamed")
+        got = sorted((json.loads(l)["from"], json.loads(l)["data"]["pong"]) for l in lines[:2])
+        eq(got, [(0, "0"), (1, "1")], "each worker's pong, with from")
+        eq(c.stop(), 0, "corrald exit status")
+        eq(follow.wait(10), 0, "messages -f ends with exit 0 when corrald stops")
+    finally:
+        if follow and follow.poll() is None:
+            follow.kill()
+        c.kill()
+        n.close()
+
+
+@case
 def max_requests_recycles_without_failed_requests():
     port = free_port()
     c, n = start("round-robin", listen=["127.0.0.1:%d" % port], extra={"recycle": {"max_requests": 4}})
