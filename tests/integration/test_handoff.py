@@ -125,6 +125,27 @@ def round_robin_over_tcp_unix_and_ipv6_listeners():
 
 
 @case
+def socket_activated_round_robin_serves_the_waking_connection():
+    # systemd-socket-activate starts corrald on the first connection, as a
+    # .socket unit does; that connection waits in the backlog and is handed
+    # off like any other, on the listener systemd named.
+    p1, p2 = free_port(), free_port()
+    n = NotifySocket()
+    c = Corrald(["-b", "round-robin", "-w", "2"], EXAMPLE, notify=n,
+                activate={"listen": ["127.0.0.1:%d" % p1, "127.0.0.1:%d" % p2], "fdnames": ["web", "admin"]})
+    try:
+        wait_for(lambda: "Listening on" in c.output(), 10, "socket-activate listening")
+        st, hdrs, body = http_get(p2, timeout=20)   # this connection starts corrald
+        eq((st, body.startswith(b"hello")), (200, True), "the waking connection is served")
+        n.wait("READY", "1")
+        eq([l["name"] for l in status(c)["listeners"]], ["web", "admin"], "systemd's names")
+        seen = sorted(http_get(p1)[1]["x-worker"] for _ in range(4))
+        eq(seen, ["0", "0", "1", "1"], "turns on the other listener")
+    finally:
+        finish(c, n)
+
+
+@case
 def least_conn_avoids_a_stuck_worker():
     port = free_port()
     c, n = start("least-conn", listen=["127.0.0.1:%d" % port])
