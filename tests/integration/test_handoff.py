@@ -145,6 +145,40 @@ def socket_activated_round_robin_serves_the_waking_connection():
         finish(c, n)
 
 
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+@case
+def emfile_on_accept_pauses_instead_of_spinning():
+    import subprocess
+    import threading
+    port = free_port()
+    c, n = start("round-robin", workers=1, listen=["127.0.0.1:%d" % port])
+    try:
+        http_get(port)
+        # No fd left for accept(2): the limit is the lowest free fd number,
+        # so every number below it is taken. The listener stays readable.
+        used = {int(f) for f in os.listdir("/proc/%d/fd" % c.pid)}
+        low = next(k for k in range(len(used) + 1) if k not in used)
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=%d:" % low], check=True)   # the soft limit
+        results = []
+        t = threading.Thread(target=lambda: results.append(http_get(port, timeout=20)[0]), daemon=True)
+        t0 = cpu_ticks(c.pid)
+        t.start()
+        time.sleep(1.0)   # the measured interval: corrald must not spin on the readable listener
+        spent = cpu_ticks(c.pid) - t0
+        assert spent < 20, "corrald used %d ticks of CPU in 1 s with EMFILE" % spent
+        eq(results, [], "not served while no fd is free")
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=4096:"], check=True)
+        t.join(15)
+        eq(results, [200], "served once fds are free again")
+    finally:
+        finish(c, n)
+
+
 @case
 def least_conn_avoids_a_stuck_worker():
     port = free_port()
