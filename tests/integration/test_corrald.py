@@ -393,8 +393,12 @@ def notify_from_stranger_and_garbage_are_dropped():
     c, n = run(["-c", path], env={"CORRAL_DEBUG": "1"})
     try:
         pid = c.wait_workers(1)[0]
-        # Once the worker has exec'd, its environ holds the socket.
-        sock = wait_for(lambda: proc_environ(pid).get("NOTIFY_SOCKET"), 10, "the worker to exec")
+        # Until it has exec'd, the child's environ is corrald's (whose
+        # NOTIFY_SOCKET is ours); CORRAL_WORKER_ID appears with the exec.
+        env = wait_for(lambda: (lambda e: e if "CORRAL_WORKER_ID" in e else None)(proc_environ(pid)), 10,
+                       "the worker to exec")
+        sock = env["NOTIFY_SOCKET"]
+        assert sock != n.path, "the worker has its own notify socket"
         send_dgram(sock, b"READY=1")                       # we are not a worker
         r, w = os.pipe()
         for bad in (b"", b"READY=1\0junk", b"x" * 5000, b"no assignment here"):
