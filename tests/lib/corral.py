@@ -164,6 +164,12 @@ class NotifySocket:
         with self.lock:
             return list(self.messages)
 
+    def mark(self):
+        """The index of the next message: pass it as wait(after=) to wait
+        for what corrald says from now on."""
+        with self.lock:
+            return len(self.messages)
+
     def wait(self, key, value=None, timeout=20, after=0):
         """Wait for a message (index >= after) carrying key (=value if given)."""
         def find():
