@@ -432,6 +432,23 @@ def untrusted_control_directories_are_refused():
         timed_status(c)
     finally:
         finish(c, n)
+    # A directory root handed to another user (RuntimeDirectory= of a
+    # DynamicUser= instance, shared /run/corral) is fine for root too: only
+    # root could have made it. Under /tmp (above: "other") it is not.
+    if os.access("/run", os.W_OK):
+        handed = tempfile.mkdtemp(prefix="corral-handed-", dir="/run")
+        try:
+            os.chmod(handed, 0o755)
+            os.chown(handed, 65534, 65534)
+            c, n = run(["-w", "1", "-n", "dirs", "--control", os.path.join(handed, "x.sock")],
+                       ["/bin/sh", "-c", "exec sleep 3600"])
+            try:
+                c.control = os.path.join(handed, "x.sock")
+                timed_status(c)
+            finally:
+                finish(c, n)
+        finally:
+            shutil.rmtree(handed, ignore_errors=True)
 
 
 FAKE_SERVER = r'''
