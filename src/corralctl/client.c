@@ -47,21 +47,22 @@ static void sleep_usec(uint64_t usec) {
         (void) nanosleep(&ts, NULL);
 }
 
-/* Whether a directory is one that only root and `uid` control: owned by
- * either, writable by nobody else (a sticky /tmp does not count here:
- * anyone may create a socket there). */
-static bool dir_trusted(const struct stat *st, uid_t uid) {
-        return S_ISDIR(st->st_mode) && (st->st_uid == 0 || st->st_uid == uid) &&
-               !(st->st_mode & (S_IWGRP | S_IWOTH));
+/* Whether only root and the directory's owner can change what is in st's
+ * directory: writable by nobody else (a sticky /tmp does not count: anyone
+ * may create a socket there), and owned by root unless any_owner. */
+static bool dir_trusted(const struct stat *st, bool any_owner) {
+        return S_ISDIR(st->st_mode) && (any_owner || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
 /* A server running as root or as ourselves is trusted. Root also trusts an
- * instance running as another user (DynamicUser=, User=) when nobody but
- * root and that user could have put the socket there: the socket is that
- * user's, every directory on the way is owned by root or that user and
- * writable by nobody else, and every symlink on the way is root's. corrald
- * refuses such places for itself (control.c), so another user cannot pass
- * off their server as an instance of root's. */
+ * instance running as another user (DynamicUser=, User=) when only root
+ * and the owner of the socket's directory could have put the socket there
+ * — as with RuntimeDirectory=: every directory above it is root's and
+ * writable by nobody else, the directory itself is writable by its owner
+ * only, and every symlink on the way is root's. corrald refuses any other
+ * place for itself (control.c), and another user cannot make such a
+ * directory where root's corralctl looks (/run/corral), so they cannot
+ * pass off a server of theirs as an instance. */
 static bool server_trusted(const char *path, uid_t uid) {
         char buf[PATH_MAX], real[PATH_MAX];
         struct stat st;
@@ -70,7 +71,7 @@ static bool server_trusted(const char *path, uid_t uid) {
                 return true;
         if (geteuid() != 0)
                 return false;
-        if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode) || st.st_uid != uid)
+        if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode))
                 return false;
         /* Symlinks on the path as given: root's only. */
         if (snprintf(buf, sizeof(buf), "%s", path) >= (int) sizeof(buf))
@@ -91,15 +92,15 @@ static bool server_trusted(const char *path, uid_t uid) {
                 strcpy(buf, ".");
         if (!realpath(buf[0] ? buf : "/", real))
                 return false;
-        if (stat("/", &st) == -1 || !dir_trusted(&st, uid))
-                return false;
         size_t n = strlen(real);
-        for (size_t i = 1; i <= n; i++) {
+        if (stat("/", &st) == -1 || !dir_trusted(&st, n == 1))
+                return false;
+        for (size_t i = 1; i <= n && n > 1; i++) {
                 if (i < n && real[i] != '/')
                         continue;
                 char c = real[i];
                 real[i] = 0;
-                bool ok = stat(real, &st) == 0 && dir_trusted(&st, uid);
+                bool ok = stat(real, &st) == 0 && dir_trusted(&st, i == n);
                 real[i] = c;
                 if (!ok)
                         return false;

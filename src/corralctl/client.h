@@ -27,8 +27,8 @@ typedef void (*client_progress_t)(const char *message, const cJSON *line, void *
  * -ECONNREFUSED (nobody listening: a stale socket), -EACCES/-EPERM,
  * -ENOTSOCK, -ENAMETOOLONG, -ETIMEDOUT, -EREMOTEIO (the server is not
  * trusted: it runs as neither root nor our own uid, and — for root — the
- * socket is in a place someone other than root and the server's user
- * controls) or another -errno. */
+ * socket is in a place others than root and its directory's owner
+ * control) or another -errno. */
 int client_connect(const char *path, uint64_t timeout_usec, Client **ret);
 
 /* Accepts NULL; returns NULL. Closes the connection. */
