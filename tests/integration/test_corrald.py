@@ -511,10 +511,14 @@ def bad_config_and_check_config():
     r = subprocess.run([CORRALD, "--check-config", big], capture_output=True, text=True, timeout=10)
     eq(r.returncode, 1, "huge env")
     assert "env: more than 4096 variables" in r.stderr, r.stderr
-    rr = config("rr", exec=["x"], balance="round-robin")
-    r = subprocess.run([CORRALD, "--check-config", rr], capture_output=True, text=True)
-    eq(r.returncode, 1, "round-robin is refused until it is implemented")
-    assert 'balance: "round-robin" is not implemented' in r.stderr, r.stderr
+    for mode in ("round-robin", "least-conn"):
+        ok_ = config("b-" + mode, exec=["x"], balance=mode)
+        r = subprocess.run([CORRALD, "--check-config", ok_], capture_output=True, text=True)
+        eq((r.returncode, r.stderr), (0, ""), "balance %s is valid" % mode)
+    bad = config("b-bad", exec=["x"], balance="random")
+    r = subprocess.run([CORRALD, "--check-config", bad], capture_output=True, text=True)
+    eq(r.returncode, 1, "an unknown balance")
+    assert "balance" in r.stderr, r.stderr
 
 
 @case
