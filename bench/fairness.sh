@@ -8,6 +8,7 @@
 # tallies the X-Worker-Pid header of every response, and stops corrald. The
 # share of a worker is the number of responses it sent; a run's figure is
 # max/min of the shares (a worker that served nothing makes it "inf").
+# Halfway through, ss(8) also counts the connections open per worker.
 # Any worker that sets X-Worker-Pid can be measured, in any language.
 #
 # Usage: bench/fairness.sh [-m MODE] [-n WORKERS] [-c CONNECTIONS]
@@ -91,11 +92,21 @@ for run in $(seq "$runs"); do
                 --listen "127.0.0.1:$port" -- "$@" >"$tmp/corrald.log" 2>&1 &
         pid=$!
         wait_line "$tmp/corrald.log" "workers\{0,1\} ready\|the worker is ready"
-        wrk "-t$threads" "-c$conns" "-d${secs}s" -s "$tmp/tally.lua" "http://127.0.0.1:$port/" >"$tmp/wrk.out"
+        wrk "-t$threads" "-c$conns" "-d${secs}s" -s "$tmp/tally.lua" "http://127.0.0.1:$port/" >"$tmp/wrk.out" &
+        wrk=$!
+        # Halfway: open connections per worker, from ss(8).
+        sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')"
+        open=$(ss -tnpH state established "( sport = :$port )" 2>/dev/null |
+                grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{ printf "%s%s", sep, $1; sep = " " }')
+        if ! wait "$wrk"; then
+                echo "fairness.sh: wrk failed:" >&2
+                cat "$tmp/wrk.out" "$tmp/corrald.log" >&2
+                exit 1
+        fi
         kill "$pid"
         wait "$pid" || true
         pid=
-        line=$(awk -v n="$workers" '
+        line=$(awk -v n="$workers" -v open="$open" '
                 /^share / { s[++k] = $3 }
                 /Requests\/sec/ { rps = $2 }
                 /Socket errors|Non-2xx/ { err = err " [" $0 "]" }
@@ -105,7 +116,7 @@ for run in $(seq "$runs"); do
                         ratio = (k == n && min > 0) ? sprintf("%.2f", max / min) : "inf"
                         list = ""
                         for (i = 1; i <= k; i++) list = list (i > 1 ? " " : "") s[i]
-                        printf "%s|shares %s  max/min %s  %.0f req/s%s\n", ratio, list, ratio, rps, err
+                        printf "%s|shares %s  max/min %s  (open mid-run: %s)  %.0f req/s%s\n", ratio, list, ratio, open, rps, err
                 }' "$tmp/wrk.out")
         ratio=${line%%|*}
         echo "run $run: ${line#*|}"
