@@ -219,6 +219,7 @@ static void conn_queue_bad_request(Conn *c) {
 /* ---- connections ---------------------------------------------------------- */
 
 static void conn_pump(Conn *c);
+static void conn_begin_stop(Conn *c);
 
 /* Both handles' close callbacks come here; the last one frees. */
 static void conn_unref(Conn *c) {
@@ -520,6 +521,9 @@ static void conn_start(Server *s, uv_stream_t *stream, bool handed_off) {
         s->n_conns++;
         s->n_accepted++;
         conn_set_reading(c, true);
+        /* Handed off before our stop began, read from the channel after. */
+        if (s->stopping && !c->closing)
+                conn_begin_stop(c);
 }
 
 /* A stop began: close the connection if it is idle, else give it a
@@ -874,18 +878,10 @@ int main(int argc, char *argv[]) {
          * EPIPE, not kill us. */
         signal(SIGPIPE, SIG_IGN);
 
-        n_inherited = listeners_inherit(s);
-        if (n_inherited < 0)
-                goto out;
         while ((opt = getopt_long(argc, argv, "l:h", options, NULL)) >= 0)
                 switch (opt) {
                 case 'l':
-                        if (n_inherited > 0)
-                                log_msg(LOG_WARNING, "Sockets were passed in LISTEN_FDS; ignoring --listen %s",
-                                        optarg);
-                        else if (listeners_bind(s, optarg) < 0)
-                                goto out;
-                        break;
+                        break;          /* bound below, unless LISTEN_FDS came */
                 case 'h':
                         help();
                         ret = EXIT_SUCCESS;
@@ -901,6 +897,16 @@ int main(int argc, char *argv[]) {
                 log_msg(LOG_ERR, "unexpected argument '%s'; see --help", argv[optind]);
                 goto out;
         }
+        n_inherited = listeners_inherit(s);
+        if (n_inherited < 0)
+                goto out;
+        /* Second pass over the options (optind = 0 restarts getopt): only
+         * --listen is left. */
+        for (optind = 0; (opt = getopt_long(argc, argv, "l:h", options, NULL)) >= 0;)
+                if (n_inherited > 0)
+                        log_msg(LOG_WARNING, "Sockets were passed in LISTEN_FDS; ignoring --listen %s", optarg);
+                else if (listeners_bind(s, optarg) < 0)
+                        goto out;
 
         /* The master's channel, when there is one: hand-offs (round-robin,
          * least-conn) and messages (any balance). */
