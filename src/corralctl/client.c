@@ -219,7 +219,9 @@ static int handle_line(char *line, size_t len, client_progress_t progress, void 
                 *ret = j;
                 return 1;
         }
-        if (progress) {
+        /* Other types are ignored, as the protocol asks of clients. */
+        bool known = strcmp(type->valuestring, "progress") == 0 || strcmp(type->valuestring, "message") == 0;
+        if (progress && known) {
                 const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
                 progress(cJSON_IsString(m) ? m->valuestring : "", j, userdata);
         }

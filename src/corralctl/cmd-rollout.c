@@ -9,9 +9,12 @@
 #include <stdio.h>
 
 #include "ctl.h"
+#include "util.h"
 
 static void on_progress(const char *message, const cJSON *line, void *userdata) {
         const Ctl *ctl = userdata;
+        if (!streq_ptr(ctl_json_str(line, "type"), "progress"))
+                return;
         /* With --json stdout carries only the result object. */
         FILE *f = ctl->json ? stderr : stdout;
         fprintf(f, "%s\n", message);
