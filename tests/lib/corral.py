@@ -274,21 +274,22 @@ def wait_status(c, pred, timeout=20, what="a status"):
 
     def probe():
         if c.proc.poll() is not None:
-            c.drain()
-            raise AssertionError("corrald exited (status %s) while waiting for %s\n--- corrald output:\n%s"
-                                 % (c.proc.returncode, what, c.output()))
+            return "exited"
         s = try_status(c)
         if s is None:
             return None
         last[0] = s
         return s if pred(s) else None
     try:
-        return wait_for(probe, timeout, what, interval=0.05)
+        s = wait_for(probe, timeout, what, interval=0.05)
     except AssertionError as e:
-        if "corrald exited" in str(e):
-            raise
         raise AssertionError("%s\nlast status: %s\n--- corrald output:\n%s"
                              % (e, json.dumps(last[0]), c.output()))
+    if s == "exited":
+        c.drain()
+        raise AssertionError("corrald exited (status %s) while waiting for %s\n--- corrald output:\n%s"
+                             % (c.proc.returncode, what, c.output()))
+    return s
 
 
 def slot(s, i):
