@@ -155,6 +155,20 @@ static int adopt_listeners(Manager *m) {
         return 0;
 }
 
+/* Send obj (taken) as one line on the carried client connection. A
+ * reply on an otherwise idle socket fits in its buffer; if it does not,
+ * the client loses it (and reports the lost connection). */
+static void send_line(int fd, cJSON *obj) {
+        char *line = obj ? cJSON_PrintUnformatted(obj) : NULL;
+        cJSON_Delete(obj);
+        if (!line)
+                return;
+        size_t len = strlen(line);
+        line[len] = '\n';   /* replaces the NUL; the write is bounded by len + 1 */
+        (void) send(fd, line, len + 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+        free(line);
+}
+
 static void close_carried(const char *key) {
         int fd = get_int(state, key, -1);
         if (fd >= 3)
@@ -172,7 +186,17 @@ static int fall_back(Manager *m, const char *why) {
                 return r;
         close_carried("notify_fd");
         close_carried("control_fd");
-        close_carried("reply_fd");
+        int reply = get_int(state, "reply_fd", -1);
+        if (reply >= 3) {
+                cJSON *res = cJSON_CreateObject();
+                char msg[400];
+                snprintf(msg, sizeof(msg), "the new corrald %s started clean instead: %s", CORRAL_VERSION, why);
+                cJSON_AddStringToObject(res, "type", "result");
+                cJSON_AddFalseToObject(res, "ok");
+                cJSON_AddStringToObject(res, "error", msg);
+                send_line(reply, res);
+                safe_close(reply);
+        }
         const cJSON *w;
         cJSON_ArrayForEach(w, cJSON_GetObjectItemCaseSensitive(state, "workers")) {
                 int pid = get_int(w, "pid", 0);
@@ -312,16 +336,7 @@ int upgrade_restore(Manager *m) {
                 cJSON_AddNumberToObject(res, "upgrades", m->upgrades);
                 cJSON_AddNumberToObject(res, "workers", m->pool.n_workers);
                 cJSON_AddNumberToObject(res, "duration_ms", ms);
-                char *line = cJSON_PrintUnformatted(res);
-                cJSON_Delete(res);
-                if (line) {
-                        size_t len = strlen(line);
-                        line[len] = '\n';   /* replaces the NUL; the write is bounded by len + 1 */
-                        /* A fresh reply on an otherwise idle socket: it fits
-                         * in the buffer; if not, the client loses it. */
-                        (void) send(reply, line, len + 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-                        free(line);
-                }
+                send_line(reply, res);
                 safe_close(reply);
         }
         state = (cJSON_Delete(state), NULL);
