@@ -178,9 +178,15 @@ static void close_carried(const char *key) {
 /* The state cannot be restored: start clean with what can be trusted from
  * any version's envelope (listeners, worker pids, fds to close). */
 static int fall_back(Manager *m, const char *why) {
-        log_error("upgrade: %s; starting clean: the listeners are kept, the previous workers are stopped", why);
+        LogFields f = LOG_FIELDS_NONE;
+        f.event = "upgrade_failed";
+        log_emit(LOG_ERR, &f, "upgrade: %s; starting clean: the listeners are kept, the previous workers are stopped",
+                 why);
+        /* Without even the envelope there are no listeners to adopt, and a
+         * start without them would serve nothing: exit 1, the workers die
+         * with us (PR_SET_PDEATHSIG) and systemd's Restart= takes over. */
         if (!state)
-                return 0;
+                return log_error_errno(-EBADMSG, "upgrade: no listening sockets to adopt; exiting");
         int r = adopt_listeners(m);
         if (r < 0)
                 return r;
