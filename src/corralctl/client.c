@@ -3,8 +3,8 @@
  * The socket is non-blocking and every read and write waits in poll() for
  * what is left of the call's deadline, so a server that stalls can delay
  * corralctl by at most the timeout. Reply bytes are buffered until a
- * newline; a line that would not fit in CLIENT_LINE_MAX bytes ends the
- * call with -EMSGSIZE. Bytes that arrive after a result stay buffered for
+ * newline; a reply line longer than CLIENT_REPLY_MAX bytes ends the call
+ * with -EMSGSIZE. Bytes that arrive after a result stay buffered for
  * the next call on the same connection. */
 #include <limits.h>
 #include <poll.h>
@@ -23,8 +23,8 @@
 
 struct Client {
         int fd;
-        char *buf;              /* CLIENT_LINE_MAX + 1 bytes: a full line and its newline */
-        size_t len;
+        char *buf;              /* cap bytes; grows to CLIENT_REPLY_MAX + 1 for a long reply line */
+        size_t len, cap;
         volatile sig_atomic_t *interrupt;
 };
 
@@ -146,7 +146,8 @@ int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
         Client *c = calloc(1, sizeof(Client));
         if (!c)
                 return -ENOMEM;
-        c->buf = malloc(CLIENT_LINE_MAX + 1);
+        c->cap = CLIENT_LINE_MAX + 1;
+        c->buf = malloc(c->cap);
         if (!c->buf) {
                 free(c);
                 return -ENOMEM;
@@ -277,9 +278,19 @@ int client_call(Client *c, const cJSON *request, uint64_t timeout_usec, client_p
                         *ret_result = result;
                         return 0;
                 }
-                if (c->len == CLIENT_LINE_MAX + 1)
-                        return -EMSGSIZE;
-                ssize_t n = read(c->fd, c->buf + c->len, CLIENT_LINE_MAX + 1 - c->len);
+                if (c->len == c->cap) {
+                        /* A reply line may be long: the status of thousands
+                         * of workers. Grow up to CLIENT_REPLY_MAX. */
+                        if (c->cap >= CLIENT_REPLY_MAX + 1)
+                                return -EMSGSIZE;
+                        size_t cap = MIN(c->cap * 2, (size_t) CLIENT_REPLY_MAX + 1);
+                        char *b = realloc(c->buf, cap);
+                        if (!b)
+                                return -ENOMEM;
+                        c->buf = b;
+                        c->cap = cap;
+                }
+                ssize_t n = read(c->fd, c->buf + c->len, c->cap - c->len);
                 if (n > 0) {
                         c->len += (size_t) n;
                         continue;

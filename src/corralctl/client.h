@@ -14,6 +14,9 @@
 
 /* Longest line either side may send, newline excluded (protocol: 64 KiB). */
 #define CLIENT_LINE_MAX (64U * 1024U)
+/* A reply line may be longer: `status` of 4096 workers is about 1 MiB.
+ * corrald sends at most 4 MiB unread to one client. */
+#define CLIENT_REPLY_MAX (8U * 1024U * 1024U)
 
 typedef struct Client Client;
 

@@ -295,8 +295,9 @@ static bool refuse_busy(Manager *m, ControlConn *client, const char *what) {
         return true;
 }
 
+/* Whether c asks for other listeners than the ones bound at start. */
 static bool listen_changed(const Manager *m, const Config *c) {
-        const Config *old = manager_config(m);
+        const Config *old = m->start_config;
         return !m->listeners.activated &&
                (c->n_listen != old->n_listen ||
                 (c->n_listen && memcmp(c->listen, old->listen, c->n_listen * sizeof(ListenAddr)) != 0));
@@ -347,7 +348,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         preempt_recycle(m);
         if (listen_changed(m, c))
                 snprintf(ro->note, sizeof(ro->note), "listen changes take effect only when corrald restarts");
-        else if (c->balance != manager_config(m)->balance)
+        else if (c->balance != m->start_config->balance)
                 snprintf(ro->note, sizeof(ro->note), "balance changes take effect only when corrald restarts");
         ro->old_config = m->pool.config;
         ro->old_generation = m->pool.generation;
@@ -726,7 +727,7 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         int r;
 
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF };
+                         .notify.fd = -EBADF, .start_config = config_ref(config) };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
@@ -826,6 +827,7 @@ void manager_done(Manager *m) {
                 slot_free(m->pool.slots);
         free(m->slots);
         listener_set_done(&m->listeners);
+        config_unref(m->start_config);
         manager_messages_done(m);
         pool_done(&m->pool);
 }

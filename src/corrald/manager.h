@@ -30,6 +30,7 @@
 typedef struct Manager {
         uv_loop_t *loop;
         const ConfigOverrides *overrides;
+        Config *start_config;      /* what the listeners and balance were set up from */
         Pool pool;                 /* config, generation, workers, failure window, outcomes */
         ListenerSet listeners;
         NotifyServer notify;

@@ -249,6 +249,29 @@ def messages_between_workers_and_to_the_master():
 
 
 @case
+def message_flood_drops_and_counts_but_hand_offs_keep_flowing():
+    port = free_port()
+    c, n = start("round-robin", listen=["127.0.0.1:%d" % port])
+    try:
+        big = {"blob": "z" * 60000}
+        w0 = status(c)["slots"][0]["pid"]
+        os.kill(w0, signal.SIGSTOP)   # it stops reading its channel
+        try:
+            results = [req(c, {"command": "send", "target": 0, "data": big}) for _ in range(40)]
+        finally:
+            os.kill(w0, signal.SIGCONT)
+        dropped = [r for r in results if not r["ok"]]
+        assert dropped, "some sends must find the queue full"
+        assert "not delivered" in dropped[0]["error"], dropped[0]
+        wait_for(lambda: status(c)["slots"][0]["messages_dropped"] >= len(dropped), 10, "drops counted")
+        # The channel stays open: both workers keep taking connections.
+        seen = sorted(http_get(port, timeout=20)[1]["x-worker"] for _ in range(6))
+        eq(seen, ["0", "0", "0", "1", "1", "1"], "hand-offs to both workers")
+    finally:
+        finish(c, n)
+
+
+@case
 def corralctl_messages_follows_until_corrald_stops():
     import subprocess
     from corral import CORRALCTL
