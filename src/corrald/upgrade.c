@@ -32,6 +32,8 @@ static char binary[4096];
 static cJSON *state;          /* the state handed to us, until restored */
 static char state_error[256]; /* why a given state cannot be read */
 static bool state_given;
+static int fallback_reply = -EBADF; /* the client of an upgrade that fell back */
+static char fallback_why[200];
 static pid_t *orphans;
 static unsigned n_orphans;
 
@@ -192,17 +194,11 @@ static int fall_back(Manager *m, const char *why) {
                 return r;
         close_carried("notify_fd");
         close_carried("control_fd");
-        int reply = get_int(state, "reply_fd", -1);
-        if (reply >= 3) {
-                cJSON *res = cJSON_CreateObject();
-                char msg[400];
-                snprintf(msg, sizeof(msg), "the new corrald %s started clean instead: %s", CORRAL_VERSION, why);
-                cJSON_AddStringToObject(res, "type", "result");
-                cJSON_AddFalseToObject(res, "ok");
-                cJSON_AddStringToObject(res, "error", msg);
-                send_line(reply, res);
-                safe_close(reply);
-        }
+        /* Answered by upgrade_stop_orphans(), once the control socket is
+         * bound again: a client that goes on to ask for the status must
+         * not find it missing. */
+        fallback_reply = get_int(state, "reply_fd", -EBADF);
+        snprintf(fallback_why, sizeof(fallback_why), "%s", why);
         const cJSON *w;
         cJSON_ArrayForEach(w, cJSON_GetObjectItemCaseSensitive(state, "workers")) {
                 int pid = get_int(w, "pid", 0);
@@ -355,6 +351,17 @@ int upgrade_restore(Manager *m) {
 
 void upgrade_stop_orphans(Manager *m) {
         int sig = manager_config(m)->stop_signal;
+        if (fallback_reply >= 3) {
+                cJSON *res = cJSON_CreateObject();
+                char msg[400];
+                snprintf(msg, sizeof(msg), "the new corrald %s started clean instead: %s", CORRAL_VERSION,
+                         fallback_why);
+                cJSON_AddStringToObject(res, "type", "result");
+                cJSON_AddFalseToObject(res, "ok");
+                cJSON_AddStringToObject(res, "error", msg);
+                send_line(fallback_reply, res);
+                fallback_reply = safe_close(fallback_reply);
+        }
         for (unsigned i = 0; i < n_orphans; i++) {
                 log_notice("upgrade: stopping pid %d, a worker of the previous corrald, with %s", (int) orphans[i],
                            signal_to_string(sig));

@@ -150,16 +150,24 @@ def five_upgrades_in_a_row_flat_fds_and_memory():
     c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "4"], [HELLO])
     try:
         before = status(c)
+        base = fd_count(c.pid)
         fds, rss = [], []
         for i in range(5):
             res = upgrade(c)
             eq(res["upgrades"], i + 1, "upgrade count")
             c.wait_line(r"upgraded in place", count=i + 1)
+            # A transient fd (a control client being closed) may be open
+            # for a moment; a leak stays. So: back to the count before.
+            try:
+                wait_for(lambda: fd_count(c.pid) <= base, 5, "the fd count to return to %d" % base)
+            except AssertionError:
+                raise AssertionError("fd count grows across upgrades: %d, then %r, now %r" %
+                                     (base, fds, sorted(os.readlink("/proc/%d/fd/%s" % (c.pid, f))
+                                                        for f in os.listdir("/proc/%d/fd" % c.pid))))
             fds.append(fd_count(c.pid))
             rss.append(rss_kb(c.pid))
             eq(http_get(port)[0], 200, "serving after upgrade %d" % (i + 1))
-        diag("fds after each upgrade: %r; RSS kB: %r" % (fds, rss))
-        eq(len(set(fds)), 1, "fd count flat across upgrades: %r" % fds)
+        diag("fds before: %d, after each upgrade: %r; RSS kB: %r" % (base, fds, rss))
         # A fresh process each time: RSS must not grow from one to the next.
         assert rss[-1] <= rss[0] * 1.2 + 512, "RSS grows across upgrades: %r" % rss
         after = status(c)
