@@ -231,6 +231,15 @@ int upgrade_adopt_fds(Manager *m, int *ret_notify_fd, int *ret_control_fd) {
                          version, UPGRADE_STATE_VERSION);
                 return fall_back(m, why);
         }
+        /* The workers were started for this balance; a file edited since
+         * to another one needs new workers (as a reload refuses it). */
+        const char *balance = get_str(state, "balance");
+        if (balance && !streq_ptr(balance, balance_to_string(manager_config(m)->balance))) {
+                char why[160];
+                snprintf(why, sizeof(why), "the configuration now says balance %s, the workers run with %s",
+                         balance_to_string(manager_config(m)->balance), balance);
+                return fall_back(m, why);
+        }
         int r = adopt_listeners(m);
         if (r < 0)
                 return r;
@@ -417,6 +426,7 @@ static cJSON *serialise(Manager *m, ControlConn *client, uint64_t request_usec, 
         cJSON_AddNumberToObject(s, "version", fake ? atoi(fake) : UPGRADE_STATE_VERSION);
         cJSON_AddStringToObject(s, "written_by", CORRAL_VERSION);
         add_u64(s, "request_usec", request_usec);
+        cJSON_AddStringToObject(s, "balance", balance_to_string(manager_config(m)->balance));
         cJSON_AddNumberToObject(s, "reply_fd", client ? carry(c, control_conn_fd(client)) : -1);
         add_u64(s, "upgrades", m->upgrades);
         add_u64(s, "start_usec", m->start_usec);

@@ -323,6 +323,35 @@ def unreadable_state_falls_back_to_a_clean_start():
 
 
 @case
+def handoff_balance_is_refused_and_a_changed_balance_starts_clean():
+    port = free_port()
+    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2", "-b", "round-robin"], [HELLO])
+    try:
+        r = ctl(c, "upgrade", check=False)
+        eq(r.returncode, 1, "upgrade with balance round-robin")
+        assert "round-robin" in r.stderr and "refused" in r.stderr, "the reason: %r" % r.stderr
+    finally:
+        finish(c, n)
+    cfg = os.path.join(TMP, "balance.json")
+    with open(cfg, "w") as f:
+        json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
+    c, n = run(["--config", cfg])
+    try:
+        old = pids(status(c))
+        with open(cfg, "w") as f:
+            json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port], "balance": "round-robin"}, f)
+        r = ctl(c, "upgrade", check=False)
+        eq(r.returncode, 1, "the upgrade reports the clean start\n" + r.stderr)
+        assert "balance round-robin" in r.stderr, "the reason: %r" % r.stderr
+        s = wait_for(lambda: (lambda s: s if s["ready"] == 2 and not set(pids(s)) & set(old) else None)(status(c)),
+                     20, "2 new workers")
+        eq(s["balance"], "round-robin", "the new balance")
+        eq(http_get(port)[0], 200, "served through the kept listener")
+    finally:
+        finish(c, n)
+
+
+@case
 def worker_watchdog_deadline_survives_the_upgrade():
     cfg = os.path.join(TMP, "watchdog.json")
     with open(cfg, "w") as f:
