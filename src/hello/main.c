@@ -955,7 +955,7 @@ int main(int argc, char *argv[]) {
 
         (void) corral_ready();
         if (s->n_listeners > 0)
-                (void) corral_status("serving on %zu listeners", s->n_listeners);
+                (void) corral_status("serving on %zu listener%s", s->n_listeners, s->n_listeners == 1 ? "" : "s");
         else
                 (void) corral_status("serving connections handed off by corrald");
 
