@@ -605,9 +605,8 @@ static void on_sigttin(uv_signal_t *h, int signum) {
 
 void manager_upgrade(Manager *m, ControlConn *client) {
         char *error = NULL;
-        int r = upgrade_exec(m, client, &error);
-        if (r == -EBUSY || !error)
-                log_warning("%s", error ? error : "upgrade failed");
+        /* Returns only when it did not happen; it logged why. */
+        (void) upgrade_exec(m, client, &error);
         if (client)
                 control_reply_error(client, "%s", error ? error : "upgrade failed");
         free(error);

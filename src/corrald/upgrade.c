@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "fd-util.h"
+#include "ipc.h"
 #include "log.h"
 #include "manager.h"
 #include "upgrade.h"
@@ -505,12 +506,18 @@ static cJSON *serialise(Manager *m, ControlConn *client, uint64_t request_usec, 
         return s;
 }
 
-_printf_(2, 3) static int fail(char **ret_error, const char *fmt, ...) {
+/* Say why the upgrade did not happen: in *ret_error for the client, and in
+ * the log (a refusal is a warning, anything else an upgrade_failed error). */
+_printf_(3, 4) static int fail(int prio, char **ret_error, const char *fmt, ...) {
         va_list ap;
         va_start(ap, fmt);
         if (vasprintf(ret_error, fmt, ap) < 0)
                 *ret_error = NULL;
         va_end(ap);
+        LogFields f = LOG_FIELDS_NONE;
+        f.event = prio <= LOG_ERR ? "upgrade_failed" : NULL;
+        log_emit(prio, &f, "%s%s", *ret_error ? *ret_error : "upgrade failed: out of memory",
+                 prio <= LOG_ERR ? "; corrald keeps running" : "");
         return -1;
 }
 
@@ -524,6 +531,11 @@ static const char *refusal(const Manager *m) {
                                                            : "a reload or restart is in progress";
         if (m->n_unstarted > 0)
                 return "workers are still being started";
+        /* A half-written line would reach the worker cut short, followed
+         * by the new corrald's lines; that state passes in a moment. */
+        LIST_FOREACH(all, w, m->pool.workers)
+                if (w->pid > 0 && w->host && worker_ipc(w)->mid_line)
+                        return "a message to a worker is half sent; try again";
         if (manager_config(m)->balance != BALANCE_SHARED)
                 return "balance round-robin and least-conn cannot be upgraded in place yet; use a restart";
         /* Slots scaled away drain outside m->slots; their ids may repeat. */
@@ -542,16 +554,16 @@ int upgrade_exec(Manager *m, ControlConn *client, char **ret_error) {
 
         *ret_error = NULL;
         if (why) {
-                (void) fail(ret_error, "upgrade refused: %s", why);
+                (void) fail(LOG_WARNING, ret_error, "upgrade refused: %s", why);
                 return -EBUSY;
         }
         if (!path[0] || !saved_argv) {
-                (void) fail(ret_error, "upgrade: the path of the corrald binary is unknown");
+                (void) fail(LOG_ERR, ret_error, "upgrade: the path of the corrald binary is unknown");
                 return -ENOENT;
         }
         if (access(path, X_OK) == -1) {
                 r = -errno;
-                (void) fail(ret_error, "upgrade: cannot execute %s: %s", path, strerror(-r));
+                (void) fail(LOG_ERR, ret_error, "upgrade: cannot execute %s: %s", path, strerror(-r));
                 return r;
         }
 
@@ -563,7 +575,7 @@ int upgrade_exec(Manager *m, ControlConn *client, char **ret_error) {
                 r = memfd < 0 ? -errno : -ENOMEM;
                 free(text);
                 free(c.fds);
-                (void) fail(ret_error, "upgrade: cannot write the state: %s", strerror(-r));
+                (void) fail(LOG_ERR, ret_error, "upgrade: cannot write the state: %s", strerror(-r));
                 return r;
         }
         size_t len = strlen(text);
@@ -575,7 +587,7 @@ int upgrade_exec(Manager *m, ControlConn *client, char **ret_error) {
                         r = n == -1 ? -errno : -EIO;
                         free(text);
                         free(c.fds);
-                        (void) fail(ret_error, "upgrade: cannot write the state: %s", strerror(-r));
+                        (void) fail(LOG_ERR, ret_error, "upgrade: cannot write the state: %s", strerror(-r));
                         return r;
                 }
                 off += (size_t) n;
@@ -591,7 +603,7 @@ int upgrade_exec(Manager *m, ControlConn *client, char **ret_error) {
         if (!env || asprintf(&var, "%s=%d", UPGRADE_ENV_STATE_FD, memfd) < 0) {
                 free(env);
                 free(c.fds);
-                (void) fail(ret_error, "upgrade: out of memory");
+                (void) fail(LOG_ERR, ret_error, "upgrade: out of memory");
                 return -ENOMEM;
         }
         memcpy(env, environ, n_env * sizeof(char *));
@@ -623,11 +635,7 @@ int upgrade_exec(Manager *m, ControlConn *client, char **ret_error) {
         free(c.fds);
         free(var);
         free(env);
-        (void) fail(ret_error, "upgrade: cannot execute %s: %s", path, strerror(-r));
-        LogFields ff = LOG_FIELDS_NONE;
-        ff.event = "upgrade_failed";
-        ff.generation = m->pool.generation;
-        log_emit(LOG_ERR, &ff, "%s; corrald keeps running", *ret_error ?: "upgrade failed");
+        (void) fail(LOG_ERR, ret_error, "upgrade: cannot execute %s: %s", path, strerror(-r));
         (void) sd_notifyf(0, "READY=1\nSTATUS=%s", m->status);
         return r;
 }

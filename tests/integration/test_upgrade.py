@@ -253,6 +253,7 @@ def exec_failure_keeps_the_old_corrald_running():
         r = ctl(c, "upgrade", check=False)
         eq(r.returncode, 1, "corralctl upgrade exit status\n" + r.stderr)
         assert "cannot execute" in r.stderr and "Exec format error" in r.stderr, "the reason: %r" % r.stderr
+        c.wait_line(r"cannot execute .*: Exec format error; corrald keeps running")
         i, _ = n.wait("RELOADING", "1", after=mark)
         n.wait("READY", "1", after=i + 1)
         after = status(c)
