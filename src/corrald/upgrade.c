@@ -36,6 +36,7 @@ static bool state_given;
 static int fallback_reply = -EBADF; /* the client of an upgrade that fell back */
 static char fallback_why[200];
 static pid_t *orphans;
+static uv_timer_t orphan_timer;   /* SIGKILL for orphans still there after stop.timeout_ms */
 static unsigned n_orphans;
 
 /* The signals the manager handles: blocked across execve() so that none
@@ -359,6 +360,20 @@ int upgrade_restore(Manager *m) {
         return 0;
 }
 
+static void on_orphan_timer_closed(uv_handle_t *h) {
+}
+
+static void on_orphans_overdue(uv_timer_t *t) {
+        for (unsigned i = 0; i < n_orphans; i++) {
+                log_warning("upgrade: pid %d, a worker of the previous corrald, did not exit in time; sending SIGKILL",
+                            (int) orphans[i]);
+                /* The whole group, as for any worker (lifecycle.md). */
+                (void) kill(-orphans[i], SIGKILL);
+                (void) kill(orphans[i], SIGKILL);
+        }
+        uv_close((uv_handle_t *) t, on_orphan_timer_closed);
+}
+
 void upgrade_stop_orphans(Manager *m) {
         int sig = manager_config(m)->stop_signal;
         if (fallback_reply >= 3) {
@@ -377,6 +392,12 @@ void upgrade_stop_orphans(Manager *m) {
                            signal_to_string(sig));
                 (void) kill(orphans[i], sig);
                 (void) kill(orphans[i], SIGCONT);
+        }
+        uint64_t timeout = manager_config(m)->stop_timeout_ms;
+        /* Unreferenced: it never keeps a stopping corrald's loop alive. */
+        if (n_orphans > 0 && timeout > 0 && uv_timer_init(m->loop, &orphan_timer) == 0) {
+                uv_unref((uv_handle_t *) &orphan_timer);
+                (void) uv_timer_start(&orphan_timer, on_orphans_overdue, timeout, 0);
         }
         sigset_t set;
         handled_signals(&set);

@@ -306,8 +306,11 @@ def refused_while_a_reload_runs():
 @case
 def unreadable_state_falls_back_to_a_clean_start():
     port = free_port()
-    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO],
-               env={"CORRALD_UPGRADE_TEST_VERSION": "999"})
+    cfg = os.path.join(TMP, "fallback.json")
+    with open(cfg, "w") as f:
+        json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port],
+                   "stop": {"timeout_ms": 3000}}, f)
+    c, n = run(["--config", cfg], env={"CORRALD_UPGRADE_TEST_VERSION": "999"})
     try:
         old = pids(status(c))
         r = ctl(c, "upgrade", check=False)
