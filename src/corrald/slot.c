@@ -504,6 +504,7 @@ static SlotState current_stopping(Slot *s, Worker *w) {
         if (healthy)
                 return spawn_current(s);
         w->counted = true;
+        s->restarts++;
         return after_failure(s, w, "sent STOPPING=1 too soon");
 }
 

@@ -63,6 +63,32 @@ def mass_scale_spawns_in_batches_and_the_loop_stays_responsive():
 
 
 @case
+def ready_then_stopping_at_once_gives_up_instead_of_looping():
+    # Issue 11.2: a worker that says READY=1 then STOPPING=1 and exits 0 at
+    # once was replaced without limit (5,827 spawns in 5.5 s). Leaving that
+    # soon counts as a failure: backoff, then give-up.
+    w = os.path.join(TMP, "suicide.sh")
+    with open(w, "w") as f:
+        f.write("#!/bin/sh\necho $$ >> %s\nsystemd-notify --ready\nsystemd-notify STOPPING=1\nexit 0\n"
+                % os.path.join(TMP, "suicide.starts"))
+    os.chmod(w, 0o755)
+    path = os.path.join(TMP, "suicide.json")
+    with open(path, "w") as f:
+        json.dump({"exec": [w], "workers": 1, "restart": {"limit": 3, "window_ms": 60000, "backoff_ms": [10, 40]}},
+                  f)
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    try:
+        eq(c.wait_exit(30), 1, "corrald gives up and exits 1")
+        with open(os.path.join(TMP, "suicide.starts")) as f:
+            spawns = len(f.read().split())
+        assert 4 <= spawns <= 6, "%d spawns" % spawns
+    finally:
+        c.kill()
+        n.close()
+
+
+@case
 def reload_reply_says_a_listen_change_waits_for_a_restart():
     # Issue 12.12: only the log said so, while corralctl said "Reload done".
     p1, p2 = free_port(), free_port()
