@@ -571,6 +571,51 @@ static int unlink_socket(const char *path) {
         return 0;
 }
 
+static int control_server_listen(ControlServer *s, uv_loop_t *loop);
+
+int control_server_adopt(ControlServer *s, uv_loop_t *loop, int fd, const char *path, ControlHandler handler,
+                         void *userdata) {
+        *s = (ControlServer) {
+                .handler = handler,
+                .userdata = userdata,
+                .evict_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+                .refuse_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+        };
+        s->path = strdup(path);
+        if (!s->path) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        int r = uv_pipe_init(loop, &s->pipe, 0);
+        if (r < 0) {
+                safe_close(fd);
+                return log_error_errno(r, "control socket: %m");
+        }
+        s->pipe.data = s;
+        s->active = true;
+        (void) fd_cloexec(fd, true);
+        r = uv_pipe_open(&s->pipe, fd);
+        if (r < 0) {
+                safe_close(fd);
+                return log_error_errno(r, "cannot adopt the control socket %s: %m", path);
+        }
+        return control_server_listen(s, loop);
+}
+
+int control_server_fd(const ControlServer *s) {
+        uv_os_fd_t fd;
+        if (!s->active || uv_fileno((const uv_handle_t *) &s->pipe, &fd) < 0)
+                return -EBADF;
+        return fd;
+}
+
+int control_conn_fd(const ControlConn *c) {
+        uv_os_fd_t fd;
+        if (c->closed || uv_fileno((const uv_handle_t *) &c->pipe, &fd) < 0)
+                return -EBADF;
+        return fd;
+}
+
 int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, ControlHandler handler,
                          void *userdata) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -620,7 +665,12 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         umask(old);
         if (r < 0)
                 return log_error_errno(r, "cannot bind control socket %s: %m", path);
-        r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
+        return control_server_listen(s, loop);
+}
+
+static int control_server_listen(ControlServer *s, uv_loop_t *loop) {
+        const char *path = s->path;
+        int r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
         if (r < 0)
                 return log_error_errno(r, "cannot listen on control socket %s: %m", path);
         if (uv_idle_init(loop, &s->idle) == 0) {
