@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, HELLO, TWORKER, free_port, http_get, listening,  # noqa: E402
-                    pid_alive, proc_environ, slot, status, wait_status)
+from corral import (Corrald, NotifySocket, HELLO, TWORKER, finish, free_port, http_get,  # noqa: E402
+                    listening, pid_alive, proc_environ, slot, status, wait_status)
 
 TMP = tempfile.mkdtemp(prefix="corral-test-")
 
@@ -32,15 +32,6 @@ def run(args, exec_=None, **kw):
     n = NotifySocket()
     c = Corrald(args, exec_, notify=n, env=dict(kw.pop("env", {}), CORRAL_TEST_DIR=TMP), **kw)
     return c, n
-
-
-def finish(c, n, expect=0):
-    try:
-        rc = c.stop()
-        eq(rc, expect, "corrald exit status\n" + c.output())
-    finally:
-        c.kill()
-        n.close()
 
 
 @case

@@ -15,7 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
-from corral import Corrald, Ctl, NotifySocket, PY, pid_alive, slot, status, try_status, wait_status  # noqa: E402
+from corral import (Corrald, Ctl, NotifySocket, PY, assert_clean, finish, pid_alive, slot, status,  # noqa: E402
+                    try_status, wait_status)
 
 TMP = tempfile.mkdtemp(prefix="corral-edge-")
 
@@ -71,30 +72,6 @@ def run(args):
     n = NotifySocket()
     c = Corrald(args, notify=n, env={"CORRAL_TEST_DIR": TMP})
     return c, n
-
-
-def sanitizer_report(c):
-    out = c.output()
-    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-        i = out.find(marker)
-        if i >= 0:
-            return out[i:i + 2000]
-    return None
-
-
-def assert_clean(c):
-    rep = sanitizer_report(c)
-    assert rep is None, "sanitizer report:\n" + rep
-
-
-def finish(c, n, expect=0):
-    try:
-        rc = c.stop()
-        assert_clean(c)
-        eq(rc, expect, "corrald exit status\n" + c.output())
-    finally:
-        c.kill()
-        n.close()
 
 
 @case

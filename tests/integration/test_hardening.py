@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, free_port,  # noqa: E402
-                    pid_alive, proc_environ)
+from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, finish,  # noqa: E402
+                    free_port, proc_environ)
 
 TMP = tempfile.mkdtemp(prefix="corral-hard-")
 
@@ -25,15 +25,6 @@ def run(args, exec_=None, **kw):
     n = NotifySocket()
     c = Corrald(args, exec_, notify=n, env=dict(kw.pop("env", {}), CORRAL_TEST_DIR=TMP), **kw)
     return c, n
-
-
-def finish(c, n, expect=0):
-    try:
-        rc = c.stop()
-        eq(rc, expect, "corrald exit status\n" + c.output())
-    finally:
-        c.kill()
-        n.close()
 
 
 def ctl(c, *args, timeout=10):

@@ -14,7 +14,7 @@ import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
-from corral import CORRALCTL, Corrald, NotifySocket, HELLO, free_port, http_get, proc_environ  # noqa: E402
+from corral import CORRALCTL, Corrald, NotifySocket, HELLO, free_port, http_get, proc_environ, finish  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-hello-")
 
@@ -27,16 +27,6 @@ def start(balance, workers=2, listen=()):
     c = Corrald(args, exec_=[HELLO], notify=n)
     n.wait("READY", "1")
     return c, n
-
-
-def finish(c, n):
-    try:
-        eq(c.stop(), 0, "corrald exit status\n" + c.output())
-        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            assert marker not in c.output(), c.output()
-    finally:
-        c.kill()
-        n.close()
 
 
 def ctl(c, *args):

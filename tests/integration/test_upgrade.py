@@ -16,8 +16,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import corral  # noqa: E402
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALCTL, CORRALD, HELLO, WORKERS, TWORKER, free_port,  # noqa: E402
-                    http_get, pid_alive, shipped_unit)
+from corral import (Corrald, NotifySocket, CORRALCTL, CORRALD, HELLO, WORKERS, TWORKER, finish,  # noqa: E402
+                    free_port, http_get, pid_alive, shipped_unit)
 from sandbox import Sandbox  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-upgrade-")
@@ -33,14 +33,6 @@ def run(args, exec_=None, binary=None, env=None):
     c.wait_line(r"all \d+ workers ready|the worker is ready")
     n.wait("READY", "1")
     return c, n
-
-
-def finish(c, n):
-    try:
-        eq(c.stop(), 0, "corrald exit status\n" + c.output())
-    finally:
-        c.kill()
-        n.close()
 
 
 def ctl(c, *args, check=True):

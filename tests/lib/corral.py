@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 
-from tap import wait_for
+from tap import eq, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
@@ -253,6 +253,43 @@ def status(c, timeout=10):
         k.close()
     assert r.get("ok"), "status failed: %r" % r
     return r
+
+
+def request(c, obj, timeout=10):
+    """One control request on a fresh connection; its result object."""
+    k = Ctl(c.control, timeout)
+    try:
+        return k.req(obj, timeout)
+    finally:
+        k.close()
+
+
+def sanitizer_report(c):
+    """The first ASan/LSan/UBSan report in corrald's output, or None."""
+    out = c.output()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        i = out.find(marker)
+        if i >= 0:
+            return out[i:i + 2000]
+    return None
+
+
+def assert_clean(c):
+    rep = sanitizer_report(c)
+    assert rep is None, "sanitizer report:\n" + rep
+
+
+def finish(c, n, expect=0):
+    """Stop corrald; check its exit status and that no sanitizer spoke;
+    always clean up (control directory, notify socket)."""
+    try:
+        rc = c.stop()
+        assert_clean(c)
+        eq(rc, expect, "corrald exit status\n" + c.output())
+    finally:
+        c.kill()
+        if n:
+            n.close()
 
 
 def try_status(c):
