@@ -8,100 +8,27 @@ No corrald involved.
 
 Usage: test-hello-handoff.py CORRAL_HELLO
 """
-import json
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
-import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import tap  # noqa: E402
 from tap import case, eq  # noqa: E402
+from fakemaster import TIMEOUT, FakeMaster, tcp_pair  # noqa: E402
 
 HELLO = sys.argv[1]
-TIMEOUT = 10
 
 
-class FakeMaster:
-    def __init__(self, slot=3):
-        self.dir = tempfile.TemporaryDirectory()
-        self.notify_path = os.path.join(self.dir.name, "notify")
-        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.notify.bind(self.notify_path)
-        self.ipc, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        env = dict(os.environ, CORRAL_IPC_FD=str(child.fileno()), CORRAL_WORKER_ID=str(slot),
-                   NOTIFY_SOCKET=self.notify_path)
-        for k in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "WATCHDOG_USEC", "CORRAL_INSTANCE"):
-            env.pop(k, None)
-        self.proc = subprocess.Popen([HELLO], env=env, pass_fds=[child.fileno()],
-                                     stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        child.close()
-        self.buf = b""
-        self.notes = []
-
-    def wait_notify(self, key):
-        """The value of key in the next datagrams, waiting for it."""
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            for i, (k, v) in enumerate(self.notes):
-                if k == key:
-                    del self.notes[:i + 1]
-                    return v
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.notify], [], [], left)[0]:
-                raise AssertionError("no %s= from the worker within %ds" % (key, TIMEOUT))
-            for line in self.notify.recv(4096).decode().split("\n"):
-                if "=" in line:
-                    self.notes.append(tuple(line.split("=", 1)))
-
-    def line(self):
-        """The next line the worker wrote on its channel, parsed."""
-        deadline = time.monotonic() + TIMEOUT
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.ipc], [], [], left)[0]:
-                raise AssertionError("no line from the worker within %ds" % TIMEOUT)
-            chunk = self.ipc.recv(65536)
-            if not chunk:
-                raise AssertionError("the worker closed its channel")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return json.loads(line)
-
-    def closed_reports(self, n):
-        """Wait until the close reports add up to n connections."""
-        total = 0
-        while total < n:
-            msg = self.line()
-            eq(msg.get("type"), "closed", "a close report: %r" % msg)
-            total += msg["n"]
-        eq(total, n, "connections reported closed")
-
-    def handoff(self, conn, index=0):
-        socket.send_fds(self.ipc, [bytes([index])], [conn.fileno()])
-        conn.close()    # the master closes its copy once the kernel took it
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        self.ipc.close()
-        self.notify.close()
-        self.dir.cleanup()
-
-
-def tcp_pair():
-    """A client socket and the accepted server end, as the master has it."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-        client = socket.create_connection(listener.getsockname(), timeout=TIMEOUT)
-        server, _ = listener.accept()
-    return client, server
+def closed_reports(m, n):
+    """Wait until the worker's close reports add up to n connections."""
+    total = 0
+    while total < n:
+        msg = m.line()
+        eq(msg.get("type"), "closed", "a close report: %r" % msg)
+        total += msg["n"]
+    eq(total, n, "connections reported closed")
 
 
 def response(sock):
@@ -122,7 +49,7 @@ def response(sock):
 
 @case
 def handoffs_are_served_and_reported():
-    m = FakeMaster(slot=3)
+    m = FakeMaster([HELLO], slot=3)
     try:
         eq(m.wait_notify("READY"), "1", "READY=1")
         eq(m.wait_notify("STATUS"), "serving connections handed off by corrald", "STATUS=")
@@ -138,7 +65,7 @@ def handoffs_are_served_and_reported():
             eq(headers["x-worker-pid"], str(m.proc.pid), "X-Worker-Pid")
             assert "connection" not in headers, headers
         client.close()
-        m.closed_reports(1)
+        closed_reports(m, 1)
 
         # A unix connection from listener 1, between two message lines.
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -152,7 +79,7 @@ def handoffs_are_served_and_reported():
         eq(headers.get("connection"), "close", "Connection: close honoured")
         eq(a.recv(10), b"", "closed after the response")
         a.close()
-        m.closed_reports(1)
+        closed_reports(m, 1)
 
         # A connection the worker closes itself (400) is reported too.
         client, server = tcp_pair()
@@ -161,7 +88,7 @@ def handoffs_are_served_and_reported():
         status, _, _ = response(client)
         eq(status, "HTTP/1.1 400 Bad Request", "malformed request")
         client.close()
-        m.closed_reports(1)
+        closed_reports(m, 1)
 
         m.proc.send_signal(signal.SIGTERM)
         eq(m.wait_notify("STOPPING"), "1", "STOPPING=1")
@@ -175,7 +102,7 @@ def handoffs_are_served_and_reported():
 
 @case
 def stop_serves_what_was_handed_off_before_sigterm():
-    m = FakeMaster(slot=0)
+    m = FakeMaster([HELLO], slot=0)
     try:
         m.wait_notify("READY")
         # In flight: answered after the stop began, then closed.
@@ -204,14 +131,14 @@ def stop_serves_what_was_handed_off_before_sigterm():
         for s in (slow, idle, late):
             s.close()
         eq(m.proc.wait(TIMEOUT), 0, "exit status")
-        m.closed_reports(3)
+        closed_reports(m, 3)
     finally:
         m.close()
 
 
 @case
 def master_gone_ends_the_worker():
-    m = FakeMaster()
+    m = FakeMaster([HELLO])
     try:
         m.wait_notify("READY")
         m.ipc.shutdown(socket.SHUT_WR)
