@@ -557,8 +557,10 @@ static const char *refusal(const Manager *m) {
         LIST_FOREACH(all, w, m->pool.workers)
                 if (w->pid > 0 && w->host && worker_ipc(w)->mid_line)
                         return "a message to a worker is half sent; try again";
-        if (manager_config(m)->balance != BALANCE_SHARED)
-                return "balance round-robin and least-conn cannot be upgraded in place yet; use a restart";
+        /* A connection accepted but not yet handed to a worker would be
+         * closed by the exec; it is handed on in a moment. */
+        if (m->handoff.started && m->handoff.pending_fd >= 0)
+                return "a connection is waiting for a worker; try again";
         /* Slots scaled away drain outside m->slots; their ids may repeat. */
         LIST_FOREACH(all, w, m->pool.workers)
                 if (w->id >= m->n_slots || m->slots[w->id] != w->slot)

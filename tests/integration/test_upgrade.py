@@ -319,15 +319,34 @@ def unreadable_state_falls_back_to_a_clean_start():
 
 
 @case
-def handoff_balance_is_refused_and_a_changed_balance_starts_clean():
+def round_robin_upgrade_keeps_handing_off_under_load():
+    # The master is on the data path here: it accepts again right after the
+    # exec, and the hand-off counts (least-conn's view) are carried.
     port = free_port()
-    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2", "-b", "round-robin"], [HELLO])
+    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2", "-b", "least-conn"], [HELLO])
     try:
-        r = ctl(c, "upgrade", check=False)
-        eq(r.returncode, 1, "upgrade with balance round-robin")
-        assert "round-robin" in r.stderr and "refused" in r.stderr, "the reason: %r" % r.stderr
+        loads = [start_load(port, "close"), start_load(port, "keepalive")]
+        wait_for(lambda: http_get(port)[0] == 200, 10, "HTTP up")
+        time.sleep(0.5)   # load duration before the upgrade, not a synchronisation
+        before = status(c)
+        res = upgrade(c)
+        time.sleep(0.5)   # and after it
+        results = [stop_load(l) for l in loads]
+        after = status(c)
+        for ok, bad, out in results:
+            diag("load: " + out)
+            eq(bad, 0, "failed requests across the upgrade (%s)" % out)
+        eq((res["pid"], pids(after)), (c.proc.pid, pids(before)), "same corrald and workers")
+        for b, a in zip(before["slots"], after["slots"]):
+            assert a["handed"] >= b["handed"] > 0, "hand-off counts kept: %r -> %r" % (b, a)
+        eq(after["balance"], "least-conn", "balance")
     finally:
         finish(c, n)
+
+
+@case
+def a_balance_changed_in_the_file_starts_clean():
+    port = free_port()
     cfg = os.path.join(TMP, "balance.json")
     with open(cfg, "w") as f:
         json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
