@@ -19,7 +19,7 @@ static void add_number_or_null(cJSON *o, const char *key, double v, bool valid) 
                 cJSON_AddNullToObject(o, key);
 }
 
-static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state, uint64_t now) {
+static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state, uint64_t now, bool handoff) {
         cJSON *o = cJSON_CreateObject();
         if (!o)
                 return NULL;
@@ -34,7 +34,11 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         cJSON_AddNumberToObject(o, "restarts", s ? slot_restarts(s) : 0);
         add_number_or_null(o, "cpu_ms", stats ? (double) ps.cpu_ms : 0, stats);
         add_number_or_null(o, "rss_kb", stats ? (double) ps.rss_kb : 0, stats);
-        cJSON_AddNullToObject(o, "connections");
+        bool handing = w && handoff;
+        add_number_or_null(o, "connections", handing ? (double) handoff_open(w) : 0, handing && w->reports_closes);
+        add_number_or_null(o, "handed", handing ? (double) w->handed : 0, handing);
+        if (w && w->host)
+                cJSON_AddNumberToObject(o, "messages_dropped", (double) worker_ipc((Worker *) w)->dropped);
         if (w && w->status[0])
                 cJSON_AddStringToObject(o, "status", w->status);
         else
@@ -81,7 +85,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         a = cJSON_AddArrayToObject(o, "slots");
         for (unsigned i = 0; a && i < m->n_slots; i++) {
                 Slot *s = m->slots[i];
-                cJSON *e = describe_worker(slot_current(s), s, slot_display_state(s), now);
+                cJSON *e = describe_worker(slot_current(s), s, slot_display_state(s), now, m->handoff.started);
                 if (e)
                         cJSON_AddItemToArray(a, e);
         }
@@ -91,7 +95,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
                 if (w->pid <= 0 || w->role == WORKER_CURRENT)
                         continue;
                 bool inc = w->role == WORKER_INCOMING;
-                cJSON *e = describe_worker(w, NULL, worker_state_to_string(w->state), now);
+                cJSON *e = describe_worker(w, NULL, worker_state_to_string(w->state), now, m->handoff.started);
                 if (e && (inc ? incoming : leaving))
                         cJSON_AddItemToArray(inc ? incoming : leaving, e);
                 else
@@ -222,30 +226,6 @@ static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
                 for_targets(m, c, t, send_signal, &sig, describe_signal_error);
 }
 
-static int deliver(Worker *w, void *arg) {
-        int r = ipc_send_line(worker_ipc(w), arg);
-        if (r < 0) {
-                errno = -r;
-                log_warning("cannot deliver a message to %s: %m", w->who);
-        }
-        return r;
-}
-
-static const char *describe_deliver_error(int r) {
-        switch (r) {
-        case -ESRCH:
-                return "no running process to deliver to";
-        case -EAGAIN:
-                return "not delivered: the worker is not reading its IPC channel (CORRAL_IPC_FD) and it is full";
-        case -ENOTCONN:
-        case -EPIPE:
-                return "not delivered: its IPC channel (CORRAL_IPC_FD) is closed (the worker closed it, or "
-                       "stopped reading it)";
-        default:
-                return "not delivered: writing to its IPC channel failed";
-        }
-}
-
 static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
         const cJSON *data = cJSON_GetObjectItemCaseSensitive(req, "data");
         if (!data) {
@@ -255,20 +235,55 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
         int t = parse_target(m, c, req);
         if (t < -1)
                 return;
-        cJSON *msg = cJSON_CreateObject();
-        char *line = NULL;
-        if (msg) {
-                cJSON_AddStringToObject(msg, "type", "message");
-                cJSON_AddItemToObject(msg, "data", cJSON_Duplicate(data, true));
-                line = cJSON_PrintUnformatted(msg);
-                cJSON_Delete(msg);
-        }
-        if (!line) {
+        _cleanup_free_ char *text = cJSON_PrintUnformatted(data);
+        if (!text) {
                 control_reply_error(c, "out of memory");
                 return;
         }
-        for_targets(m, c, t, deliver, line, describe_deliver_error);
-        free(line);
+        size_t len = strlen(text);
+        if (len > IPC_DATA_MAX) {
+                control_reply_error(c, "the message is %zu bytes; at most %d fit in a line of the IPC channel", len,
+                                    IPC_DATA_MAX);
+                return;
+        }
+        _cleanup_free_ pid_t *pids = calloc(m->n_slots, sizeof(pid_t));
+        if (!pids) {
+                control_reply_error(c, "out of memory");
+                return;
+        }
+        unsigned n = manager_send(m, t, text, len, pids);
+        if (n == 0) {
+                /* Nothing reached anyone: that is a failure (exit 1), not
+                 * "delivered to 0 workers". */
+                if (t >= 0)
+                        control_reply_error(c, "worker %d: not delivered: it has no running process, or it is not "
+                                            "reading its IPC channel (CORRAL_IPC_FD) and its queue is full", t);
+                else
+                        control_reply_error(c, "not delivered to any worker: none is running, or none is reading "
+                                            "its IPC channel (CORRAL_IPC_FD)");
+                return;
+        }
+        cJSON *o = cJSON_CreateObject();
+        cJSON *a = o ? cJSON_AddArrayToObject(o, "pids") : NULL;
+        for (unsigned i = 0; a && i < n; i++)
+                cJSON_AddItemToArray(a, cJSON_CreateNumber(pids[i]));
+        if (o)
+                cJSON_AddNumberToObject(o, "delivered", n);
+        control_reply_ok(c, o);
+}
+
+/* The last messages workers sent to the master (SPEC §6). */
+static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON *a = o ? cJSON_AddArrayToObject(o, "messages") : NULL;
+        for (unsigned k = 0; a && k < m->n_kept; k++) {
+                cJSON *e = cJSON_Parse(m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
+                if (e)
+                        cJSON_AddItemToArray(a, e);
+        }
+        if (o)
+                cJSON_AddNumberToObject(o, "total", (double) m->n_messages);
+        control_reply_ok(c, o);
 }
 
 static const struct {
@@ -277,6 +292,7 @@ static const struct {
 } commands[] = {
         { "status", cmd_status }, { "reload", cmd_reload }, { "restart", cmd_restart },
         { "scale", cmd_scale },   { "signal", cmd_signal }, { "send", cmd_send },
+        { "messages", cmd_messages },
 };
 
 void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
@@ -288,6 +304,6 @@ void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
                         return;
                 }
         char esc[80];
-        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send)",
+        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send, messages)",
                             str_escape(name, esc, sizeof(esc)));
 }

@@ -80,6 +80,7 @@ static unsigned grow_slots(Manager *m, unsigned n) {
                 if (!(m->slots[i] = slot_new(&m->pool, i)))
                         break;
         m->n_slots = i;
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
         return i;
 }
 
@@ -90,6 +91,7 @@ static void shrink_slots(Manager *m, unsigned n) {
                 slot_dispatch(m->slots[i], SLOT_EV_REMOVE, NULL, 0);
         m->n_slots = n;
         m->n_unstarted = MIN(m->n_unstarted, n);
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
 }
 
 static void set_slot_count(Manager *m, unsigned n) {
@@ -205,6 +207,7 @@ static void plan_failed(Manager *m) {
                 config_unref(m->pool.config);
                 m->pool.config = TAKE_PTR(r->old_config);
                 m->pool.generation = r->old_generation;
+                handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
                 (void) pool_reset_failures(&m->pool);
                 if (m->n_slots > r->old_workers)
                         set_slot_count(m, r->old_workers);
@@ -306,12 +309,15 @@ void manager_reload(Manager *m, ControlConn *client) {
         preempt_recycle(m);
         if (listen_changed(m, c))
                 snprintf(ro->note, sizeof(ro->note), "listen changes take effect only when corrald restarts");
+        else if (c->balance != manager_config(m)->balance)
+                snprintf(ro->note, sizeof(ro->note), "balance changes take effect only when corrald restarts");
         ro->old_config = m->pool.config;
         ro->old_generation = m->pool.generation;
         ro->old_workers = m->n_slots;
         ro->target_workers = target;
         m->pool.config = TAKE_PTR(c);
         m->pool.generation++;
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
         /* New restart policy, and a reload is a fresh start after giving up. */
         (void) pool_reset_failures(&m->pool);
 
@@ -423,6 +429,40 @@ static void on_deadline(uv_timer_t *t) {
         (void) pool_on_time(&m->pool, now_usec());
 }
 
+/* Start a one-slot recycle plan for slot i. */
+static void recycle_slot(Manager *m, unsigned i) {
+        Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, NULL, now_usec());
+        if (!r)
+                return;
+        m->recycle_next = i + 1;
+        rollout_enqueue(r, m->slots[i]);
+        start_plan(m, r);
+}
+
+/* recycle.max_requests: a worker that was handed that many connections is
+ * replaced gracefully, one slot at a time, like an RSS recycle. */
+static void check_max_requests(Manager *m) {
+        uint64_t max = manager_config(m)->recycle_max_requests;
+        if (!m->handoff.recycle_due || m->rollout || m->stopping)
+                return;
+        m->handoff.recycle_due = false;
+        for (unsigned k = 0; k < m->n_slots; k++) {
+                unsigned i = (m->recycle_next + k) % m->n_slots;
+                Worker *w = slot_ready_worker(m->slots[i]);
+                if (!w || !max || w->handed < max || slot_state(m->slots[i]) != SLOT_READY)
+                        continue;
+                LogFields f = LOG_FIELDS_NONE;
+                f.worker_id = (int) w->id;
+                f.pid = w->pid;
+                f.generation = w->generation;
+                log_emit(LOG_INFO, &f, "recycling %s: %llu connections handed to it (recycle.max_requests=%llu)",
+                         w->who, (unsigned long long) w->handed, (unsigned long long) max);
+                m->handoff.recycle_due = true;   /* look again for the others once this one is done */
+                recycle_slot(m, i);
+                return;
+        }
+}
+
 /* Once per loop iteration, before the loop blocks. */
 static void on_prepare(uv_prepare_t *h) {
         Manager *m = h->data;
@@ -434,6 +474,11 @@ static void on_prepare(uv_prepare_t *h) {
         while ((o = pool_pop_outcome(&m->pool))) {
                 on_outcome(m, o);
                 free(o);
+        }
+        if (m->handoff.started && !m->stopping) {
+                check_max_requests(m);
+                /* A held connection goes to a worker that became ready. */
+                handoff_kick(&m->handoff);
         }
         if (m->stopping && m->pool.n_workers == 0 && !m->pool.slots) {
                 manager_close(m);
@@ -461,6 +506,7 @@ void manager_stop(Manager *m, int exit_code) {
         log_emit(LOG_INFO, &f, "stopping %u worker%s", m->pool.n_workers, plural(m->pool.n_workers));
         (void) sd_notify(0, "STOPPING=1");
         uv_timer_stop(&m->recycle);
+        handoff_stop(&m->handoff);
         shrink_slots(m, 0);
 }
 
@@ -508,6 +554,8 @@ static void on_sigttin(uv_signal_t *h, int signum) {
                 log_warning("%s ignored: a reload or restart is in progress", signal_to_string(signum));
 }
 
+static void recycle_slot(Manager *m, unsigned i);
+
 /* recycle.max_rss_mb: a ready worker over the limit gets a replacement
  * started beside it and is stopped once that one is ready — a one-slot
  * plan; nothing happens while another plan runs. */
@@ -527,18 +575,13 @@ static void on_recycle_check(uv_timer_t *t) {
                 if (!w || slot_state(m->slots[i]) != SLOT_READY || procfs_read_stats(w->pid, &ps) < 0 ||
                     ps.rss_kb <= limit_kb)
                         continue;
-                Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, NULL, now_usec());
-                if (!r)
-                        return;
                 LogFields f = LOG_FIELDS_NONE;
                 f.worker_id = (int) w->id;
                 f.pid = w->pid;
                 f.generation = w->generation;
                 log_emit(LOG_NOTICE, &f, "recycling %s: RSS %llu MiB exceeds recycle.max_rss_mb=%llu", w->who,
                          (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) c->recycle_max_rss_mb);
-                m->recycle_next = i + 1;
-                rollout_enqueue(r, m->slots[i]);
-                start_plan(m, r);
+                recycle_slot(m, i);
                 return;
         }
 }
@@ -611,6 +654,7 @@ void manager_close(Manager *m) {
                 close_handle(handles[i]);
         notify_server_stop(&m->notify);
         control_server_stop(&m->control);
+        handoff_stop(&m->handoff);
 }
 
 int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o) {
@@ -650,6 +694,14 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                          m->listeners.activated ? ", from systemd" : "");
         if (m->listeners.n == 0)
                 log_info("no listening sockets: workers start without LISTEN_FDS");
+        if (config->balance != BALANCE_SHARED) {
+                handoff_set_slots(&m->handoff, m->slots, m->n_slots, config);
+                r = handoff_start(&m->handoff, loop, &m->listeners);
+                if (r < 0)
+                        return r;
+                log_info("balance %s: corrald accepts and hands each connection to a worker",
+                         balance_to_string(config->balance));
+        }
 
         r = notify_server_start(&m->notify, loop, config->name, on_notify, m);
         if (r < 0)
@@ -688,5 +740,6 @@ void manager_done(Manager *m) {
                 slot_free(m->pool.slots);
         free(m->slots);
         listener_set_done(&m->listeners);
+        manager_messages_done(m);
         pool_done(&m->pool);
 }

@@ -16,10 +16,14 @@
 
 #include "config.h"
 #include "control.h"
+#include "handoff.h"
 #include "listener.h"
 #include "notify-server.h"
 #include "rollout.h"
 #include "slot.h"
+
+/* How many worker messages to the master `corralctl messages` shows. */
+#define MESSAGES_KEPT 64
 
 typedef struct Manager {
         uv_loop_t *loop;
@@ -28,6 +32,7 @@ typedef struct Manager {
         ListenerSet listeners;
         NotifyServer notify;
         ControlServer control;
+        Handoff handoff;           /* balance round-robin/least-conn: started at start-up */
 
         Slot **slots;
         unsigned n_slots;
@@ -53,6 +58,12 @@ typedef struct Manager {
         uv_prepare_t prepare;      /* drains outcomes once per iteration */
         uv_idle_t busy;            /* active while spawns wait for the next iteration */
         uint64_t watchdog_usec;
+
+        /* messages.c */
+        char *kept[MESSAGES_KEPT]; /* the last messages for the master, as JSON objects, oldest at kept_head */
+        unsigned kept_head, n_kept;
+        uint64_t n_messages;       /* messages for the master, ever */
+        uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
 } Manager;
 
 /* Most workers spawned per loop iteration: a mass scale-up leaves the loop
@@ -98,3 +109,14 @@ unsigned manager_count_ready(const Manager *m);
 extern const SlotOps manager_slot_ops;
 /* The IPC channel of a worker, for sending it a message. */
 struct Ipc *worker_ipc(Worker *w);
+
+/* messages.c: worker messages (SPEC §6) — routed between workers, and
+ * those for the master logged, kept (the last MESSAGES_KEPT) and streamed
+ * to `corralctl messages -f`. */
+struct IpcMessage;
+void manager_on_message(Manager *m, Worker *from, const struct IpcMessage *msg);
+/* Send data (one JSON value) from "ctl" to the worker of slot `slot`, or
+ * to every slot's worker when slot < 0. Returns how many took it, their
+ * pids in ret_pids (room for n_slots; may be NULL). */
+unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids);
+void manager_messages_done(Manager *m);

@@ -57,7 +57,12 @@ struct Worker {
         char status[NOTIFY_STATUS_MAX];
         char who[32];              /* "worker 2 (pid 1234)" */
         char how[80];              /* set when reaped: "exited with status 1" */
-        RateLimit notices;         /* its ERRNO= reports in the log */
+        RateLimit notices;         /* its ERRNO= reports and messages in the log */
+        /* Hand-off (balance round-robin/least-conn): written by handoff.c
+         * and by its close reports (workers.c), not by slot.c. */
+        uint64_t handed;           /* connections handed to it */
+        uint64_t closed;           /* connections it reported closed */
+        bool reports_closes;       /* it has sent a close report: least-conn can weigh it */
         void *host;                /* the host's per-worker data (I/O handles) */
         LIST_FIELDS(Worker, all);  /* Pool.workers */
         LIST_FIELDS(Worker, leaving); /* Slot.leaving */

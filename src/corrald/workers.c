@@ -16,6 +16,7 @@
 #include "spawn.h"
 
 typedef struct WorkerIo {
+        Manager *manager;
         Worker *worker;
         Ipc ipc;
         Output output;
@@ -42,22 +43,29 @@ static void on_output_closed(Output *o) {
         io_handle_closed(o->userdata);
 }
 
-static void on_ipc_line(Ipc *ipc, const char *json) {
+static void on_ipc_message(Ipc *ipc, const IpcMessage *msg) {
+        WorkerIo *io = ipc->userdata;
+        manager_on_message(io->manager, io->worker, msg);
+}
+
+/* least-conn and recycle.max_requests: the worker closed n connections. */
+static void on_closed_report(Ipc *ipc, unsigned n) {
         WorkerIo *io = ipc->userdata;
         Worker *w = io->worker;
-        LogFields f = { .worker_id = (int) w->id, .pid = worker_pid(w), .generation = w->generation,
-                        .exit_status = -1 };
-        log_emit(LOG_INFO, &f, "%s message: %s", w->who, json);
+        w->closed += n;
+        w->reports_closes = true;
 }
 
 static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
         Manager *m = userdata;
         Config *c = w->config;
-        int fds[m->listeners.n + 1];
+        /* With hand-off the master accepts: workers get no listening fds. */
+        unsigned n_listen = m->handoff.started ? 0 : m->listeners.n;
+        int fds[n_listen + 1];
         int pair[2];
         int out_r = -EBADF, out_w = -EBADF;
 
-        for (unsigned i = 0; i < m->listeners.n; i++)
+        for (unsigned i = 0; i < n_listen; i++)
                 fds[i] = m->listeners.items[i].fd;
 
         WorkerIo *io = calloc(1, sizeof(WorkerIo));
@@ -79,7 +87,7 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 .cwd = c->cwd,
                 .extra_env = c->env,
                 .listen_fds = fds,
-                .n_listen = m->listeners.n,
+                .n_listen = n_listen,
                 .fdnames = m->listeners.fdnames,
                 .notify_socket = m->notify.path,
                 .ipc_fd = pair[1],
@@ -105,7 +113,9 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
         io->worker = w;
         io->n_handles = 1;   /* the lifecycle's hold, dropped by host_release() */
         w->host = io;
-        io->ipc = (Ipc) { .on_line = on_ipc_line, .on_close = on_ipc_closed, .who = w->who, .userdata = io };
+        io->manager = m;
+        io->ipc = (Ipc) { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
+                          .on_close = on_ipc_closed, .who = w->who, .userdata = io };
         if (ipc_start(&io->ipc, m->loop, pair[0]) >= 0)
                 io->n_handles++;
         else

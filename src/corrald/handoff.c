@@ -1,0 +1,246 @@
+/* handoff: see handoff.h.
+ *
+ * Invariants: at most one accepted connection is held (pending_fd); while
+ * it is held, or accepting is paused for EMFILE, the listener polls are
+ * stopped. The accepted fd is blocking and CLOEXEC: the worker owns its
+ * mode, and the master never reads or writes it. */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "fd-util.h"
+#include "handoff.h"
+#include "ipc.h"
+#include "log.h"
+#include "manager.h"
+#include "util.h"
+
+/* How soon a held connection is offered again when no worker took it. */
+#define RETRY_MS 5
+/* How long accepting pauses after EMFILE/ENFILE. */
+#define EMFILE_PAUSE_MS 100
+
+static void pause_accepting(Handoff *h) {
+        if (!h->active)
+                return;
+        h->active = false;
+        for (unsigned i = 0; i < h->n_listeners; i++)
+                uv_poll_stop(&h->listeners[i].poll);
+}
+
+static void on_readable(uv_poll_t *p, int status, int events);
+
+static void resume_accepting(Handoff *h) {
+        if (h->active || !h->started || h->pending_fd >= 0)
+                return;
+        h->active = true;
+        for (unsigned i = 0; i < h->n_listeners; i++)
+                if (uv_poll_start(&h->listeners[i].poll, UV_READABLE, on_readable) < 0)
+                        log_error("cannot watch listener %u for connections", i);
+}
+
+/* Offer fd to the worker of one slot. Returns 0 when it took it. */
+static int offer(Handoff *h, Worker *w, int fd, uint8_t index) {
+        int r = ipc_send_fd(worker_ipc(w), fd, index);
+        if (r < 0)
+                return r;
+        w->handed++;
+        h->n_handed++;
+        if (h->max_requests && w->handed == h->max_requests)
+                h->recycle_due = true;
+        return 0;
+}
+
+/* Pass fd on to a ready worker: round-robin from the cursor, or the least
+ * loaded one. Tries every ready worker once. Returns true when one took
+ * it (fd is then closed here). */
+static bool deliver(Handoff *h, int fd, uint8_t index) {
+        unsigned n = h->n_slots;
+        bool tried[n ? n : 1];
+
+        for (unsigned i = 0; i < n; i++)
+                tried[i] = false;
+        for (unsigned attempt = 0; attempt < n; attempt++) {
+                int best = -1;
+                uint64_t best_load = UINT64_MAX;
+                for (unsigned k = 0; k < n; k++) {
+                        unsigned i = (h->cursor + k) % n;
+                        Worker *w = tried[i] ? NULL : slot_ready_worker(h->slots[i]);
+                        if (!w)
+                                continue;
+                        if (h->balance == BALANCE_ROUND_ROBIN) {
+                                best = (int) i;
+                                break;
+                        }
+                        uint64_t load = w->reports_closes ? handoff_open(w) : 0;
+                        if (load < best_load) {
+                                best = (int) i;
+                                best_load = load;
+                        }
+                }
+                if (best < 0)
+                        return false;
+                tried[best] = true;
+                if (offer(h, slot_ready_worker(h->slots[best]), fd, index) >= 0) {
+                        h->cursor = (unsigned) best + 1;
+                        safe_close(fd);
+                        return true;
+                }
+                h->n_retried++;
+        }
+        return false;
+}
+
+_printf_(2, 3) static void log_limited(Handoff *h, const char *fmt, ...) {
+        unsigned suppressed;
+        if (!ratelimit_below(&h->log_limit, now_usec(), &suppressed))
+                return;
+        if (suppressed)
+                log_warning("hand-off: %u similar messages suppressed", suppressed);
+        char msg[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        log_warning("hand-off: %s", msg);
+}
+
+static void on_retry(uv_timer_t *t) {
+        Handoff *h = t->data;
+        handoff_kick(h);
+        /* Still held: nobody can take it yet; keep offering. */
+        if (h->pending_fd >= 0)
+                (void) uv_timer_start(&h->retry, on_retry, RETRY_MS, 0);
+}
+
+static void hold(Handoff *h, int fd, uint8_t index) {
+        h->pending_fd = fd;
+        h->pending_index = index;
+        pause_accepting(h);
+        (void) uv_timer_start(&h->retry, on_retry, RETRY_MS, 0);
+}
+
+static void on_readable(uv_poll_t *p, int status, int events) {
+        HandoffListener *l = p->data;
+        Handoff *h = l->handoff;
+
+        if (status < 0) {
+                log_limited(h, "listener %u: %s", l->index, uv_strerror(status));
+                return;
+        }
+        for (unsigned i = 0; i < HANDOFF_BATCH && h->active; i++) {
+                int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC);
+                if (fd < 0) {
+                        switch (errno) {
+                        case EAGAIN:
+                        case EINTR:
+                                return;
+                        case EMFILE:
+                        case ENFILE:
+                        case ENOBUFS:
+                        case ENOMEM:
+                                /* Out of fds or memory: the connections wait in
+                                 * the backlog while we pause, instead of a
+                                 * readable listener making us spin. */
+                                h->n_accept_errors++;
+                                log_limited(h, "accept: %m; pausing for %d ms", EMFILE_PAUSE_MS);
+                                pause_accepting(h);
+                                (void) uv_timer_start(&h->retry, on_retry, EMFILE_PAUSE_MS, 0);
+                                return;
+                        default:
+                                /* ECONNABORTED and the errors of the new
+                                 * connection (accept(2)): that one is gone. */
+                                h->n_accept_errors++;
+                                continue;
+                        }
+                }
+                if (!deliver(h, fd, l->index)) {
+                        hold(h, fd, l->index);
+                        return;
+                }
+        }
+}
+
+void handoff_kick(Handoff *h) {
+        if (!h->started)
+                return;
+        if (h->pending_fd >= 0) {
+                if (!deliver(h, h->pending_fd, h->pending_index))
+                        return;
+                h->pending_fd = -EBADF;
+                uv_timer_stop(&h->retry);
+        }
+        resume_accepting(h);
+}
+
+void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const Config *c) {
+        h->slots = slots;
+        h->n_slots = n_slots;
+        h->balance = c->balance;
+        h->max_requests = c->recycle_max_requests;
+        if (h->cursor >= n_slots)
+                h->cursor = 0;
+}
+
+int handoff_start(Handoff *h, uv_loop_t *loop, const ListenerSet *ls) {
+        if (h->started)
+                return 0;
+        if (ls->n > IPC_LISTENER_INDEX_MAX + 1) {
+                log_error("round-robin and least-conn serve at most %d listeners; there are %u",
+                          IPC_LISTENER_INDEX_MAX + 1, ls->n);
+                return -E2BIG;
+        }
+        h->loop = loop;
+        h->pending_fd = -EBADF;
+        h->log_limit = RATELIMIT_INIT(10 * USEC_PER_SEC, 5);
+        h->listeners = calloc(ls->n ? ls->n : 1, sizeof(HandoffListener));
+        if (!h->listeners)
+                return log_error_errno(-ENOMEM, "hand-off: %m");
+        uv_timer_init(loop, &h->retry);
+        h->retry.data = h;
+        for (unsigned i = 0; i < ls->n; i++) {
+                HandoffListener *l = &h->listeners[i];
+                *l = (HandoffListener) { .handoff = h, .index = (uint8_t) i, .fd = ls->items[i].fd };
+                int r = uv_poll_init(loop, &l->poll, l->fd);
+                if (r < 0) {
+                        /* Close what was set up; the caller gives up. */
+                        h->n_listeners = i;
+                        h->started = true;
+                        handoff_stop(h);
+                        return log_error_errno(-EINVAL, "hand-off: cannot watch %s: %s", ls->items[i].display,
+                                               uv_strerror(r));
+                }
+                l->poll.data = l;
+                h->n_listeners = i + 1;
+        }
+        h->started = true;
+        resume_accepting(h);
+        return 0;
+}
+
+static void on_listener_closed(uv_handle_t *handle) {
+        HandoffListener *l = handle->data;
+        Handoff *h = l->handoff;
+        if (--h->n_listeners == 0) {
+                free(h->listeners);
+                h->listeners = NULL;
+        }
+}
+
+void handoff_stop(Handoff *h) {
+        if (!h->started)
+                return;
+        pause_accepting(h);
+        h->started = false;
+        h->pending_fd = safe_close(h->pending_fd);
+        if (!uv_is_closing((uv_handle_t *) &h->retry))
+                uv_close((uv_handle_t *) &h->retry, NULL);
+        if (h->n_listeners == 0) {
+                free(h->listeners);
+                h->listeners = NULL;
+        }
+        for (unsigned i = 0, n = h->n_listeners; i < n; i++)
+                uv_close((uv_handle_t *) &h->listeners[i].poll, on_listener_closed);
+}

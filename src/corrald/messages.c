@@ -1,0 +1,106 @@
+/* messages: worker messages (SPEC §6), routed by the master.
+ *
+ * A worker's line for "all", "others" or a slot is forwarded to those
+ * slots' current workers with "from" set to the sender's slot, its data
+ * copied as the worker wrote it (ipc-msg.c checked it is one JSON value).
+ * A line for the master is logged (CORRAL_EVENT=message, at a bounded rate
+ * per worker), kept (the last MESSAGES_KEPT) for `corralctl messages`.
+ * Delivery never blocks: each channel queues a bounded amount and drops
+ * (and counts) the rest (ipc.c). */
+#include <stdio.h>
+#include <string.h>
+
+#include "ipc.h"
+#include "log.h"
+#include "manager.h"
+#include "util.h"
+
+/* Longest message kept whole for `corralctl messages`; a longer one is
+ * kept with its data replaced by a note, so the buffer stays small. */
+#define KEPT_DATA_MAX 4096
+
+static void keep(Manager *m, const Worker *w, const IpcMessage *msg) {
+        char *e = NULL;
+        int r;
+        if (msg->data_len <= KEPT_DATA_MAX)
+                r = asprintf(&e, "{\"from\":%u,\"pid\":%d,\"generation\":%u,\"data\":%.*s}", w->id, (int) worker_pid(w),
+                             w->generation, (int) msg->data_len, msg->data);
+        else
+                r = asprintf(&e, "{\"from\":%u,\"pid\":%d,\"generation\":%u,\"data\":null,\"truncated\":%zu}", w->id,
+                             (int) worker_pid(w), w->generation, msg->data_len);
+        if (r < 0)
+                return;
+        unsigned i = (m->kept_head + m->n_kept) % MESSAGES_KEPT;
+        if (m->n_kept == MESSAGES_KEPT) {
+                free(m->kept[m->kept_head]);
+                m->kept_head = (m->kept_head + 1) % MESSAGES_KEPT;
+        } else
+                m->n_kept++;
+        m->kept[i] = e;
+}
+
+static void log_message(Worker *w, const IpcMessage *msg) {
+        unsigned suppressed;
+        bool ok = ratelimit_below(&w->notices, now_usec(), &suppressed);
+        LogFields f = { .event = "message", .worker_id = (int) w->id, .pid = worker_pid(w),
+                        .generation = w->generation, .exit_status = -1 };
+        if (suppressed)
+                log_emit(LOG_NOTICE, &f, "%s: suppressed %u messages", w->who, suppressed);
+        if (!ok)
+                return;
+        char esc[512], raw[200];
+        size_t n = MIN(msg->data_len, sizeof(raw) - 1);
+        memcpy(raw, msg->data, n);
+        raw[n] = 0;
+        log_emit(LOG_INFO, &f, "%s message: %s%s", w->who, str_escape(raw, esc, sizeof(esc)),
+                 n < msg->data_len ? "..." : "");
+}
+
+/* Send a formatted line to slot i's current worker; returns its pid, or 0. */
+static pid_t deliver(Manager *m, unsigned i, const char *line) {
+        Worker *w = slot_current(m->slots[i]);
+        return w && w->pid > 0 && ipc_send_line(worker_ipc(w), line) >= 0 ? w->pid : 0;
+}
+
+static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, unsigned to_slot, const char *data,
+                      size_t len, pid_t *ret_pids) {
+        size_t cap = len + IPC_MSG_OVERHEAD;
+        _cleanup_free_ char *line = malloc(cap);
+        if (!line || ipc_msg_format_from(line, cap, from, from_slot, data, len) < 0)
+                return 0;
+        unsigned n = 0;
+        for (unsigned i = 0; i < m->n_slots; i++) {
+                bool target = to == IPC_PEER_ALL || (to == IPC_PEER_OTHERS && i != from_slot) ||
+                              (to == IPC_PEER_SLOT && i == to_slot);
+                pid_t pid = target ? deliver(m, i, line) : 0;
+                if (pid > 0 && ret_pids)
+                        ret_pids[n] = pid;
+                n += pid > 0;
+        }
+        return n;
+}
+
+void manager_on_message(Manager *m, Worker *w, const IpcMessage *msg) {
+        if (msg->peer == IPC_PEER_MASTER) {
+                m->n_messages++;
+                log_message(w, msg);
+                keep(m, w, msg);
+                return;
+        }
+        if (msg->peer == IPC_PEER_SLOT && msg->slot >= m->n_slots) {
+                m->n_undeliverable++;
+                return;
+        }
+        (void) route(m, IPC_PEER_SLOT, w->id, msg->peer, msg->slot, msg->data, msg->data_len, NULL);
+}
+
+unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids) {
+        return route(m, IPC_PEER_CTL, 0, slot < 0 ? IPC_PEER_ALL : IPC_PEER_SLOT, slot < 0 ? 0 : (unsigned) slot,
+                     data, len, ret_pids);
+}
+
+void manager_messages_done(Manager *m) {
+        for (unsigned k = 0; k < m->n_kept; k++)
+                free(m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
+        m->n_kept = 0;
+}

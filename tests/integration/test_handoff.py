@@ -1,0 +1,268 @@
+#!/usr/bin/python3
+"""balance round-robin and least-conn (SPEC §5) and worker messages (§6):
+corrald accepts and hands each connection over CORRAL_IPC_FD. The worker
+is examples/python-worker.py, which speaks the protocol without libcorral;
+hostile workers are inline Python."""
+import json
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq  # noqa: E402
+from corral import Corrald, NotifySocket, PY, SRC, free_port, http_get, proc_environ  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="corral-handoff-")
+EXAMPLE = [PY, os.path.join(SRC, "examples", "python-worker.py")]
+
+
+def req(c, obj, timeout=10):
+    """One control request; returns its result object."""
+    wait_for(lambda: os.path.exists(c.control), 10, "control socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(c.control)
+    try:
+        s.sendall((json.dumps(obj) + "\n").encode())
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            d = s.recv(65536)
+            if not d:
+                break
+            buf += d
+            for line in buf.split(b"\n")[:-1]:
+                o = json.loads(line)
+                if o.get("type") == "result":
+                    return o
+        raise AssertionError("no result for %r; got %r" % (obj, buf))
+    finally:
+        s.close()
+
+
+def status(c):
+    return req(c, {"command": "status"})
+
+
+def start(balance, workers=2, listen=None, exec_=None, extra=None):
+    n = NotifySocket()
+    args = ["-b", balance, "-w", str(workers)]
+    for l in listen or []:
+        args += ["-l", l]
+    if extra:
+        path = os.path.join(TMP, "c%d.json" % free_port())
+        with open(path, "w") as f:
+            json.dump(dict(extra, exec=exec_ or EXAMPLE), f)
+        args += ["-c", path]
+        c = Corrald(args, notify=n)
+    else:
+        c = Corrald(args, exec_=exec_ or EXAMPLE, notify=n)
+    n.wait("READY", "1")
+    return c, n
+
+
+def finish(c, n):
+    try:
+        eq(c.stop(), 0, "corrald exit status\n" + c.output())
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            assert marker not in c.output(), c.output()
+    finally:
+        c.kill()
+        n.close()
+
+
+def get_unix(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    return data
+
+
+def get_v6(port):
+    s = socket.create_connection(("::1", port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+    s.close()
+    return data
+
+
+@case
+def round_robin_over_tcp_unix_and_ipv6_listeners():
+    p4, p6 = free_port(), free_port()
+    sock = os.path.join(TMP, "rr.sock")
+    c, n = start("round-robin", listen=["web=127.0.0.1:%d" % p4, "local=unix:" + sock, "v6=[::1]:%d" % p6])
+    try:
+        # Workers get no listening fds: the master accepts.
+        env = proc_environ(c.workers()[0])
+        eq(("LISTEN_FDS" in env, "CORRAL_IPC_FD" in env), (False, True), "LISTEN_FDS unset, CORRAL_IPC_FD set")
+        seen = [http_get(p4)[1]["x-worker"] for _ in range(10)]
+        eq(sorted(seen), ["0"] * 5 + ["1"] * 5, "strict turns over 10 requests")
+        eq(all(seen[i] != seen[i + 1] for i in range(9)), True, "alternating: %r" % seen)
+        assert b"200 OK" in get_unix(sock) and b"200 OK" in get_v6(p6), "unix and IPv6 listeners serve"
+        st = status(c)
+        eq(st["balance"], "round-robin", "balance in status")
+        eq(sum(s["handed"] for s in st["slots"]), 12, "connections handed off")
+        # The example reports every close: nothing is open any more.
+        wait_for(lambda: all(s["connections"] == 0 for s in status(c)["slots"]), 10, "close reports")
+    finally:
+        finish(c, n)
+
+
+@case
+def least_conn_avoids_a_stuck_worker():
+    port = free_port()
+    c, n = start("least-conn", listen=["127.0.0.1:%d" % port])
+    idle = None
+    try:
+        for _ in range(2):   # both workers report a close: least-conn can weigh them
+            http_get(port)
+        wait_for(lambda: all(s["connections"] == 0 for s in status(c)["slots"]), 10, "close reports")
+        # A connection that never sends its request keeps one worker busy
+        # (the example serves one connection at a time).
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        stuck = int(wait_for(lambda: next((str(s["id"]) for s in status(c)["slots"] if s["connections"] == 1),
+                                          None), 10, "a worker with the idle connection"))
+        served = []
+        for _ in range(6):
+            served.append(http_get(port, timeout=5)[1]["x-worker"])
+            # Its close report travels after the response: with both at one
+            # open connection the tie would be broken in turn.
+            wait_for(lambda: status(c)["slots"][1 - stuck]["connections"] == 0, 10, "the close report")
+        eq(served, [str(1 - stuck)] * 6, "every request went to the worker that is not stuck")
+    finally:
+        if idle:
+            idle.close()
+        finish(c, n)
+
+
+@case
+def connection_accepted_while_no_worker_is_ready_is_served_later():
+    port = free_port()
+    c, n = start("round-robin", workers=1, listen=["127.0.0.1:%d" % port],
+                 extra={"restart": {"backoff_ms": [600, 1000]}})
+    try:
+        pid = c.workers()[0]
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: status(c)["slots"][0]["state"] == "backoff", 10, "the slot in backoff")
+        # The master holds what it accepts until the respawned worker is
+        # ready: no connection is lost while no worker can take it.
+        t0 = time.monotonic()
+        st, hdrs, body = http_get(port, timeout=10)
+        waited = time.monotonic() - t0
+        eq((st, body.startswith(b"hello")), (200, True), "served after the respawn")
+        assert 0.2 < waited < 5, "served after %.2fs" % waited
+        eq(status(c)["slots"][0]["restarts"], 1, "the slot was respawned")
+    finally:
+        finish(c, n)
+
+
+@case
+def messages_between_workers_and_to_the_master():
+    port = free_port()
+    c, n = start("round-robin", listen=["127.0.0.1:%d" % port])
+    try:
+        # Each example worker greets the others at start; each prints what it got.
+        c.wait_line(r"worker 0: message from 1: \{'hello': '1'\}")
+        c.wait_line(r"worker 1: message from 0: \{'hello': '0'\}")
+        r = req(c, {"command": "send", "target": "all", "data": "ping"})
+        eq((r["ok"], r["delivered"]), (True, 2), "send all reaches both workers")
+        pongs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(
+            [m for m in req(c, {"command": "messages"})["messages"] if isinstance(m["data"], dict)]), 10,
+            "a pong from each worker")
+        eq(sorted((m["from"], m["data"]["pong"]) for m in pongs), [(0, "0"), (1, "1")], "pongs with from set")
+        r = req(c, {"command": "send", "target": 1, "data": {"x": [1, 2]}})
+        eq(r["delivered"], 1, "send to one slot")
+        c.wait_line(r"worker 1: message from ctl: \{'x': \[1, 2\]\}")
+    finally:
+        finish(c, n)
+
+
+@case
+def max_requests_recycles_without_failed_requests():
+    port = free_port()
+    c, n = start("round-robin", listen=["127.0.0.1:%d" % port], extra={"recycle": {"max_requests": 4}})
+    try:
+        before = {s["id"]: s["pid"] for s in status(c)["slots"]}
+        codes = [http_get(port, timeout=10)[0] for _ in range(24)]
+        eq(codes, [200] * 24, "every request served")
+        wait_for(lambda: all(s["pid"] not in before.values() and s["state"] == "ready"
+                             for s in status(c)["slots"]), 20, "both slots recycled")
+    finally:
+        finish(c, n)
+
+
+HOSTILE = r'''
+import os, socket, array, time
+fd = int(os.environ["CORRAL_IPC_FD"])
+ipc = socket.socket(fileno=fd)
+addr = os.environ["NOTIFY_SOCKET"]
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", "\0" + addr[1:] if addr.startswith("@") else addr)
+ipc.sendall(b"garbage\n[1,2]\n{\"type\":\"nope\"}\n" + b"x" * (10 << 20) + b"\n")
+r, w = os.pipe()
+for _ in range(20):
+    ipc.sendmsg([b'{"type":"message","data":1}\n'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r, w]))])
+open(os.path.join(os.environ["CORRAL_TEST_DIR"], "sent.%s" % os.environ["CORRAL_WORKER_ID"]), "w").close()
+while True:
+    time.sleep(3600)   # never reads its channel
+'''
+
+
+@case
+def hostile_channel_leaves_the_master_responsive_with_flat_fds():
+    port = free_port()
+    path = os.path.join(TMP, "hostile.py")
+    with open(path, "w") as f:
+        f.write(HOSTILE)
+    n = NotifySocket()
+    c = Corrald(["-b", "round-robin", "-w", "1", "-l", "127.0.0.1:%d" % port], exec_=[PY, path], notify=n,
+                env={"CORRAL_TEST_DIR": TMP})
+    try:
+        n.wait("READY", "1")
+        fds_before = len(os.listdir("/proc/%d/fd" % c.pid))
+        wait_for(lambda: os.path.exists(os.path.join(TMP, "sent.0")), 30, "the worker to send its garbage")
+        # It never reads: messages to it queue, then drop and are counted;
+        # the channel stays open.
+        big = "y" * 60000
+        for _ in range(10):
+            req(c, {"command": "send", "target": 0, "data": big})
+        t0 = time.monotonic()
+        st = status(c)
+        assert time.monotonic() - t0 < 2, "status took %.1fs" % (time.monotonic() - t0)
+        assert st["slots"][0]["messages_dropped"] > 0, st["slots"][0]
+        eq(st["slots"][0]["state"], "ready", "the worker keeps its channel and slot")
+        # The control connections just used close asynchronously.
+        wait_for(lambda: len(os.listdir("/proc/%d/fd" % c.pid)) == fds_before, 10,
+                 "the master's fd count back to %d" % fds_before)
+        eq(sum(1 for m in req(c, {"command": "messages"})["messages"] if m["data"] == 1), 20,
+           "the 20 valid lines arrived, their fds refused")
+    finally:
+        finish(c, n)
+
+
+def teardown():
+    import shutil
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        teardown()
