@@ -1,6 +1,9 @@
 /* fd-util: the few fd operations every module needs. Async-signal-safe
  * where noted, because spawn.c uses them between fork() and exec(). */
+#include <dirent.h>
+#include <limits.h>
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "fd-util.h"
@@ -56,5 +59,60 @@ int loop_write(int fd, const void *buf, size_t len) {
                 p += n;
                 len -= (size_t) n;
         }
+        return 0;
+}
+
+/* The soft RLIMIT_NOFILE we started with, to give back to children. */
+static struct rlimit saved_nofile;
+static bool saved_nofile_valid;
+
+int rlimit_nofile_raise(void) {
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return -errno;
+        if (!saved_nofile_valid) {
+                saved_nofile = rl;
+                saved_nofile_valid = true;
+        }
+        if (rl.rlim_cur == rl.rlim_max)
+                return 0;
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return -errno;
+        return 0;
+}
+
+int rlimit_nofile_restore(void) {
+        struct rlimit rl;
+        if (!saved_nofile_valid)
+                return 0;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return -errno;
+        /* Keep the hard limit as it is now; only the soft one goes back. */
+        rl.rlim_cur = saved_nofile.rlim_cur < rl.rlim_max ? saved_nofile.rlim_cur : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return -errno;
+        return 0;
+}
+
+int fd_budget(unsigned *ret_max_fds, unsigned *ret_open_fds) {
+        struct rlimit rl;
+        unsigned n = 0;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+                return -errno;
+        if (ret_open_fds) {
+                DIR *d = opendir("/proc/self/fd");
+                if (!d)
+                        return -errno;
+                for (struct dirent *de; (de = readdir(d));)
+                        if (de->d_name[0] != '.')
+                                n++;
+                closedir(d);
+                /* Not counting the directory's own fd. */
+                *ret_open_fds = n > 0 ? n - 1 : 0;
+        }
+        if (ret_max_fds)
+                *ret_max_fds = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > UINT_MAX ? UINT_MAX : (unsigned) rl.rlim_cur;
         return 0;
 }

@@ -6,9 +6,13 @@
  * newline; a line that would not fit in CLIENT_LINE_MAX bytes ends the
  * call with -EMSGSIZE. Bytes that arrive after a result stay buffered for
  * the next call on the same connection. */
+#include <limits.h>
 #include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,6 +47,66 @@ static void sleep_usec(uint64_t usec) {
         (void) nanosleep(&ts, NULL);
 }
 
+/* Whether a directory is one that only root and `uid` control: owned by
+ * either, writable by nobody else (a sticky /tmp does not count here:
+ * anyone may create a socket there). */
+static bool dir_trusted(const struct stat *st, uid_t uid) {
+        return S_ISDIR(st->st_mode) && (st->st_uid == 0 || st->st_uid == uid) &&
+               !(st->st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/* A server running as root or as ourselves is trusted. Root also trusts an
+ * instance running as another user (DynamicUser=, User=) when nobody but
+ * root and that user could have put the socket there: the socket is that
+ * user's, every directory on the way is owned by root or that user and
+ * writable by nobody else, and every symlink on the way is root's. corrald
+ * refuses such places for itself (control.c), so another user cannot pass
+ * off their server as an instance of root's. */
+static bool server_trusted(const char *path, uid_t uid) {
+        char buf[PATH_MAX], real[PATH_MAX];
+        struct stat st;
+
+        if (uid == 0 || uid == geteuid())
+                return true;
+        if (geteuid() != 0)
+                return false;
+        if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode) || st.st_uid != uid)
+                return false;
+        /* Symlinks on the path as given: root's only. */
+        if (snprintf(buf, sizeof(buf), "%s", path) >= (int) sizeof(buf))
+                return false;
+        for (char *p = buf + 1; (p = strchr(p, '/')); p++) {
+                *p = 0;
+                if (lstat(buf, &st) == -1 || (S_ISLNK(st.st_mode) && st.st_uid != 0)) {
+                        *p = '/';
+                        return false;
+                }
+                *p = '/';
+        }
+        /* Every directory of the resolved path. */
+        char *slash = strrchr(buf, '/');
+        if (slash)
+                *slash = 0;
+        else
+                strcpy(buf, ".");
+        if (!realpath(buf[0] ? buf : "/", real))
+                return false;
+        if (stat("/", &st) == -1 || !dir_trusted(&st, uid))
+                return false;
+        size_t n = strlen(real);
+        for (size_t i = 1; i <= n; i++) {
+                if (i < n && real[i] != '/')
+                        continue;
+                char c = real[i];
+                real[i] = 0;
+                bool ok = stat(real, &st) == 0 && dir_trusted(&st, uid);
+                real[i] = c;
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
 int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         uint64_t deadline = now_usec() + timeout_usec;
@@ -66,6 +130,17 @@ int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
                         return -ETIMEDOUT;
                 sleep_usec(10 * USEC_PER_MSEC);
         }
+
+        /* Trust replies only from a server we have reason to believe is the
+         * instance asked for: a fake corrald could report success for an
+         * operation that never happened (SO_PEERCRED: the credentials at
+         * the server's listen()). */
+        struct ucred cred;
+        socklen_t cl = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == -1)
+                return -errno;
+        if (!server_trusted(path, cred.uid))
+                return -EREMOTEIO;
 
         Client *c = calloc(1, sizeof(Client));
         if (!c)
@@ -143,7 +218,7 @@ static int handle_line(char *line, size_t len, client_progress_t progress, void 
                 *ret = j;
                 return 1;
         }
-        if (strcmp(type->valuestring, "progress") == 0 && progress) {
+        if (progress) {
                 const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
                 progress(cJSON_IsString(m) ? m->valuestring : "", j, userdata);
         }

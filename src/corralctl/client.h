@@ -17,14 +17,18 @@
 
 typedef struct Client Client;
 
-/* Called for each {"type":"progress"} line, in arrival order, with its
- * "message" (never NULL) and the whole line. */
+/* Called for each line before the result ({"type":"progress"}, or the
+ * {"type":"message"} lines of `messages -f`), in arrival order, with its
+ * "message" ("" if none; never NULL) and the whole line. */
 typedef void (*client_progress_t)(const char *message, const cJSON *line, void *userdata);
 
 /* Connect to the socket at path, waiting at most timeout_usec while the
  * listen backlog is full. Returns 0, or -ENOENT (no such socket),
  * -ECONNREFUSED (nobody listening: a stale socket), -EACCES/-EPERM,
- * -ENOTSOCK, -ENAMETOOLONG, -ETIMEDOUT or another -errno. */
+ * -ENOTSOCK, -ENAMETOOLONG, -ETIMEDOUT, -EREMOTEIO (the server is not
+ * trusted: it runs as neither root nor our own uid, and — for root — the
+ * socket is in a place someone other than root and the server's user
+ * controls) or another -errno. */
 int client_connect(const char *path, uint64_t timeout_usec, Client **ret);
 
 /* Accepts NULL; returns NULL. Closes the connection. */

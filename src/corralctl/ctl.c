@@ -126,6 +126,9 @@ int ctl_client_error(const char *path, const char *name, int r) {
         case -ENOTSOCK:
                 why = "not a socket";
                 break;
+        case -EREMOTEIO:
+                why = "served by another user's process from a place others control; not trusting it";
+                break;
         case -ENAMETOOLONG:
                 why = "socket path too long";
                 break;

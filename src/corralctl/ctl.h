@@ -95,5 +95,6 @@ int cmd_restart(Ctl *ctl, char **args);
 int cmd_scale(Ctl *ctl, char **args);
 int cmd_signal(Ctl *ctl, char **args);
 int cmd_send(Ctl *ctl, char **args);
+int cmd_messages(Ctl *ctl, char **args);
 int cmd_logs(Ctl *ctl, char **args);
 int cmd_list(Ctl *ctl, char **args);

@@ -27,6 +27,7 @@ static void help(void) {
                "  scale N|+N|-N         set, raise or lower the number of workers\n"
                "  signal SIG ID|all     send a signal (TERM, SIGTERM or 15) to workers\n"
                "  send ID|all JSON      deliver {\"type\":\"message\",\"data\":JSON} to workers\n"
+               "  messages [-f]         the last messages workers sent to the master; -f follows\n"
                "  logs [-f] [-w ID] [-n N]\n"
                "                        the instance's journal: master events and worker\n"
                "                        output; -w: one slot across its restarts (with -f,\n"
@@ -37,7 +38,7 @@ static void help(void) {
                "  -i, --instance NAME   the instance (default: the only one running)\n"
                "  -s, --socket PATH     the control socket, instead of -i\n"
                "      --json            print the reply as one line of JSON\n"
-               "  -f, --follow          logs: keep printing new entries\n"
+               "  -f, --follow          logs, messages: keep printing new entries\n"
                "  -w, --worker ID       logs: only this slot\n"
                "  -n, --lines N         logs: show the last N entries (default 50, or \"all\");\n"
                "                        top: print N frames, one per second, then exit\n"
@@ -61,7 +62,7 @@ static const Command commands[] = {
         { "status", cmd_status },   { "ls", cmd_status },         { "top", cmd_top },
         { "reload", cmd_reload },   { "restart", cmd_restart },   { "scale", cmd_scale },
         { "signal", cmd_signal },   { "send", cmd_send },         { "logs", cmd_logs },
-        { "list", cmd_list },
+        { "list", cmd_list },       { "messages", cmd_messages },
 };
 
 enum {
@@ -84,7 +85,8 @@ static const Option options[] = {
 typedef struct Args {
         Ctl *ctl;
         bool help, version;
-        bool logs_option;       /* -f or -w seen */
+        bool logs_option;       /* -w seen */
+        bool follow_option;     /* -f seen */
         bool lines_option;      /* -n seen */
 } Args;
 
@@ -101,7 +103,7 @@ static void apply(Args *a, const Option *o, const char *value) {
                 ctl->json = true;
                 break;
         case 'f':
-                ctl->follow = a->logs_option = true;
+                ctl->follow = a->follow_option = true;
                 break;
         case 'w':
                 ctl->worker = value;
@@ -217,7 +219,9 @@ int main(int argc, char *argv[]) {
         if (!cmd)
                 return ctl_usage_error("unknown command \"%s\"", pos[0]);
         if (a.logs_option && cmd->run != cmd_logs)
-                return ctl_usage_error("-f and -w are options of the logs command");
+                return ctl_usage_error("-w is an option of the logs command");
+        if (a.follow_option && cmd->run != cmd_logs && cmd->run != cmd_messages)
+                return ctl_usage_error("-f is an option of the logs and messages commands");
         if (a.lines_option && cmd->run != cmd_logs && cmd->run != cmd_top)
                 return ctl_usage_error("-n is an option of the logs and top commands");
         if (ctl.instance && !*ctl.instance)

@@ -152,8 +152,17 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
                                     CONFIG_WORKERS_MAX);
                 return;
         }
-        if (manager_scale(m, (unsigned) target) == -EBUSY) {
+        unsigned max = 0, open = 0;
+        (void) manager_fd_room(m, (unsigned) target, &max, &open);
+        int r = manager_scale(m, (unsigned) target);
+        if (r == -EBUSY) {
                 control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
+                return;
+        }
+        if (r == -EMFILE) {
+                control_reply_error(c, "cannot scale to %g workers: the open-file limit is %u, %u are open, and "
+                                    "each worker needs %u more (plus %d spare); raise LimitNOFILE=",
+                                    target, max, open, manager_fds_per_worker(), SCALE_FD_RESERVE);
                 return;
         }
         cJSON *o = cJSON_CreateObject();
@@ -272,8 +281,16 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
         control_reply_ok(c, o);
 }
 
-/* The last messages workers sent to the master (SPEC §6). */
+/* The last messages workers sent to the master (SPEC §6); with "follow",
+ * a stream of {"type":"message"} lines that ends only when corrald stops
+ * or the client goes. */
 static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "follow"))) {
+                if (manager_follow_messages(m, c) < 0)
+                        control_reply_error(c, "too many clients follow messages (at most %d)",
+                                            MESSAGES_FOLLOWERS_MAX);
+                return;
+        }
         cJSON *o = cJSON_CreateObject();
         cJSON *a = o ? cJSON_AddArrayToObject(o, "messages") : NULL;
         for (unsigned k = 0; a && k < m->n_kept; k++) {

@@ -91,7 +91,12 @@ static int get_int(Ctx *ctx, const char *key, const cJSON *v, uint64_t min, uint
         double d = v->valuedouble;
         /* Integers above 2^53 are not exact in a double; none of our keys
          * needs them, so the ranges below stay far from that. */
-        if (!cJSON_IsNumber(v) || !isfinite(d) || d != floor(d) || d < (double) min || d > (double) max) {
+        /* cJSON turns a number beyond a double's range (1e400) into an
+         * infinity, which it prints as null: say what it is instead. */
+        if (cJSON_IsNumber(v) && !isfinite(d))
+                return fail(ctx, key, "expected an integer >= %llu, got a number out of range",
+                            (unsigned long long) min);
+        if (!cJSON_IsNumber(v) || d != floor(d) || d < (double) min || d > (double) max) {
                 /* Name the upper bound only when it is what was crossed. */
                 if (!cJSON_IsNumber(v) || d <= (double) max || max >= (1ULL << 52))
                         return fail(ctx, key, "expected an integer >= %llu, got %s", (unsigned long long) min,
@@ -199,6 +204,12 @@ static int p_env(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
                                 return fail(ctx, path, "duplicate key");
                 if (!e->string[0] || strchr(e->string, '='))
                         return fail(ctx, path, "expected a variable name without '='");
+                /* A control character (a newline above all) in a name makes
+                 * an environment entry no reader parses as intended. */
+                for (const char *q = e->string; *q; q++)
+                        if ((unsigned char) *q < 0x20 || *q == 0x7f)
+                                return fail(ctx, path, "expected a variable name without control characters "
+                                            "(such as a newline)");
                 if (worker_env_is_reserved(e->string, strlen(e->string)))
                         return fail(ctx, path, "is set by corrald for every worker and cannot be overridden");
                 if (!cJSON_IsString(e) || !e->valuestring)
@@ -458,6 +469,13 @@ static int read_file(Ctx *ctx, const char *path, char **ret, size_t *ret_len) {
                 return fail(ctx, NULL, "cannot stat: %m");
         if (!S_ISREG(st.st_mode))
                 return fail(ctx, NULL, "not a regular file");
+        /* The file says what corrald runs (exec, env, cwd): one that every
+         * user may write would let any of them run commands as corrald's
+         * user — root, typically. Refused rather than warned about: a
+         * warning in a log nobody reads does not stop that. */
+        if (st.st_mode & S_IWOTH)
+                return fail(ctx, NULL, "writable by every user (mode %04o), so anyone could choose what corrald runs; "
+                            "refusing it (chmod o-w)", (unsigned) (st.st_mode & 07777));
         if (st.st_size > CONFIG_FILE_MAX)
                 return fail(ctx, NULL, "larger than %d bytes", CONFIG_FILE_MAX);
 
@@ -547,6 +565,24 @@ static const char *fix_error_position(const char *buf, size_t len, const char *a
         return at;
 }
 
+/* Whether cJSON stopped at `at` because the nesting there is deeper than
+ * CJSON_NESTING_LIMIT (it reports that like any syntax error). */
+static bool nested_too_deeply(const char *buf, const char *at) {
+        unsigned depth = 0;
+        for (const char *p = buf; p < at;) {
+                if (*p == '"') {
+                        p = skip_string(p, at);
+                        continue;
+                }
+                if (*p == '{' || *p == '[')
+                        depth++;
+                else if ((*p == '}' || *p == ']') && depth > 0)
+                        depth--;
+                p++;
+        }
+        return depth >= CJSON_NESTING_LIMIT;
+}
+
 static int parse_file(Ctx *ctx, const char *path, Config *c) {
         _cleanup_free_ char *buf = NULL;
         size_t len = 0;
@@ -581,6 +617,9 @@ static int parse_file(Ctx *ctx, const char *path, Config *c) {
                         } else
                                 col++;
                 }
+                if (nested_too_deeply(buf, at))
+                        return fail(ctx, NULL, "JSON nested too deeply at line %u, column %u (more than %d levels)",
+                                    line, col, CJSON_NESTING_LIMIT);
                 if (at == buf + len)
                         return fail(ctx, NULL, "JSON syntax error at line %u, column %u: unexpected end of input",
                                     line, col);
@@ -628,6 +667,39 @@ static char *default_name(const char *path) {
         if (n >= 5 && strcmp(base + n - 5, ".json") == 0)
                 n -= 5;
         return n > 0 ? strndup(base, n) : strdup("corral");
+}
+
+int config_check_overrides(const ConfigOverrides *o, char **ret_error) {
+        _cleanup_(config_unrefp) Config *c = config_new_default();
+        Ctx ctx = { .file = "command line" };
+        int r = 0;
+
+        *ret_error = NULL;
+        if (!c)
+                return -ENOMEM;
+        if (o->name) {
+                cJSON *v = cJSON_CreateString(o->name);
+                if (!v)
+                        return -ENOMEM;
+                r = p_name(&ctx, "--name", v, c);
+                cJSON_Delete(v);
+        }
+        if (r >= 0 && o->control) {
+                cJSON *v = cJSON_CreateString(o->control);
+                if (!v)
+                        return -ENOMEM;
+                r = p_control(&ctx, "--control", v, c);
+                cJSON_Delete(v);
+        }
+        for (char **l = o->listen; r >= 0 && l && *l; l++)
+                r = listen_add(&ctx, "--listen", *l, c);
+        if (r == -ENOMEM) {
+                free(ctx.error);
+                return r;
+        }
+        if (r < 0)
+                *ret_error = ctx.error;
+        return r;
 }
 
 int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {

@@ -78,6 +78,12 @@ typedef struct ConfigOverrides {
  * ..., got ..."); -ENOMEM leaves *ret_error NULL. */
 int config_build(const ConfigOverrides *o, Config **ret, char **ret_error);
 
+/* Validate only the command-line values of o (--name, --control,
+ * --listen), as config_build() would, so that main() can tell a usage
+ * error (exit 2) from a bad configuration (exit 1). Returns 0, or -EINVAL
+ * with a malloc'd "command line: --KEY: ..." in *ret_error, or -ENOMEM. */
+int config_check_overrides(const ConfigOverrides *o, char **ret_error);
+
 /* Whether this version of corrald can run c: the schema is the whole of
  * SPEC §2, but "round-robin" and "least-conn" balance are not implemented
  * yet. Returns 0, or -EOPNOTSUPP with a malloc'd message in *ret_error

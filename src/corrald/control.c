@@ -1,10 +1,25 @@
 /* control: see control.h.
  *
  * Connections use libuv pipes; reads are line-framed into a per-connection
- * buffer of CONTROL_LINE_MAX. A client that does not read its replies
- * cannot make the master buffer without bound: past CONTROL_WRITE_MAX of
- * queued output the connection is closed. While a request is in progress
- * further input is not read (requests are strictly sequential). */
+ * buffer of CONTROL_LINE_MAX. Back-pressure: while a request is in progress
+ * further input is not read (requests are strictly sequential), and while
+ * more than CONTROL_WRITE_HIGH of replies wait for the client to read them,
+ * no further request is taken either (its input stays in the kernel, and
+ * SO_SNDBUF keeps what the kernel holds of unread replies small), so a
+ * client that sends and never reads costs at most one line buffer, that
+ * much output and one reply. At most CONTROL_BATCH pipelined requests of
+ * one client are taken per loop iteration, so the others never wait long. Streamed output (progress, followed
+ * messages) past CONTROL_WRITE_MAX closes the connection.
+ *
+ * Time-outs (CONTROL_IDLE_MS, CONTROL_PARTIAL_MS): a connection with no
+ * request in progress that neither sends a request nor reads its replies
+ * for 10 s is closed, and so is one that has sent part of a line and not
+ * finished it within 5 s. One server-wide timer checks every second. When
+ * the table is full, a new client evicts the connection that has been idle
+ * longest (no request in progress) instead of being refused; only when
+ * every connection has a request in progress is the new one refused. Both
+ * are logged, rate-limited. */
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -19,7 +34,16 @@
 #include "util.h"
 
 #define CONTROL_WRITE_MAX (4 * 1024 * 1024)
+#define CONTROL_WRITE_HIGH (4 * 1024)
+/* SO_SNDBUF of a connection: what the kernel holds of unread replies. */
+#define CONTROL_SNDBUF (4 * 1024)
 #define CONTROL_CONNS_MAX 64
+#define CONTROL_IDLE_MS 10000
+#define CONTROL_PARTIAL_MS 5000
+#define CONTROL_SWEEP_MS 1000
+/* Requests taken from one connection before the others get their turn;
+ * the rest wait for the next loop iteration (an idle handle). */
+#define CONTROL_BATCH 8
 
 struct ControlConn {
         uv_pipe_t pipe;
@@ -28,12 +52,21 @@ struct ControlConn {
         bool closed;          /* uv_close() called */
         bool busy;            /* a request is in progress */
         bool dispatching;     /* inside conn_dispatch() */
+        bool starved;         /* has buffered requests, waits for the next iteration */
         char *buf;
         size_t len;
         uid_t uid;
         pid_t pid;
+        uint64_t active_usec;       /* last request read or reply taken by the client */
+        uint64_t partial_usec;      /* when the unfinished line in buf began, or 0 */
         ControlConn *prev, *next;   /* the server's list of open connections */
 };
+
+typedef struct WriteReq {
+        uv_write_t req;
+        ControlConn *conn;
+        char data[];
+} WriteReq;
 
 char *control_socket_path(const char *explicit_path, const char *name) {
         char *p = NULL;
@@ -96,9 +129,46 @@ bool control_conn_alive(const ControlConn *c) {
         return c && !c->closed;
 }
 
+static size_t conn_queued(ControlConn *c) {
+        return uv_stream_get_write_queue_size((uv_stream_t *) &c->pipe);
+}
+
+static void conn_dispatch(ControlConn *c);
+
+/* Give every starved connection its next batch. */
+static void on_idle(uv_idle_t *h) {
+        ControlServer *s = h->data;
+        bool more = false;
+        for (ControlConn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                if (!c->starved || c->closed)
+                        continue;
+                if (!c->dispatching)
+                        conn_dispatch(c);
+                more = more || c->starved;
+        }
+        if (!more && s->idle_active) {
+                uv_idle_stop(&s->idle);
+                s->idle_active = false;
+        }
+}
+
+static void server_wake(ControlServer *s) {
+        if (s->idle_ready)
+                (void) uv_idle_start(&s->idle, on_idle);
+        s->idle_active = s->idle_ready;
+}
+
 static void on_write_done(uv_write_t *req, int status) {
-        free(req->data);
-        free(req);
+        WriteReq *w = (WriteReq *) req;
+        ControlConn *c = w->conn;
+        free(w);
+        if (status < 0 || c->closed)
+                return;
+        c->active_usec = now_usec();
+        /* The client read enough of its replies: take its next request. */
+        if (!c->busy && !c->dispatching && conn_queued(c) <= CONTROL_WRITE_HIGH)
+                conn_dispatch(c);
 }
 
 /* Queue one JSON object as a line. */
@@ -111,32 +181,26 @@ static void conn_send(ControlConn *c, cJSON *obj) {
                 return;
         }
         size_t n = strlen(text);
-        char *line = realloc(text, n + 2);
-        if (!line) {
+
+        if (conn_queued(c) + n > CONTROL_WRITE_MAX) {
+                log_warning("control: client pid %d does not read its replies; disconnecting", (int) c->pid);
                 free(text);
                 conn_close(c);
                 return;
         }
-        line[n] = '\n';
-        line[n + 1] = 0;
-
-        if (uv_stream_get_write_queue_size((uv_stream_t *) &c->pipe) + n > CONTROL_WRITE_MAX) {
-                log_warning("control: client pid %d does not read its replies; disconnecting", (int) c->pid);
-                free(line);
+        WriteReq *w = malloc(sizeof(WriteReq) + n + 1);
+        if (!w) {
+                free(text);
                 conn_close(c);
                 return;
         }
-        uv_write_t *req = malloc(sizeof(uv_write_t));
-        if (!req) {
-                free(line);
-                conn_close(c);
-                return;
-        }
-        uv_buf_t b = uv_buf_init(line, (unsigned) n + 1);
-        req->data = line;
-        if (uv_write(req, (uv_stream_t *) &c->pipe, &b, 1, on_write_done) < 0) {
-                free(line);
-                free(req);
+        memcpy(w->data, text, n);
+        w->data[n] = '\n';
+        free(text);
+        w->conn = c;
+        uv_buf_t b = uv_buf_init(w->data, (unsigned) n + 1);
+        if (uv_write(&w->req, (uv_stream_t *) &c->pipe, &b, 1, on_write_done) < 0) {
+                free(w);
                 conn_close(c);
         }
 }
@@ -153,17 +217,25 @@ static void send_simple(ControlConn *c, const char *type, bool result_ok, const 
         cJSON_Delete(o);
 }
 
-static void conn_dispatch(ControlConn *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf);
 
 /* The current request got its result: take the next one, if buffered,
- * and read again. Called from a handler (synchronous reply) or later (a
- * rollout's result); conn_dispatch() never re-enters itself. */
+ * and read again. From a handler's synchronous reply, conn_dispatch()'s
+ * loop goes on by itself. A later result (a rollout's, sent from deep
+ * inside the manager) only schedules the next request for the idle
+ * handle: a reply never starts another request from inside the first. */
 static void request_done(ControlConn *c) {
         c->busy = false;
-        if (!c->dispatching)
-                conn_dispatch(c);
+        if (c->dispatching || c->closed)
+                return;
+        c->starved = true;
+        server_wake(c->server);
+}
+
+void control_send_event(ControlConn *c, cJSON *obj) {
+        if (control_conn_alive(c))
+                conn_send(c, obj);
 }
 
 void control_reply_progress(ControlConn *c, const char *fmt, ...) {
@@ -209,8 +281,17 @@ void control_reply_ok(ControlConn *c, cJSON *fields) {
 /* Handle every complete buffered line, one request at a time, then read
  * more unless a request is still in progress. */
 static void conn_dispatch(ControlConn *c) {
+        unsigned n = 0;
         c->dispatching = true;
-        while (!c->busy && !c->closed) {
+        c->starved = false;
+        while (!c->busy && !c->closed && conn_queued(c) <= CONTROL_WRITE_HIGH) {
+                if (n++ >= CONTROL_BATCH && memchr(c->buf, '\n', c->len)) {
+                        /* Fairness: one client's pipelined requests must not
+                         * keep everyone else waiting. */
+                        c->starved = true;
+                        server_wake(c->server);
+                        break;
+                }
                 char *nl = memchr(c->buf, '\n', c->len);
                 if (!nl)
                         break;
@@ -221,6 +302,8 @@ static void conn_dispatch(ControlConn *c) {
                  * once, and the next request must find a consistent buffer. */
                 memmove(c->buf, nl + 1, c->len - line_len - 1);
                 c->len -= line_len + 1;
+                c->active_usec = now_usec();
+                c->partial_usec = c->len > 0 && !memchr(c->buf, '\n', c->len) ? c->active_usec : 0;
                 if (line_len == 0)
                         continue;
 
@@ -236,7 +319,9 @@ static void conn_dispatch(ControlConn *c) {
         c->dispatching = false;
         if (c->closed)
                 return;
-        if (c->busy)
+        /* Busy, replies pile up unread, or it had its turn: leave the input
+         * in the kernel. */
+        if (c->busy || c->starved || conn_queued(c) > CONTROL_WRITE_HIGH)
                 uv_read_stop((uv_stream_t *) &c->pipe);
         else
                 uv_read_start((uv_stream_t *) &c->pipe, on_alloc, on_read);
@@ -251,6 +336,8 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
         ControlConn *c = st->data;
         if (n >= 0) {
+                if (n > 0 && c->len == 0)
+                        c->partial_usec = now_usec();
                 c->len += (size_t) n;
                 conn_dispatch(c);
                 /* A full buffer of queued requests waits for the one in
@@ -266,6 +353,40 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
          * libuv found no room to read into: the request line is too long. */
         control_reply_error(c, "request line longer than %d bytes", CONTROL_LINE_MAX);
         conn_close(c);
+}
+
+/* Close the connection that has been idle longest, other than `keep`,
+ * among those without a request in progress. Returns whether one was. */
+static bool evict_one(ControlServer *s, ControlConn *keep) {
+        ControlConn *victim = NULL;
+        for (ControlConn *c = s->conns; c; c = c->next)
+                if (c != keep && !c->busy && !c->closed && (!victim || c->active_usec < victim->active_usec))
+                        victim = c;
+        if (!victim)
+                return false;
+        unsigned suppressed = 0;
+        if (ratelimit_below(&s->evict_log, now_usec(), &suppressed))
+                log_notice("control: %u connections: closed the longest idle one (pid %d) for a new client%s",
+                           s->n_conns - 1, (int) victim->pid, suppressed > 0 ? " (more evictions suppressed)" : "");
+        conn_close(victim);
+        return true;
+}
+
+static void on_sweep(uv_timer_t *t) {
+        ControlServer *s = t->data;
+        uint64_t now = now_usec();
+        for (ControlConn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                if (c->busy || c->closed)
+                        continue;
+                if (c->partial_usec > 0 && now - c->partial_usec > CONTROL_PARTIAL_MS * USEC_PER_MSEC)
+                        log_debug("control: client pid %d sent part of a request and no more; closing", (int) c->pid);
+                else if (now - c->active_usec > CONTROL_IDLE_MS * USEC_PER_MSEC)
+                        log_debug("control: client pid %d idle for %d s; closing", (int) c->pid, CONTROL_IDLE_MS / 1000);
+                else
+                        continue;
+                conn_close(c);
+        }
 }
 
 static void on_connection(uv_stream_t *server, int status) {
@@ -309,6 +430,11 @@ static void on_connection(uv_stream_t *server, int status) {
         }
         c->uid = cred.uid;
         c->pid = cred.pid;
+        /* Keep what the kernel buffers of unread replies small too, so a
+         * client that sends many requests and never reads gets few answers
+         * before we stop reading it (the kernel doubles the value). */
+        int sndbuf = CONTROL_SNDBUF;
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
         if (cred.uid != 0 && cred.uid != geteuid()) {
                 log_notice("control: refused a client with uid %u (pid %d)", (unsigned) cred.uid, (int) cred.pid);
                 cJSON *o = cJSON_CreateObject();
@@ -324,7 +450,11 @@ static void on_connection(uv_stream_t *server, int status) {
                 conn_close(c);
                 return;
         }
-        if (s->n_conns > CONTROL_CONNS_MAX) {
+        c->active_usec = now_usec();
+        if (s->n_conns > CONTROL_CONNS_MAX && !evict_one(s, c)) {
+                if (ratelimit_below(&s->refuse_log, now_usec(), NULL))
+                        log_warning("control: refused a client (pid %d): %u connections, each with a request in progress",
+                                    (int) c->pid, s->n_conns - 1);
                 send_simple(c, "result", false, "error", "too many control connections");
                 conn_close(c);
                 return;
@@ -353,12 +483,71 @@ static int mkdir_parents(const char *path, mode_t mode) {
         return 0;
 }
 
+/* The directory the socket goes in must be trusted (SPEC §7): owned by
+ * root or by us, and writable by nobody else — or, like /tmp, sticky, so
+ * that nobody else can remove or rename what we put there — and not
+ * reached through a symlink someone else owns (they could re-point it).
+ * Returns 0, or a negative errno after logging why. */
+static int check_control_dir(const char *path) {
+        char dir[PATH_MAX];
+        struct stat st;
+        uid_t me = geteuid();
+
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (!slash)
+                snprintf(dir, sizeof(dir), ".");
+        else if (slash == dir)
+                dir[1] = 0;
+        else
+                *slash = 0;
+
+        if (lstat(dir, &st) == -1)
+                return log_error_errno(-errno, "control socket directory %s: %m", dir);
+        if (S_ISLNK(st.st_mode)) {
+                if (st.st_uid != 0 && st.st_uid != me)
+                        return log_error_errno(-EPERM, "control socket directory %s is a symlink owned by uid %u; "
+                                               "refusing it (only root's or uid %u's are trusted)",
+                                               dir, (unsigned) st.st_uid, (unsigned) me);
+                if (stat(dir, &st) == -1)
+                        return log_error_errno(-errno, "control socket directory %s: %m", dir);
+        }
+        if (!S_ISDIR(st.st_mode))
+                return log_error_errno(-ENOTDIR, "control socket directory %s is not a directory", dir);
+        if (st.st_uid != 0 && st.st_uid != me)
+                return log_error_errno(-EPERM, "control socket directory %s is owned by uid %u; refusing it "
+                                       "(only root's or uid %u's are trusted)", dir, (unsigned) st.st_uid,
+                                       (unsigned) me);
+        if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
+                return log_error_errno(-EPERM, "control socket directory %s is writable by group or others "
+                                       "(mode %04o); refusing it", dir, (unsigned) (st.st_mode & 07777));
+        return 0;
+}
+
+/* Remove path if it is a socket (a stale one of ours); leave anything else
+ * alone. Returns 0 when path is free now, or a negative errno. */
+static int unlink_socket(const char *path) {
+        struct stat st;
+        if (lstat(path, &st) == -1)
+                return errno == ENOENT ? 0 : -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -EEXIST;
+        if (unlink(path) == -1 && errno != ENOENT)
+                return -errno;
+        return 0;
+}
+
 int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, ControlHandler handler,
                          void *userdata) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
         int r;
 
-        *s = (ControlServer) { .handler = handler, .userdata = userdata };
+        *s = (ControlServer) {
+                .handler = handler,
+                .userdata = userdata,
+                .evict_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+                .refuse_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+        };
         if (strlen(path) >= sizeof(sa.sun_path))
                 return log_error_errno(-ENAMETOOLONG, "control socket path %s is too long", path);
         strcpy(sa.sun_path, path);
@@ -370,9 +559,16 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         /* Another live instance of the same name answers there: refuse
          * rather than steal its socket. A dead one left a stale file. */
         _cleanup_close_ int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if ((r = check_control_dir(path)) < 0)
+                return r;
         if (probe >= 0 && connect(probe, (struct sockaddr *) &sa, sizeof(sa)) == 0)
                 return log_error_errno(-EADDRINUSE, "control socket %s: another corrald is running there", path);
-        (void) unlink(path);
+        r = unlink_socket(path);
+        if (r == -EEXIST)
+                return log_error_errno(r, "control socket %s: a file that is not a socket is there; refusing to "
+                                       "replace it", path);
+        if (r < 0)
+                return log_error_errno(r, "cannot remove the stale control socket %s: %m", path);
 
         s->path = strdup(path);
         if (!s->path)
@@ -393,6 +589,16 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
         if (r < 0)
                 return log_error_errno(r, "cannot listen on control socket %s: %m", path);
+        if (uv_idle_init(loop, &s->idle) == 0) {
+                s->idle.data = s;
+                s->idle_ready = true;
+        }
+        if (uv_timer_init(loop, &s->sweep) == 0) {
+                s->sweep.data = s;
+                s->sweep_active = true;
+                uv_unref((uv_handle_t *) &s->sweep);
+                (void) uv_timer_start(&s->sweep, on_sweep, CONTROL_SWEEP_MS, CONTROL_SWEEP_MS);
+        }
         log_info("control socket: %s", path);
         return 0;
 }
@@ -403,9 +609,18 @@ void control_server_stop(ControlServer *s) {
         s->active = false;
         while (s->conns)
                 conn_close(s->conns);
+        if (s->idle_ready) {
+                s->idle_ready = s->idle_active = false;
+                uv_close((uv_handle_t *) &s->idle, NULL);
+        }
+        if (s->sweep_active) {
+                s->sweep_active = false;
+                uv_timer_stop(&s->sweep);
+                uv_close((uv_handle_t *) &s->sweep, NULL);
+        }
         uv_close((uv_handle_t *) &s->pipe, NULL);
         if (s->path)
-                (void) unlink(s->path);
+                (void) unlink_socket(s->path);
         free(s->path);
         s->path = NULL;
 }

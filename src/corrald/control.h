@@ -2,7 +2,11 @@
  *
  * Owns the listening AF_UNIX socket and one ControlConn per client: peer
  * credential check, newline framing with a size limit, bounded write
- * queues. Requests are parsed to cJSON and handed to the manager's
+ * queues with back-pressure (a client that does not read its replies is
+ * not read either), idle and half-sent-request time-outs, eviction of the
+ * longest idle client when the table is full. A request that streams
+ * (progress) keeps the connection busy until its result, and a busy
+ * connection is never timed out or evicted. Requests are parsed to cJSON and handed to the manager's
  * dispatcher one at a time per connection; the dispatcher answers with
  * control_reply_*(), possibly later (a rollout), holding a reference. */
 #pragma once
@@ -12,6 +16,7 @@
 #include <uv.h>
 
 #include "macros.h"
+#include "policy.h"
 
 #define CONTROL_LINE_MAX (64 * 1024)
 
@@ -31,6 +36,11 @@ struct ControlServer {
         void *userdata;
         unsigned n_conns;
         ControlConn *conns;
+        uv_idle_t idle;            /* runs while a connection waits for its next batch */
+        bool idle_ready, idle_active;
+        uv_timer_t sweep;          /* closes idle and half-sent connections */
+        bool sweep_active;
+        RateLimit evict_log, refuse_log;
 };
 
 /* Work out the socket path of SPEC §7 for instance `name`: explicit
@@ -52,6 +62,10 @@ ControlConn *control_conn_unref(ControlConn *c);
 /* Whether the client is still connected (replies to a gone client are dropped). */
 bool control_conn_alive(const ControlConn *c);
 
+/* Send obj (which has its own "type", e.g. "message") as one line while
+ * a request is in progress: a streaming reply. Does not take obj. A client
+ * that does not read is disconnected (bounded output). */
+void control_send_event(ControlConn *c, cJSON *obj);
 /* Send {"type":"progress","message":...}. */
 _printf_(2, 3) void control_reply_progress(ControlConn *c, const char *fmt, ...);
 /* Send {"type":"result","ok":false,"error":...} and end the request. */

@@ -33,7 +33,7 @@ static void pause_accepting(Handoff *h) {
 static void on_readable(uv_poll_t *p, int status, int events);
 
 static void resume_accepting(Handoff *h) {
-        if (h->active || !h->started || h->pending_fd >= 0)
+        if (h->active || !h->started || h->pending_fd >= 0 || h->accept_paused)
                 return;
         h->active = true;
         for (unsigned i = 0; i < h->n_listeners; i++)
@@ -109,6 +109,7 @@ _printf_(2, 3) static void log_limited(Handoff *h, const char *fmt, ...) {
 
 static void on_retry(uv_timer_t *t) {
         Handoff *h = t->data;
+        h->accept_paused = false;
         handoff_kick(h);
         /* Still held: nobody can take it yet; keep offering. */
         if (h->pending_fd >= 0)
@@ -147,6 +148,7 @@ static void on_readable(uv_poll_t *p, int status, int events) {
                                 h->n_accept_errors++;
                                 log_limited(h, "accept: %m; pausing for %d ms", EMFILE_PAUSE_MS);
                                 pause_accepting(h);
+                                h->accept_paused = true;
                                 (void) uv_timer_start(&h->retry, on_retry, EMFILE_PAUSE_MS, 0);
                                 return;
                         default:

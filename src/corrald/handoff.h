@@ -45,6 +45,7 @@ struct Handoff {
         Balance balance;
         uint64_t max_requests;     /* recycle.max_requests, 0 = off */
         bool active;               /* accepting (not paused, not stopped) */
+        bool accept_paused;        /* after EMFILE/ENFILE, until the retry timer */
         bool started;
         int pending_fd;            /* accepted, no worker took it yet; -EBADF if none */
         uint8_t pending_index;

@@ -14,8 +14,22 @@
  * is unreferenced so it never keeps the loop alive; at exit the FIFO gets a
  * last, bounded chance (EXIT_FLUSH_MS).
  *
- * Stderr mode writes whole lines with a single write(2) so they never
- * interleave with worker output on the same pipe. */
+ * Stderr mode (and worker output passed on by output.c) goes through one
+ * FIFO of whole lines, written non-blocking: a reader of our stderr that
+ * does not keep up (a pipe nobody reads) never blocks the master. What the
+ * FIFO cannot hold (STDERR_QUEUE_MAX) is dropped whole and counted, and the
+ * count is reported once stderr accepts again (SPEC §8). Since every line
+ * of ours goes through the one FIFO, lines never interleave, even when a
+ * write is partial. A pipe or terminal is reopened through /proc/self/fd/2
+ * to get an open file description of our own with O_NONBLOCK (setting it
+ * on the inherited one would change it for everyone sharing it, e.g. the
+ * shell); a socket is written with MSG_DONTWAIT; a regular file is written
+ * as it is (it never waits on a reader).
+ *
+ * Control characters in corrald's own messages (which quote worker data:
+ * STATUS= text, IPC messages) are escaped on stderr, so a worker cannot
+ * drive the terminal of whoever reads the log. */
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +51,9 @@ static char instance[80] = "corral";
 static int max_priority = LOG_INFO;
 
 static void journal_flush_at_exit(void);
+static void stderr_setup(void);
+static void stderr_flush_at_exit(void);
+static void stderr_notice(const char *msg);
 
 int log_target_from_string(const char *s) {
         if (streq_ptr(s, "auto"))
@@ -67,10 +84,13 @@ void log_setup(LogTarget t, const char *inst) {
         if (t == LOG_TARGET_AUTO)
                 t = stderr_is_journal() ? LOG_TARGET_JOURNAL : LOG_TARGET_STDERR;
         target = t;
-        if (t == LOG_TARGET_JOURNAL && !registered)
-                registered = atexit(journal_flush_at_exit) == 0;
         if (inst)
                 log_set_instance(inst);
+        if (!registered) {
+                stderr_setup();
+                /* atexit handlers run in reverse: the journal's first. */
+                registered = atexit(stderr_flush_at_exit) == 0 && atexit(journal_flush_at_exit) == 0;
+        }
         if (getenv("CORRAL_DEBUG"))
                 max_priority = LOG_DEBUG;
 }
@@ -116,6 +136,7 @@ static struct {
         uv_poll_t poll;
         PollState poll_state;
         bool exiting;            /* in the atexit flush: no loop any more */
+        bool unreachable;        /* no journald: our events go to stderr */
 } journal = { .fd = -EBADF, .tail = &journal.head };
 
 static int journal_connect(void) {
@@ -141,8 +162,22 @@ static int journal_connect(void) {
  * or -EAGAIN when journald cannot take it yet. */
 static int journal_send_one(const char *data, size_t len) {
         for (int attempt = 0; attempt < 2; attempt++) {
-                if (journal_connect() < 0)
-                        return 0;       /* no journald: like sd_journal_sendv(), drop silently */
+                int r = journal_connect();
+                if (r < 0) {
+                        /* No journald at all: say so once on stderr and
+                         * send our events there from now on, rather than
+                         * lose them silently. */
+                        if (!journal.unreachable) {
+                                char msg[200];
+                                journal.unreachable = true;
+                                errno = -r;
+                                snprintf(msg, sizeof(msg),
+                                         "the journal is not reachable (%s: %m); logging to stderr instead",
+                                         JOURNAL_SOCKET);
+                                stderr_notice(msg);
+                        }
+                        return 0;
+                }
                 if (send(journal.fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL) >= 0)
                         return 0;
                 if (errno == EAGAIN || errno == ENOBUFS)
@@ -250,6 +285,227 @@ static void journal_flush_at_exit(void) {
                 queue_pop();
 }
 
+/* ---- stderr: non-blocking line FIFO ------------------------------------- */
+
+#define STDERR_QUEUE_MAX (1024 * 1024)
+/* Above this, worker output waits in the workers' pipes (output.c stops
+ * reading them), so that it is not dropped while a reader keeps up only
+ * slowly; what is left of the queue is for corrald's own events. */
+#define STDERR_HIGH_WATER (256 * 1024)
+
+static struct {
+        int fd;                  /* what we write to: fd 2, or our reopened copy */
+        bool is_socket;
+        char *buf;               /* queued bytes: buf[off..len) */
+        size_t off, len, cap;
+        unsigned long long n_dropped;   /* lines, since the last report */
+        uv_poll_t poll;
+        PollState poll_state;
+        bool exiting;
+        void (*on_drained)(void);
+} err = { .fd = STDERR_FILENO };
+
+static void stderr_setup(void) {
+        struct stat st;
+        if (fstat(STDERR_FILENO, &st) == -1)
+                return;
+        if (S_ISSOCK(st.st_mode))
+                err.is_socket = true;
+        else if (S_ISFIFO(st.st_mode) || S_ISCHR(st.st_mode)) {
+                int fd = open("/proc/self/fd/2", O_WRONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+                if (fd >= 0)
+                        err.fd = fd;
+        }
+}
+
+/* One non-blocking write. Returns bytes written, or -errno. */
+static ssize_t stderr_write_some(const char *p, size_t n) {
+        ssize_t k;
+        do
+                k = err.is_socket ? send(err.fd, p, n, MSG_DONTWAIT | MSG_NOSIGNAL) : write(err.fd, p, n);
+        while (k == -1 && errno == EINTR);
+        return k == -1 ? -errno : k;
+}
+
+static void stderr_report_dropped(void);
+
+/* Write what is queued. Returns true when the queue is empty. A write
+ * error other than EAGAIN (EPIPE: nobody will ever read) discards the
+ * queue: it can never be written. */
+static bool stderr_flush(void) {
+        while (err.off < err.len) {
+                ssize_t k = stderr_write_some(err.buf + err.off, err.len - err.off);
+                if (k == -EAGAIN)
+                        return false;
+                if (k <= 0) {
+                        err.off = err.len;
+                        break;
+                }
+                err.off += (size_t) k;
+        }
+        err.off = err.len = 0;
+        stderr_report_dropped();
+        return err.off == err.len;
+}
+
+static void on_stderr_closed(uv_handle_t *h);
+static void on_stderr_writable(uv_poll_t *h, int status, int events) {
+        if (status < 0) {
+                err.off = err.len = 0;   /* the reader is gone: nothing more will be written */
+        } else if (!stderr_flush())
+                return;
+        if (err.on_drained)
+                err.on_drained();
+        if (err.off < err.len)
+                return;
+        uv_poll_stop(&err.poll);
+        err.poll_state = POLL_CLOSING;
+        uv_close((uv_handle_t *) &err.poll, on_stderr_closed);
+}
+
+static void stderr_arm_poll(void) {
+        if (err.poll_state != POLL_NONE || err.exiting)
+                return;
+        if (uv_poll_init(uv_default_loop(), &err.poll, err.fd) < 0)
+                return;
+        uv_unref((uv_handle_t *) &err.poll);
+        (void) uv_poll_start(&err.poll, UV_WRITABLE, on_stderr_writable);
+        err.poll_state = POLL_ACTIVE;
+}
+
+static void on_stderr_closed(uv_handle_t *h) {
+        err.poll_state = POLL_NONE;
+        if (err.off < err.len)
+                stderr_arm_poll();
+}
+
+void log_stderr_write(const char *data, size_t len) {
+        int saved = errno;
+        if (err.off == err.len) {
+                /* Nothing queued: write now, queue only the rest. */
+                ssize_t k = stderr_write_some(data, len);
+                if (k == (ssize_t) len || (k < 0 && k != -EAGAIN))
+                        goto out;
+                if (k > 0) {
+                        data += k;
+                        len -= (size_t) k;
+                }
+        }
+        if (err.len - err.off + len > STDERR_QUEUE_MAX) {
+                err.n_dropped++;
+                goto out;
+        }
+        if (err.off > 0 && err.len + len > err.cap) {
+                memmove(err.buf, err.buf + err.off, err.len - err.off);
+                err.len -= err.off;
+                err.off = 0;
+        }
+        if (err.len + len > err.cap) {
+                size_t cap = MAX(err.cap * 2, MAX(err.len + len, (size_t) 64 * 1024));
+                char *b = realloc(err.buf, MIN(cap, (size_t) STDERR_QUEUE_MAX));
+                if (!b) {
+                        err.n_dropped++;
+                        goto out;
+                }
+                err.buf = b;
+                err.cap = MIN(cap, (size_t) STDERR_QUEUE_MAX);
+        }
+        memcpy(err.buf + err.len, data, len);
+        err.len += len;
+        stderr_arm_poll();
+out:
+        errno = saved;
+}
+
+bool log_stderr_congested(void) {
+        return err.len - err.off > STDERR_HIGH_WATER;
+}
+
+void log_stderr_set_drained_callback(void (*cb)(void)) {
+        err.on_drained = cb;
+}
+
+unsigned long long log_stderr_dropped(void) {
+        return err.n_dropped;
+}
+
+static void stderr_report_dropped(void) {
+        char line[300];
+        if (err.n_dropped == 0)
+                return;
+        unsigned long long n = err.n_dropped;
+        err.n_dropped = 0;
+        int k = snprintf(line, sizeof(line), "corrald[%s]: %llu line%s dropped: stderr was not keeping up\n",
+                         instance, n, n == 1 ? "" : "s");
+        log_stderr_write(line, (size_t) MIN(k, (int) sizeof(line) - 1));
+}
+
+static void stderr_flush_at_exit(void) {
+        err.exiting = true;
+        uint64_t deadline = now_usec() + EXIT_FLUSH_MS * USEC_PER_MSEC;
+        while (!stderr_flush()) {
+                uint64_t now = now_usec();
+                struct pollfd pfd = { .fd = err.fd, .events = POLLOUT };
+                if (now >= deadline || poll(&pfd, 1, (int) ((deadline - now) / USEC_PER_MSEC) + 1) <= 0)
+                        break;
+        }
+        free(err.buf);
+        err.buf = NULL;
+        err.off = err.len = err.cap = 0;
+}
+
+/* Copy src into dst (size > 0) with control characters escaped the way
+ * journalctl and systemd's cescape() show them: \a \b \t \n \r \e, other
+ * C0 bytes and DEL as \xHH; a backslash stays as it is. Cuts at size. */
+static void escape_controls(char *dst, size_t size, const char *src) {
+        static const char hex[] = "0123456789abcdef";
+        size_t o = 0;
+        for (const unsigned char *p = (const unsigned char *) src; *p; p++) {
+                char e = 0;
+                switch (*p) {
+                case '\a': e = 'a'; break;
+                case '\b': e = 'b'; break;
+                case '\t': e = 't'; break;
+                case '\n': e = 'n'; break;
+                case '\r': e = 'r'; break;
+                case 0x1b: e = 'e'; break;
+                default: break;
+                }
+                if (e || *p < 0x20 || *p == 0x7f) {
+                        if (o + 4 >= size)
+                                break;
+                        dst[o++] = '\\';
+                        if (e)
+                                dst[o++] = e;
+                        else {
+                                dst[o++] = 'x';
+                                dst[o++] = hex[*p >> 4];
+                                dst[o++] = hex[*p & 15];
+                        }
+                } else {
+                        if (o + 1 >= size)
+                                break;
+                        dst[o++] = (char) *p;
+                }
+        }
+        dst[o] = 0;
+}
+
+static void stderr_emit(const char *msg) {
+        char esc[2048], line[2200];
+        escape_controls(esc, sizeof(esc), msg);
+        int n = snprintf(line, sizeof(line), "corrald[%s]: %s\n", instance, esc);
+        if (n > (int) sizeof(line) - 1) {
+                n = (int) sizeof(line) - 1;
+                line[n - 1] = '\n';
+        }
+        log_stderr_write(line, (size_t) n);
+}
+
+static void stderr_notice(const char *msg) {
+        stderr_emit(msg);
+}
+
 /* Serialise KEY=VALUE fields in the native protocol: "KEY=VALUE\n", or, for
  * a value containing a newline, "KEY\n", its length as 64-bit little
  * endian, the value and "\n". Returns the length, or 0 if buf is too small. */
@@ -294,14 +550,8 @@ void log_emit(int prio, const LogFields *f, const char *fmt, ...) {
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
 
-        if (target == LOG_TARGET_STDERR) {
-                char line[2200];
-                int n = snprintf(line, sizeof(line), "corrald[%s]: %s\n", instance, msg);
-                if (n > (int) sizeof(line) - 1) {
-                        n = (int) sizeof(line) - 1;
-                        line[n - 1] = '\n';
-                }
-                (void) !write(STDERR_FILENO, line, (size_t) n);
+        if (target == LOG_TARGET_STDERR || journal.unreachable) {
+                stderr_emit(msg);
                 errno = saved;
                 return;
         }

@@ -5,10 +5,15 @@
  * in stderr mode the message is written as one readable line. Never fails
  * visibly; a message that cannot be written is dropped. Never blocks on the
  * journal: what journald cannot take now waits in a bounded queue, drained
- * from the default loop (log.c). Stderr writes block like any program's. */
+ * from the default loop (log.c). Never blocks on stderr either: lines go
+ * through a bounded non-blocking FIFO, dropped and counted when it is full.
+ * With the journal chosen but not reachable at all, says so once on stderr
+ * and logs there instead. Control characters in messages are escaped on
+ * stderr. */
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 #include <syslog.h>
 
@@ -31,6 +36,18 @@ LogTarget log_get_target(void);
 /* Messages above this priority are dropped; LOG_INFO by default,
  * LOG_DEBUG when CORRAL_DEBUG is set in the environment. */
 void log_set_max_priority(int prio);
+
+/* Queue one or more whole lines (each ending in "\n") for corrald's
+ * stderr, in order with corrald's own stderr lines; written without ever
+ * blocking. Dropped (and counted, reported later) when the bounded queue
+ * cannot hold them. For output.c; does not escape anything. */
+void log_stderr_write(const char *data, size_t len);
+/* Whether the stderr queue is so full that bulk output (workers' lines)
+ * should wait; cb is called from the loop whenever the queue has drained. */
+bool log_stderr_congested(void);
+void log_stderr_set_drained_callback(void (*cb)(void));
+/* Lines dropped since the last report (for tests and status). */
+unsigned long long log_stderr_dropped(void);
 
 typedef struct LogFields {
         const char *event;      /* CORRAL_EVENT, or NULL */

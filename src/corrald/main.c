@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "fd-util.h"
 #include "log.h"
 #include "manager.h"
 #include "util.h"
@@ -140,7 +141,20 @@ int main(int argc, char *argv[]) {
 
         _cleanup_(config_unrefp) Config *config = NULL;
         char *error = NULL;
-        int r = config_build(&o, &config, &error);
+        /* A bad --name, --control or --listen is a usage error (exit 2, SPEC
+         * §7), like a bad --workers; what comes from the file exits 1. */
+        int r = config_check_overrides(&o, &error);
+        if (r == -ENOMEM)
+                return 1;
+        if (r < 0) {
+                const char *msg = error;
+                if (strncmp(msg, "command line: ", strlen("command line: ")) == 0)
+                        msg += strlen("command line: ");
+                r = usage_error("%s", msg);
+                free(error);
+                return r;
+        }
+        r = config_build(&o, &config, &error);
         if (r >= 0)
                 r = config_check_supported(config, &error);
         if (check_only) {
@@ -153,12 +167,22 @@ int main(int argc, char *argv[]) {
                 return 0;
         }
 
-        log_setup(log_target, config ? config->name : "corral");
+        /* Before the config is known (it failed), -n NAME still names us:
+         * it passed config_check_overrides() above. */
+        log_setup(log_target, config ? config->name : o.name ? o.name : "corral");
         if (r < 0) {
                 log_error("%s", error ? error : strerror(-r));
                 free(error);
                 return 1;
         }
+
+        /* Each worker costs the master fds (its IPC socket, its output
+         * pipe in stderr mode, a few more while it is spawned): use the
+         * whole hard limit, as systemd does for itself. Workers get the
+         * original soft limit back (spawn.c). */
+        r = rlimit_nofile_raise();
+        if (r < 0)
+                log_warning("cannot raise the file descriptor limit: %s", strerror(-r));
 
         /* Writes to a worker's IPC socket after it died must fail with EPIPE,
          * not kill the master. Workers get SIG_DFL back in spawn.c. */

@@ -6,6 +6,7 @@
  * iteration, which is the one place that advances a plan, gives up, frees
  * slots, tells systemd (READY=1, STATUS=, STOPPING=1) and decides that the
  * master is done. Nothing the manager calls calls back into it. */
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,6 +14,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "commands.h"
+#include "fd-util.h"
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
@@ -110,11 +112,36 @@ static void set_slot_count(Manager *m, unsigned n) {
                 m->n_unstarted += grow_slots(m, n) - old;
 }
 
+unsigned manager_fds_per_worker(void) {
+        /* Its IPC channel, and its output pipe in stderr log mode. */
+        return 1 + (log_get_target() == LOG_TARGET_STDERR);
+}
+
+int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open) {
+        unsigned max, open;
+        int r = fd_budget(&max, &open);
+        if (r < 0)
+                return r;
+        if (ret_max)
+                *ret_max = max;
+        if (ret_open)
+                *ret_open = open;
+        if (n <= m->n_slots || max == UINT_MAX)
+                return 0;
+        /* Each new worker holds its fds for its life; SCALE_FD_RESERVE more
+         * are needed while one spawns, for replacements and for clients. */
+        uint64_t need = (uint64_t) open + (uint64_t) (n - m->n_slots) * manager_fds_per_worker() + SCALE_FD_RESERVE;
+        return need > max ? -EMFILE : 0;
+}
+
 int manager_scale(Manager *m, unsigned n) {
         if (m->stopping || (m->rollout && m->rollout->kind != ROLLOUT_RECYCLE))
                 return -EBUSY;
         if (n < 1)
                 return -EINVAL;
+        int r = manager_fd_room(m, n, NULL, NULL);
+        if (r < 0)
+                return r;
         set_slot_count(m, n);
         return 0;
 }
@@ -213,8 +240,8 @@ static void plan_failed(Manager *m) {
                         set_slot_count(m, r->old_workers);
         }
         for (unsigned i = 0; i < m->n_slots; i++) {
-                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
                 any_old |= slot_current(m->slots[i]) != NULL;
+                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
         }
         if (r->kind == ROLLOUT_RECYCLE) {
                 m->recycle_pause_until = now_usec() + manager_config(m)->restart_window_ms * USEC_PER_MSEC;
@@ -299,7 +326,17 @@ void manager_reload(Manager *m, ControlConn *client) {
                 return;
         }
 
-        unsigned target = config_worker_count(c);
+        unsigned target = config_worker_count(c), max, open;
+        /* The new slots plus one replacement per max_surge, at worst. */
+        if (manager_fd_room(m, target + c->reload_max_surge, &max, &open) < 0) {
+                LogFields f = event(m, "reload_failed");
+                log_emit(LOG_ERR, &f, "reload failed, nothing changed: %u workers do not fit in the open-file limit "
+                         "of %u (%u open)", target, max, open);
+                if (client)
+                        control_reply_error(client, "%u workers do not fit in the open-file limit of %u (%u open); "
+                                            "raise LimitNOFILE=", target, max, open);
+                return;
+        }
         Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), client, now_usec());
         if (!ro) {
                 if (client)
@@ -507,6 +544,7 @@ void manager_stop(Manager *m, int exit_code) {
         (void) sd_notify(0, "STOPPING=1");
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
+        manager_unfollow_messages(m);
         shrink_slots(m, 0);
 }
 
@@ -550,8 +588,14 @@ static void on_sigttin(uv_signal_t *h, int signum) {
                 log_warning("SIGTTIN ignored: already at the maximum of %u workers", CONFIG_WORKERS_MAX);
         else if (signum == SIGTTOU && m->n_slots <= 1)
                 log_warning("SIGTTOU ignored: the last worker stays");
-        else if (manager_scale(m, n) == -EBUSY)
-                log_warning("%s ignored: a reload or restart is in progress", signal_to_string(signum));
+        else {
+                int r = manager_scale(m, n);
+                if (r == -EBUSY)
+                        log_warning("%s ignored: a reload or restart is in progress", signal_to_string(signum));
+                else if (r == -EMFILE)
+                        log_warning("%s ignored: another worker would not fit in the open-file limit",
+                                    signal_to_string(signum));
+        }
 }
 
 static void recycle_slot(Manager *m, unsigned i);
@@ -728,7 +772,13 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         }
         arm_recycle(m);
 
-        unsigned n = config_worker_count(config);
+        unsigned n = config_worker_count(config), max, open;
+        if (manager_fd_room(m, n, &max, &open) < 0) {
+                log_error("%u workers do not fit in the open-file limit of %u (%u open, %u per worker, %d spare); "
+                          "raise LimitNOFILE= or lower workers", n, max, open, manager_fds_per_worker(),
+                          SCALE_FD_RESERVE);
+                return -EMFILE;
+        }
         log_info("starting %u worker%s: %s", n, plural(n), config->exec[0]);
         set_slot_count(m, n);
         return 0;

@@ -22,8 +22,10 @@
 #include "rollout.h"
 #include "slot.h"
 
-/* How many worker messages to the master `corralctl messages` shows. */
+/* How many worker messages to the master `corralctl messages` shows, and
+ * how many clients may follow them at once. */
 #define MESSAGES_KEPT 64
+#define MESSAGES_FOLLOWERS_MAX 16
 
 typedef struct Manager {
         uv_loop_t *loop;
@@ -64,6 +66,8 @@ typedef struct Manager {
         unsigned kept_head, n_kept;
         uint64_t n_messages;       /* messages for the master, ever */
         uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
+        ControlConn *followers[MESSAGES_FOLLOWERS_MAX]; /* `messages -f` clients (references) */
+        unsigned n_followers;
 } Manager;
 
 /* Most workers spawned per loop iteration: a mass scale-up leaves the loop
@@ -92,8 +96,17 @@ static inline Config *manager_config(const Manager *m) {
 }
 
 /* Change the number of slots (>= 1); new ones are started in batches.
- * Refused (returns -EBUSY) while stopping or while a plan runs. */
+ * Refused while stopping or while a plan runs (-EBUSY), and when the
+ * workers would not fit in RLIMIT_NOFILE (-EMFILE). */
 int manager_scale(Manager *m, unsigned n);
+
+/* File descriptors the master keeps open per worker, and the headroom a
+ * scale leaves for spawning, replacements and control clients. */
+#define SCALE_FD_RESERVE 64
+unsigned manager_fds_per_worker(void);
+/* Whether n workers fit in the fd budget: 0 or -EMFILE; the soft limit
+ * and the fds open now in *ret_max and *ret_open (may be NULL). */
+int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open);
 
 /* Start a reload or restart (slot < 0: all). The result goes to client
  * (may be NULL: SIGHUP), now or when the plan ends. */
@@ -119,4 +132,10 @@ void manager_on_message(Manager *m, Worker *from, const struct IpcMessage *msg);
  * to every slot's worker when slot < 0. Returns how many took it, their
  * pids in ret_pids (room for n_slots; may be NULL). */
 unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids);
+/* Stream every message for the master to c from now on (`messages -f`),
+ * after the kept ones. Returns 0, or -EBUSY when too many follow. */
+int manager_follow_messages(Manager *m, ControlConn *c);
+/* End every follower's request: we are stopping. */
+void manager_unfollow_messages(Manager *m);
+/* The same, and free what is kept. */
 void manager_messages_done(Manager *m);

@@ -80,11 +80,48 @@ static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, 
         return n;
 }
 
+/* Send a kept message (JSON text) to c as {"type":"message", ...}. */
+static void send_kept(ControlConn *c, const char *text) {
+        cJSON *o = text ? cJSON_Parse(text) : NULL;
+        if (!o)
+                return;
+        cJSON_AddStringToObject(o, "type", "message");
+        control_send_event(c, o);
+        cJSON_Delete(o);
+}
+
+static void stream(Manager *m, const char *text) {
+        unsigned k = 0;
+        for (unsigned i = 0; i < m->n_followers; i++) {
+                ControlConn *c = m->followers[i];
+                if (!control_conn_alive(c)) {
+                        control_conn_unref(c);
+                        continue;
+                }
+                send_kept(c, text);
+                m->followers[k++] = c;
+        }
+        m->n_followers = k;
+}
+
+int manager_follow_messages(Manager *m, ControlConn *c) {
+        /* Make room: followers that went away since the last message. */
+        stream(m, NULL);
+        if (m->n_followers >= MESSAGES_FOLLOWERS_MAX)
+                return -EBUSY;
+        for (unsigned k = 0; k < m->n_kept; k++)
+                send_kept(c, m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
+        m->followers[m->n_followers++] = control_conn_ref(c);
+        return 0;
+}
+
 void manager_on_message(Manager *m, Worker *w, const IpcMessage *msg) {
         if (msg->peer == IPC_PEER_MASTER) {
                 m->n_messages++;
                 log_message(w, msg);
                 keep(m, w, msg);
+                if (m->n_followers)
+                        stream(m, m->kept[(m->kept_head + m->n_kept - 1) % MESSAGES_KEPT]);
                 return;
         }
         if (msg->peer == IPC_PEER_SLOT && msg->slot >= m->n_slots) {
@@ -99,7 +136,18 @@ unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t 
                      data, len, ret_pids);
 }
 
+void manager_unfollow_messages(Manager *m) {
+        for (unsigned i = 0; i < m->n_followers; i++) {
+                /* The stream ends normally: there will be no more. */
+                if (control_conn_alive(m->followers[i]))
+                        control_reply_ok(m->followers[i], NULL);
+                control_conn_unref(m->followers[i]);
+        }
+        m->n_followers = 0;
+}
+
 void manager_messages_done(Manager *m) {
+        manager_unfollow_messages(m);
         for (unsigned k = 0; k < m->n_kept; k++)
                 free(m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
         m->n_kept = 0;

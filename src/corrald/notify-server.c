@@ -124,15 +124,23 @@ int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, 
         if (fd < 0)
                 return -errno;
 
-        /* Abstract namespace: nothing to clean up on the filesystem, and
-         * the master's pid keeps two instances of the same name apart. The
-         * sender check is by SCM_CREDENTIALS, not by path permissions. */
-        snprintf(s->path, sizeof(s->path), "@corral/%s/%d/notify", instance, (int) getpid());
-        size_t len = strlen(s->path);
-        memcpy(sa.sun_path, s->path, len);
-        sa.sun_path[0] = 0;
-        if (bind(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len)) == -1)
+        /* Kernel autobind (unix(7)): binding with an address of just
+         * sun_family makes the kernel pick an unused abstract name of five
+         * hex digits. A name we chose ourselves ("@corral/NAME/PID/notify",
+         * as before) is predictable, and any local user could bind it first
+         * and keep us from starting. The sender check is by SCM_CREDENTIALS,
+         * not by the name. The name is read back for NOTIFY_SOCKET. */
+        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa_family_t)) == -1)
                 return -errno;
+        socklen_t salen = sizeof(sa);
+        if (getsockname(fd, (struct sockaddr *) &sa, &salen) == -1)
+                return -errno;
+        size_t len = salen > offsetof(struct sockaddr_un, sun_path) ? salen - offsetof(struct sockaddr_un, sun_path) : 0;
+        if (len < 2 || sa.sun_path[0] != 0 || len >= sizeof(s->path) || memchr(sa.sun_path + 1, 0, len - 1))
+                return -EADDRNOTAVAIL;
+        s->path[0] = '@';
+        memcpy(s->path + 1, sa.sun_path + 1, len - 1);
+        s->path[len] = 0;
         if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == -1)
                 return -errno;
         (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));

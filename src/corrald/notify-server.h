@@ -1,6 +1,7 @@
 /* notify-server: corrald's private sd_notify socket for its workers.
  *
- * An abstract AF_UNIX datagram socket with SO_PASSCRED. Each datagram is
+ * An abstract AF_UNIX datagram socket with SO_PASSCRED, its name picked by
+ * the kernel (autobind), so nobody can take it before us. Each datagram is
  * checked (credentials present, not truncated, no NUL, parseable) and
  * handed to the callback with the sender's pid; the callback decides
  * whether that pid is a current worker. fds sent along are closed at once. */
@@ -16,14 +17,16 @@ typedef void (*NotifyCallback)(void *userdata, pid_t pid, const NotifyMsg *msg);
 typedef struct NotifyServer {
         uv_poll_t poll;
         int fd;
-        char path[108];          /* NOTIFY_SOCKET value, "@..." */
+        char path[108];          /* NOTIFY_SOCKET value, "@" and the autobound name */
         NotifyCallback callback;
         void *userdata;
         uint64_t n_dropped;
         uint64_t last_warn_usec;
 } NotifyServer;
 
-/* Create, bind and start polling. Returns 0 or -errno. */
+/* Create, bind (autobind: s->path gets the kernel's name) and start
+ * polling. `instance` is not part of the name any more; the parameter stays
+ * for the caller's sake. Returns 0 or -errno. */
 int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
                         void *userdata);
 

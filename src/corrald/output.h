@@ -4,20 +4,28 @@
  * journald streams of its own (spawn.c). In stderr mode the worker's fds 1
  * and 2 are the write end of a pipe, and this module, on the master's loop,
  * reads the other end and passes the output on to corrald's stderr as
- * "NAME[SLOT]: LINE", each line with a single write(2) of at most PIPE_BUF
- * bytes, so lines of different workers (and corrald's own events) never
- * interleave, even with other writers on the same pipe. A line longer than
- * that is passed on in whole chunks of that size rather than held; a partial
- * last line is passed on when the pipe ends or the worker is released.
- * Writing to stderr blocks: in stderr mode a reader of corrald's stderr
- * that does not keep up slows corrald down, as with any program writing
- * there. Embedded in its Worker. */
+ * "NAME[SLOT/PID]: LINE" (the pid tells an old and a new worker of a slot
+ * apart while both run), through log.c's non-blocking FIFO, so lines of
+ * different workers (and corrald's own events) never interleave and a
+ * stderr nobody reads never blocks the master (lines are dropped and
+ * counted then; while the queue is long, the pipes are not read, so a
+ * slow reader slows the workers, not the master). Lines stay whole up to OUTPUT_LINE_MAX (journald's
+ * default LineMax=); a longer one is passed on in parts of that size, each
+ * behind its own prefix. A "<N>" priority prefix at the start of a line is
+ * consumed. A partial last line is passed on when the pipe ends or the
+ * worker is released. stdout and stderr share the pipe and are not told
+ * apart, as with systemd's StandardOutput=journal (a shared stream).
+ * Embedded in its Worker. */
 #pragma once
 
 #include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/types.h>
 #include <uv.h>
+
+/* journald's default LineMax= (journald.conf(5)). */
+#define OUTPUT_LINE_MAX (48 * 1024)
 
 typedef struct Output Output;
 /* Called once when the handle has been closed. */
@@ -27,9 +35,13 @@ struct Output {
         uv_poll_t poll;
         int fd;
         bool open;                 /* the poll handle is initialised and not closed */
-        size_t prefix_len;         /* buf starts with "NAME[SLOT]: " */
+        bool paused;               /* waiting for corrald's stderr queue to drain */
+        Output *next_paused;
+        bool continued;            /* the current line is the rest of a split one */
+        size_t prefix_len;         /* buf starts with "NAME[SLOT/PID]: " */
         size_t len;                /* prefix + pending bytes of the current line */
-        char buf[PIPE_BUF];        /* one output line, newline included, fits */
+        char *buf;                 /* prefix, the current line, room for a newline */
+        size_t cap;                /* allocated size of buf */
         OutputCloseCallback on_close;
         void *userdata;
 };
@@ -40,9 +52,9 @@ struct Output {
 int output_pipe(int *ret_read, int *ret_write);
 
 /* Take ownership of fd (the pipe's read end) and start passing lines on
- * with the prefix "name[slot]: ". Returns 0 or a negative errno (fd is
+ * with the prefix "name[slot/pid]: ". Returns 0 or a negative errno (fd is
  * closed on failure); does not log. */
-int output_start(Output *o, uv_loop_t *loop, int fd, const char *name, unsigned slot);
+int output_start(Output *o, uv_loop_t *loop, int fd, const char *name, unsigned slot, pid_t pid);
 
 /* Pass on what the pipe already holds (bounded), then the partial last
  * line, then close; on_close runs from the loop afterwards (only if the

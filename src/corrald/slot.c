@@ -466,10 +466,16 @@ static SlotState replace_failed(Slot *s, Worker *w) {
         return s->current ? state_of_current(s) : SLOT_EMPTY;
 }
 
+/* A slot that a failed plan leaves without a worker gets one again,
+ * unless the instance has given up (restart.on_giveup = stay). */
+static SlotState refill(Slot *s, Worker *unused) {
+        return s->pool->gave_up ? SLOT_FAILED : spawn_current(s);
+}
+
 static SlotState cancel(Slot *s, Worker *unused) {
         if (s->incoming)
                 detach_to_leaving(s, s->incoming, true);
-        return s->current ? state_of_current(s) : spawn_current(s);
+        return s->current ? state_of_current(s) : refill(s, NULL);
 }
 
 static SlotState hold(Slot *s, Worker *unused) {
@@ -543,7 +549,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
         [SLOT_EMPTY] = {
                 [EV_START] = start,
                 [EV_REPLACE] = replace,
-                [EV_CANCEL] = start,
+                [EV_CANCEL] = refill,
                 [EV_REMOVE] = remove_slot,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },

@@ -8,16 +8,27 @@
  * LISTEN_PID must be the child's own pid, which only the child knows —
  * and, for the same reason, a journald stream must be connected by the
  * child: journald takes _PID from the stream's SO_PEERCRED, fixed at
- * connect(2) time (sd_journal_stream_fd(3)). */
+ * connect(2) time (sd_journal_stream_fd(3)).
+ *
+ * Nothing outside corrald may hold a spawn up: the master waits for the
+ * child's exec status, so the child must never block on anything but the
+ * kernel. Its journald streams are therefore connected non-blocking: a
+ * journald whose stream backlog is full (stopped, stuck) gets EAGAIN at once
+ * (unix(7): a non-blocking connect to a full listen queue fails rather than
+ * waits), and that worker's output then stays corrald's own. The header is
+ * written while still non-blocking; it fits an empty socket buffer. */
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <syslog.h>
-#include <systemd/sd-journal.h>
 #include <unistd.h>
 
 #include "fd-util.h"
@@ -44,10 +55,17 @@ static bool env_overridden(const char *kv, char * const *extra) {
         return false;
 }
 
+/* The longest the master waits for a child to exec (see spawn_worker()). */
+#define EXEC_WAIT_MS 1000
+
 /* Placeholder width for a pid filled in by the child. */
 #define PID_DIGITS 10
 
-static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, char **ret_watchdog_pid) {
+/* "DEVICE:INODE", two 64-bit decimals. */
+#define JOURNAL_STREAM_DIGITS 41
+
+static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, char **ret_watchdog_pid,
+                     char ***ret_journal_stream) {
         _cleanup_strv_free_ char **env = NULL;
         char *s;
 
@@ -85,25 +103,44 @@ static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, c
         PUSHF("CORRAL_WORKER_ID=%u", p->worker_id);
         PUSHF("CORRAL_GENERATION=%u", p->generation);
         PUSHF("CORRAL_IPC_FD=%u", 3 + p->n_listen);
+        /* Last, so the child can drop it by ending the array there when its
+         * stderr did not become a journal stream. */
+        *ret_journal_stream = NULL;
+        if (p->output == SPAWN_OUTPUT_JOURNAL) {
+                PUSHF("JOURNAL_STREAM=%*s", JOURNAL_STREAM_DIGITS, "");
+                *ret_journal_stream = &env[strv_length(env) - 1];
+        }
 #undef PUSHF
 
         *ret = TAKE_PTR(env);
         return 0;
 }
 
-/* Async-signal-safe: write pid as decimal into a PID_DIGITS-wide field,
- * left-aligned, and cut the string after it. */
-static void fill_pid(char *field, pid_t pid) {
-        char tmp[PID_DIGITS + 1];
-        int n = 0;
-        unsigned long v = (unsigned long) pid;
+/* Async-signal-safe: write v as decimal at field, NUL-terminated; returns
+ * the number of digits. */
+static size_t format_u64(char *field, uint64_t v) {
+        char tmp[21];
+        size_t n = 0;
         do
                 tmp[n++] = (char) ('0' + v % 10);
-        while ((v /= 10) && n < PID_DIGITS);
-        for (int i = 0; i < n; i++)
+        while ((v /= 10));
+        for (size_t i = 0; i < n; i++)
                 field[i] = tmp[n - 1 - i];
         field[n] = 0;
+        return n;
 }
+
+/* Write pid into a PID_DIGITS-wide field, left-aligned, and cut the string
+ * after it. */
+static void fill_pid(char *field, pid_t pid) {
+        (void) format_u64(field, (uint64_t) pid);
+}
+
+typedef struct SpawnJournal {
+        char path[108];
+        char header[2][256];     /* stdout's, stderr's */
+        size_t header_len[2];
+} SpawnJournal;
 
 typedef struct ChildError {
         int err;
@@ -117,30 +154,75 @@ _noreturn_ static void child_fail(int pipe_fd, const char *stage, int err) {
         _exit(127);
 }
 
-/* Child side, after every fd is in place: connect stdout and stderr to
- * journald streams of their own. Stdout lines default to info, stderr lines
- * to warning, and both honour the "<N>" prefix of sd-daemon(3) (level_prefix
- * = 1), which is why there are two streams rather than one shared. A stream
- * that cannot be opened (no journald) leaves that fd as corrald's own. The
- * stream socket is SOCK_CLOEXEC; only its dup on 1 or 2 survives exec.
- * socket(2) returns the lowest free fd, so this cannot clobber fds 3.. that
- * are already in place. */
-static void child_journal_streams(const SpawnParams *p) {
-        static const struct { int fd, prio; } streams[] = {
-                { STDOUT_FILENO, LOG_INFO },
-                { STDERR_FILENO, LOG_WARNING },
-        };
-        for (size_t i = 0; i < ELEMENTSOF(streams); i++) {
-                int s = sd_journal_stream_fd(p->syslog_identifier, streams[i].prio, 1);
-                if (s < 0)
-                        continue;
-                if (fd_move_to(s, streams[i].fd) >= 0 && s != streams[i].fd)
-                        (void) close(s);
+/* Child side, async-signal-safe: connect one journald stream without ever
+ * waiting, and send its header (the protocol of sd_journal_stream_fd(3):
+ * identifier, unit id, priority, level prefix, then no forwarding to
+ * syslog, kmsg or console). Returns the fd, blocking again for the worker,
+ * or -errno (EAGAIN: journald does not accept now). */
+static int child_stream_connect(const char *path, const char *header, size_t header_len) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        size_t plen = strlen(path);
+        int sndbuf = 8 * 1024 * 1024;   /* as sd_journal_stream_fd() asks */
+
+        if (plen >= sizeof(sa.sun_path))
+                return -ENAMETOOLONG;
+        memcpy(sa.sun_path, path, plen);
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0)
+                return -errno;
+        if (connect(fd, (struct sockaddr *) &sa, (socklen_t) (offsetof(struct sockaddr_un, sun_path) + plen)) == -1 ||
+            shutdown(fd, SHUT_RD) == -1) {
+                int r = -errno;
+                (void) close(fd);
+                return r;
         }
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        ssize_t n = write(fd, header, header_len);
+        if (n != (ssize_t) header_len || fd_nonblock(fd, false) < 0) {
+                (void) close(fd);
+                return n == -1 ? -errno : -EIO;
+        }
+        return fd;
 }
 
-_noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid, char *watchdog_pid,
-                             int devnull, int err_pipe, pid_t parent) {
+/* Child side, after every fd is in place: connect stdout and stderr to
+ * journald streams of their own. Stdout lines default to info, stderr lines
+ * to warning, and both honour the "<N>" prefix of sd-daemon(3) (level
+ * prefix on), which is why there are two streams rather than one shared. A
+ * stream that cannot be opened now (no journald, or one that does not
+ * accept) leaves that fd as corrald's own. The stream socket is
+ * SOCK_CLOEXEC; only its dup on 1 or 2 survives exec. socket(2) returns the
+ * lowest free fd, so this cannot clobber fds 3.. that are already in place.
+ * JOURNAL_STREAM (SPEC §3) then names the stderr stream, or is dropped. */
+static void child_journal_streams(const SpawnParams *p, const SpawnJournal *j, char **journal_stream) {
+        bool stderr_is_stream = false;
+        for (int i = 0; i < 2; i++) {
+                int target = i == 0 ? STDOUT_FILENO : STDERR_FILENO;
+                int s = child_stream_connect(j->path, j->header[i], j->header_len[i]);
+                if (s < 0)
+                        continue;
+                if (fd_move_to(s, target) >= 0) {
+                        if (target == STDERR_FILENO)
+                                stderr_is_stream = true;
+                }
+                if (s != target)
+                        (void) close(s);
+        }
+        if (!journal_stream)
+                return;
+        struct stat st;
+        if (!stderr_is_stream || fstat(STDERR_FILENO, &st) == -1) {
+                *journal_stream = NULL;    /* the last entry: the array ends here now */
+                return;
+        }
+        char *v = *journal_stream + strlen("JOURNAL_STREAM=");
+        v += format_u64(v, (uint64_t) st.st_dev);
+        *v++ = ':';
+        (void) format_u64(v, (uint64_t) st.st_ino);
+}
+
+_noreturn_ static void child(const SpawnParams *p, const SpawnJournal *journal, char **env, char *listen_pid,
+                             char *watchdog_pid, char **journal_stream, int devnull, int err_pipe, pid_t parent) {
         struct sigaction sa = { .sa_handler = SIG_DFL };
         sigset_t none;
         unsigned n_fds = p->n_listen + 1;   /* listeners, then the IPC socket */
@@ -188,7 +270,7 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
         if (output >= 0 && (fd_move_to(output, STDOUT_FILENO) < 0 || fd_move_to(output, STDERR_FILENO) < 0))
                 child_fail(err_pipe, "setup", errno);
         if (p->output == SPAWN_OUTPUT_JOURNAL)
-                child_journal_streams(p);
+                child_journal_streams(p, journal, journal_stream);
 
         /* Anything above our set that is not CLOEXEC came from whoever
          * started corrald; mark it CLOEXEC so the worker sees exactly 0-2,
@@ -206,6 +288,11 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
         if (p->cwd && chdir(p->cwd) == -1)
                 child_fail(err_pipe, "chdir", errno);
 
+        /* corrald raised its own soft fd limit (main.c); the worker gets
+         * the one corrald was started with, as systemd does for services. */
+        if (rlimit_nofile_restore() < 0)
+                child_fail(err_pipe, "setup", errno);
+
         sigemptyset(&none);
         (void) sigprocmask(SIG_SETMASK, &none, NULL);
 
@@ -213,17 +300,36 @@ _noreturn_ static void child(const SpawnParams *p, char **env, char *listen_pid,
         child_fail(err_pipe, "exec", errno);
 }
 
+/* Parent side: everything the child needs for its journald streams, so that
+ * it only has to connect and write. CORRAL_TEST_JOURNAL_STDOUT points the
+ * streams at another socket; the tests use it to play a journald that does
+ * not accept. */
+static void spawn_journal_prepare(SpawnJournal *j, const char *identifier) {
+        static const int prio[2] = { LOG_INFO, LOG_WARNING };
+        const char *e = getenv("CORRAL_TEST_JOURNAL_STDOUT");
+
+        snprintf(j->path, sizeof(j->path), "%s", e && e[0] == '/' ? e : "/run/systemd/journal/stdout");
+        for (int i = 0; i < 2; i++) {
+                int n = snprintf(j->header[i], sizeof(j->header[i]), "%.200s\n\n%d\n1\n0\n0\n0\n",
+                                 identifier ? identifier : "", prio[i]);
+                j->header_len[i] = (size_t) MAX(n, 0);
+        }
+}
+
 pid_t spawn_worker(const SpawnParams *p, const char **ret_stage) {
         _cleanup_strv_free_ char **env = NULL;
         _cleanup_close_ int devnull = -EBADF, rfd = -EBADF, wfd = -EBADF;
-        char *listen_pid, *watchdog_pid;
+        char *listen_pid, *watchdog_pid, **journal_stream;
+        SpawnJournal journal = {};
         int pipefd[2];
         sigset_t all, saved;
         static char stage[8];
 
         *ret_stage = "setup";
-        if (build_env(p, &env, &listen_pid, &watchdog_pid) < 0)
+        if (build_env(p, &env, &listen_pid, &watchdog_pid, &journal_stream) < 0)
                 return -ENOMEM;
+        if (p->output == SPAWN_OUTPUT_JOURNAL)
+                spawn_journal_prepare(&journal, p->syslog_identifier);
 
         devnull = open("/dev/null", O_RDONLY | O_CLOEXEC | O_NOCTTY);
         if (devnull < 0)
@@ -238,7 +344,7 @@ pid_t spawn_worker(const SpawnParams *p, const char **ret_stage) {
         sigprocmask(SIG_SETMASK, &all, &saved);
         pid_t pid = fork();
         if (pid == 0)
-                child(p, env, listen_pid, watchdog_pid, devnull, wfd, parent);
+                child(p, &journal, env, listen_pid, watchdog_pid, journal_stream, devnull, wfd, parent);
         int fork_errno = errno;
         sigprocmask(SIG_SETMASK, &saved, NULL);
 
@@ -250,6 +356,23 @@ pid_t spawn_worker(const SpawnParams *p, const char **ret_stage) {
         wfd = safe_close(wfd);
         ChildError ce;
         ssize_t n;
+        /* The child only does kernel work before exec, but exec itself may
+         * hang on a stuck file system: wait at most EXEC_WAIT_MS, then take
+         * the worker as started. If it fails after that, it just exits
+         * (127, or SIGPIPE writing its status into the closed pipe) and
+         * counts as a crash. */
+        struct pollfd pfd = { .fd = rfd, .events = POLLIN };
+        uint64_t deadline = now_usec() + EXEC_WAIT_MS * USEC_PER_MSEC;
+        for (;;) {
+                uint64_t now = now_usec();
+                int k = poll(&pfd, 1, now >= deadline ? 0 : (int) ((deadline - now + USEC_PER_MSEC - 1) / USEC_PER_MSEC));
+                if (k > 0)
+                        break;
+                if (k == 0)
+                        return pid;
+                if (errno != EINTR)
+                        return pid;
+        }
         do
                 n = read(rfd, &ce, sizeof(ce));
         while (n == -1 && errno == EINTR);

@@ -7,8 +7,10 @@
  *
  * The worker's stdout and stderr (SPEC §8) are set up in the child too: in
  * journal mode it connects its own journald streams, so that journald
- * records the worker's pid, not ours; in stderr mode they become the write
- * end of a pipe the master reads (output.c). */
+ * records the worker's pid, not ours, without ever waiting on journald (a
+ * stream it does not accept now is left as corrald's own); in stderr mode
+ * they become the write end of a pipe the master reads (output.c).
+ * JOURNAL_STREAM names the worker's own stderr stream, or is unset. */
 #pragma once
 
 #include <stdint.h>
@@ -40,7 +42,9 @@ typedef struct SpawnParams {
 
 /* Start a worker. Returns its pid (> 0), or a negative errno; on failure
  * *ret_stage names what failed ("fork", "exec", "chdir", "setup") and any
- * child process has already been reaped. Does not log. With
+ * child process has already been reaped. Does not log. Waits at most about
+ * a second for the child's exec; a child still not exec'd then is taken as
+ * started. With
  * SPAWN_OUTPUT_JOURNAL, a stream that cannot be opened (no journald) is not
  * a failure: that fd stays corrald's own, as with SPAWN_OUTPUT_INHERIT.
  * output_fd is not closed; the caller closes its copy after the call. */

@@ -122,7 +122,7 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 log_warning("worker %u (pid %d): cannot watch its IPC channel", w->id, (int) pid);
         io->output = (Output) { .on_close = on_output_closed, .userdata = io };
         if (piped) {
-                if (output_start(&io->output, m->loop, out_r, c->name, w->id) >= 0)
+                if (output_start(&io->output, m->loop, out_r, c->name, w->id, pid) >= 0)
                         io->n_handles++;
                 else
                         log_warning("worker %u (pid %d): cannot read its output", w->id, (int) pid);

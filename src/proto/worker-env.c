@@ -6,6 +6,8 @@
 static const char * const reserved[] = {
         "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
         "CORRAL_INSTANCE", "CORRAL_WORKER_ID", "CORRAL_GENERATION", "CORRAL_IPC_FD",
+        /* Describes the process's own stderr (SPEC §3): set per worker. */
+        "JOURNAL_STREAM",
 };
 
 bool worker_env_is_reserved(const char *name, size_t len) {

@@ -4,9 +4,11 @@ STOPPING=1, give-up inside a reload. Each case drives the real binary with
 small inline Python workers; run it against the ASan+UBSan build to see the
 memory errors (CORRALD=build-sanitize/src/corrald/corrald)."""
 import json
+import re
 import os
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -325,6 +327,128 @@ notify("READY=1"); forever()
         k.close()
         eq(r["ok"], True, "reload result (%r)" % r)
     finally:
+        finish(c, n)
+
+
+@case
+def scale_past_the_fd_limit_is_refused_not_attempted():
+    # Issue 11.4: `scale 1500` under LimitNOFILE=1024 was accepted, spawns
+    # failed with EMFILE, counted as failures and gave up.
+    w = worker("fdlimit", r'''
+notify("READY=1"); forever()
+''')
+    c = Corrald(["-w", "2", "--name", "fdlimit"], exec_=w, env={"CORRAL_TEST_DIR": TMP})
+    try:
+        wait_for(lambda: status(c)["ready"] == 2, 20, "2 workers ready")
+        # Lower the master's limit as LimitNOFILE=256 would.
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=256:256"], check=True)
+        k = Ctl(c.control)
+        r = k.req({"command": "scale", "workers": 1500})
+        eq(r["ok"], False, "scale 1500 refused")
+        assert "open-file limit is 256" in r["error"], r["error"]
+        r = k.req({"command": "scale", "workers": 20})
+        k.close()
+        eq(r["ok"], True, "a scale that fits")
+        st = wait_for(lambda: (lambda s: s if s["ready"] == 20 else None)(status(c)), 30, "20 workers ready")
+        eq((st["state"], st["workers"]), ("running", 20), "no failure, no give-up")
+        assert c.count(r"cannot start") == 0, c.output()
+    finally:
+        rc = c.stop()
+        c.kill()
+        eq(rc, 0, "corrald exit status")
+
+
+def progress_of(k, req):
+    """Send req; return (its progress messages, its result)."""
+    k.send(req)
+    seen = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        while b"\n" in k.buf:
+            line, k.buf = k.buf.split(b"\n", 1)
+            o = json.loads(line)
+            if o.get("type") == "result":
+                return seen, o
+            seen.append(o.get("message"))
+        try:
+            d = k.s.recv(65536)
+        except socket.timeout:
+            continue
+        if not d:
+            break
+        k.buf += d
+    raise AssertionError("no result; progress %r" % seen)
+
+
+@case
+def exec_failure_is_a_configuration_error_at_start_and_on_reload():
+    # Issue 12.11: a missing binary was retried like a crash for ~43 s.
+    t0 = time.monotonic()
+    c, n = run(["-w", "2", "--", os.path.join(TMP, "no-such-worker")])
+    try:
+        eq(c.wait_exit(10), 1, "corrald exits 1")
+        assert time.monotonic() - t0 < 5, "took %.1fs" % (time.monotonic() - t0)
+        assert c.count(r"cannot execute .*no-such-worker: No such file or directory") == 1, c.output()
+    finally:
+        c.kill()
+        n.close()
+    w = worker("exec_reload", r'''
+notify("READY=1"); forever()
+''')
+    path = config("exec_reload", workers=2, exec=w)
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        before = sorted(s["pid"] for s in status(c)["slots"])
+        with open(path, "w") as f:
+            json.dump({"workers": 2, "exec": [os.path.join(TMP, "no-such-worker")]}, f)
+        k = Ctl(c.control)
+        t0 = time.monotonic()
+        r = k.req({"command": "reload"})
+        k.close()
+        eq(r["ok"], False, "reload fails")
+        assert "cannot start a new worker" in r["error"] or "cannot execute" in r["error"], r["error"]
+        assert time.monotonic() - t0 < 5, "took %.1fs" % (time.monotonic() - t0)
+        st = status(c)
+        eq((sorted(s["pid"] for s in st["slots"]), st["generation"], st["ready"]), (before, 1, 2),
+           "the old workers keep serving, generation 1")
+    finally:
+        finish(c, n)
+
+
+@case
+def progress_says_new_slot_and_giveup_stay_restart_says_no_old_workers():
+    # Issue 12.7: "replaced 3/3: slot 2, pid 0 -> 25166" for a slot that had
+    # no worker; 12.13: after give-up with on_giveup=stay, a failed
+    # restart said "the old workers keep serving" when there were none.
+    w = worker("newslot", r'''
+if os.path.exists(os.path.join(DIR, "newslot.crash")): sys.exit(3)
+notify("READY=1"); forever()
+''')
+    path = config("newslot", workers=1, exec=w, restart={"limit": 1, "on_giveup": "stay"})
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        with open(path, "w") as f:
+            json.dump({"workers": 2, "exec": w, "restart": {"limit": 1, "on_giveup": "stay"}}, f)
+        k = Ctl(c.control)
+        msgs, r = progress_of(k, {"command": "reload"})
+        eq(r["ok"], True, "reload to 2 workers")
+        assert any(re.search(r"slot 1, new worker pid \d+", m) for m in msgs), msgs
+        assert not any("pid 0" in m for m in msgs), msgs
+        # Make every worker crash and never come back: give up, stay.
+        open(os.path.join(TMP, "newslot.crash"), "w").close()
+        for s in status(c)["slots"]:
+            os.kill(s["pid"], signal.SIGKILL)
+        wait_for(lambda: status(c)["state"] == "gave-up", 20, "give-up")
+        wait_for(lambda: status(c)["ready"] == 0 and not status(c)["leaving"], 20, "no worker left")
+        r = k.req({"command": "restart", "target": "all"})
+        k.close()
+        eq(r["ok"], False, "restart fails")
+        assert "old workers keep serving" not in r["error"], r["error"]
+        assert c.count(r"old workers keep serving") == 0, c.output()
+    finally:
+        os.unlink(os.path.join(TMP, "newslot.crash"))
         finish(c, n)
 
 

@@ -125,6 +125,61 @@ def round_robin_over_tcp_unix_and_ipv6_listeners():
 
 
 @case
+def socket_activated_round_robin_serves_the_waking_connection():
+    # systemd-socket-activate starts corrald on the first connection, as a
+    # .socket unit does; that connection waits in the backlog and is handed
+    # off like any other, on the listener systemd named.
+    p1, p2 = free_port(), free_port()
+    n = NotifySocket()
+    c = Corrald(["-b", "round-robin", "-w", "2"], EXAMPLE, notify=n,
+                activate={"listen": ["127.0.0.1:%d" % p1, "127.0.0.1:%d" % p2], "fdnames": ["web", "admin"]})
+    try:
+        wait_for(lambda: "Listening on" in c.output(), 10, "socket-activate listening")
+        st, hdrs, body = http_get(p2, timeout=20)   # this connection starts corrald
+        eq((st, body.startswith(b"hello")), (200, True), "the waking connection is served")
+        n.wait("READY", "1")
+        eq([l["name"] for l in status(c)["listeners"]], ["web", "admin"], "systemd's names")
+        seen = sorted(http_get(p1)[1]["x-worker"] for _ in range(4))
+        eq(seen, ["0", "0", "1", "1"], "turns on the other listener")
+    finally:
+        finish(c, n)
+
+
+def cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])   # utime + stime
+
+
+@case
+def emfile_on_accept_pauses_instead_of_spinning():
+    import subprocess
+    import threading
+    port = free_port()
+    c, n = start("round-robin", workers=1, listen=["127.0.0.1:%d" % port])
+    try:
+        http_get(port)
+        # No fd left for accept(2): the limit is the lowest free fd number,
+        # so every number below it is taken. The listener stays readable.
+        used = {int(f) for f in os.listdir("/proc/%d/fd" % c.pid)}
+        low = next(k for k in range(len(used) + 1) if k not in used)
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=%d:" % low], check=True)   # the soft limit
+        results = []
+        t = threading.Thread(target=lambda: results.append(http_get(port, timeout=20)[0]), daemon=True)
+        t0 = cpu_ticks(c.pid)
+        t.start()
+        time.sleep(1.0)   # the measured interval: corrald must not spin on the readable listener
+        spent = cpu_ticks(c.pid) - t0
+        assert spent < 20, "corrald used %d ticks of CPU in 1 s with EMFILE" % spent
+        eq(results, [], "not served while no fd is free")
+        subprocess.run(["prlimit", "--pid", str(c.pid), "--nofile=4096:"], check=True)
+        t.join(15)
+        eq(results, [200], "served once fds are free again")
+    finally:
+        finish(c, n)
+
+
+@case
 def least_conn_avoids_a_stuck_worker():
     port = free_port()
     c, n = start("least-conn", listen=["127.0.0.1:%d" % port])
@@ -191,6 +246,34 @@ def messages_between_workers_and_to_the_master():
         c.wait_line(r"worker 1: message from ctl: \{'x': \[1, 2\]\}")
     finally:
         finish(c, n)
+
+
+@case
+def corralctl_messages_follows_until_corrald_stops():
+    import subprocess
+    from corral import CORRALCTL
+    port = free_port()
+    c, n = start("least-conn", listen=["127.0.0.1:%d" % port])
+    follow = None
+    try:
+        follow = subprocess.Popen([CORRALCTL, "-s", c.control, "--json", "messages", "-f"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        lines = []
+        reader = __import__("threading").Thread(target=lambda: lines.extend(follow.stdout), daemon=True)
+        reader.start()
+        # Pongs that arrive before the follower is registered are kept and
+        # streamed first, so the order of the two does not matter.
+        eq(req(c, {"command": "send", "target": "all", "data": "ping"})["delivered"], 2, "ping sent")
+        wait_for(lambda: len(lines) >= 2 or None, 10, "two messages streamed")
+        got = sorted((json.loads(l)["from"], json.loads(l)["data"]["pong"]) for l in lines[:2])
+        eq(got, [(0, "0"), (1, "1")], "each worker's pong, with from")
+        eq(c.stop(), 0, "corrald exit status")
+        eq(follow.wait(10), 0, "messages -f ends with exit 0 when corrald stops")
+    finally:
+        if follow and follow.poll() is None:
+            follow.kill()
+        c.kill()
+        n.close()
 
 
 @case

@@ -25,7 +25,8 @@ SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
 #   freeze N M    on SIGUSR1: N lines as flood does; slot 0 also sends M
 #                 ERRNO=i notifications and then creates /run/jfreeze.errno-done
 #   long N L      N lines of L times its slot's letter, written in big chunks,
-#                 one 10000-char line, "<3>kept", then "tail-SLOT" without newline
+#                 one 10000-char line, one of 100000 "Y", "<3>kept", then "tail-SLOT"
+#                 without newline
 # Every mode sends READY=1 first and exits 0 on SIGTERM.
 JW = r'''
 import os, signal, socket, sys, time
@@ -81,7 +82,7 @@ elif mode == "long":
     line = (letter * int(sys.argv[3]) + "\n").encode()
     for _ in range(int(sys.argv[2]) // 20):
         write_all(line * 20)
-    write_all(b"X" * 10000 + b"\n<3>kept\ntail-" + slot.encode())
+    write_all(b"X" * 10000 + b"\n" + b"Y" * 100000 + b"\n<3>kept\ntail-" + slot.encode())
 while True:
     signal.pause()
 '''
@@ -374,25 +375,29 @@ def host_worker():
 def stderr_mode_whole_prefixed_lines(_sb):
     c = Corrald(["--name", "jl", "-w", "2"], [PY, host_worker(), "long", "2000", "3000"])
     try:
-        c.wait_line(r"^jl\[1\]: <3>kept$", timeout=60)
-        c.wait_line(r"^jl\[0\]: <3>kept$", timeout=60)
+        c.wait_line(r"^jl\[1/\d+\]: kept$", timeout=60)
+        c.wait_line(r"^jl\[0/\d+\]: kept$", timeout=60)
         eq(c.stop(), 0, "exit status")
         lines = c.output().splitlines()
         body = {0: [], 1: []}
+        pids = {0: set(), 1: set()}
         for l in lines:
-            m = re.match(r"^jl\[(\d)\]: (.*)$", l)
+            m = re.match(r"^jl\[(\d)/(\d+)\]: (.*)$", l)
             if m:
-                body[int(m.group(1))].append(m.group(2))
+                body[int(m.group(1))].append(m.group(3))
+                pids[int(m.group(1))].add(int(m.group(2)))
             else:
                 assert l.startswith("corrald[jl]: "), "neither an event nor a worker line: %r" % l[:200]
         for slot, letter in ((0, "a"), (1, "b")):
             b = body[slot]
+            eq(len(pids[slot]), 1, "slot %d: one pid in its prefixes" % slot)
             eq(b[:2000], [letter * 3000] * 2000, "slot %d: 2000 whole uniform lines" % slot)
-            chunks = b[2000:-2]
-            assert len(chunks) == 3 and all(0 < len(x) <= 4096 - len("jl[0]: \n") for x in chunks), \
-                [len(x) for x in chunks]
-            eq("".join(chunks), "X" * 10000, "slot %d: a long line in whole chunks" % slot)
-            eq(b[-2:], ["<3>kept", "tail-%d" % slot], "slot %d: prefix kept, partial last line flushed" % slot)
+            eq(b[2000], "X" * 10000, "slot %d: a 10000-byte line stays whole" % slot)
+            chunks = b[2001:-2]
+            eq([len(x) for x in chunks], [49152, 49152, 100000 - 2 * 49152],
+               "slot %d: a 100000-byte line in parts of 48 KiB" % slot)
+            eq("".join(chunks), "Y" * 100000, "slot %d: the parts make the line" % slot)
+            eq(b[-2:], ["kept", "tail-%d" % slot], "slot %d: <N> consumed, partial last line flushed" % slot)
         assert re.search(r"^corrald\[jl\]: worker 0 \(pid \d+\) started, generation 1$", c.output(), re.M)
     finally:
         c.kill()

@@ -183,7 +183,7 @@ class Corrald:
         self.control = self.control_dir = None
         if own_control and "--control" not in args:
             self.control_dir = tempfile.mkdtemp(prefix="corral-ctl-")
-            os.chmod(self.control_dir, 0o777)
+            os.chmod(self.control_dir, 0o1777)  # sticky: corrald refuses a directory others may write to otherwise
             self.control = os.path.join(self.control_dir, "ctl.sock")
             args = list(args) + ["--control", self.control]
         cmd = [CORRALD, "--log", log] + list(args)

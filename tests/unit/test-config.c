@@ -392,7 +392,11 @@ static void test_workers_errors(void **state) {
         assert_build_error(t, "{" EXEC ", 'workers': 'Auto'}", "workers: expected an integer >= 1 or \"auto\", got \"Auto\"");
         assert_build_error(t, "{" EXEC ", 'workers': true}", "workers: expected an integer >= 1 or \"auto\", got true");
         assert_build_error(t, "{" EXEC ", 'workers': null}", "workers: expected an integer >= 1 or \"auto\", got null");
-        assert_build_error_has(t, "{" EXEC ", 'workers': 1e400}", "workers: expected an integer");
+        /* Was reported as "got null": cJSON keeps it as an infinity. */
+        assert_build_error(t, "{" EXEC ", 'workers': 1e400}", "workers: expected an integer >= 1, got a number out of range");
+        assert_build_error(t, "{" EXEC ", 'workers': -1e400}", "workers: expected an integer >= 1, got a number out of range");
+        assert_build_error(t, "{" EXEC ", 'stop': {'timeout_ms': 1e999}}",
+                           "stop.timeout_ms: expected an integer >= 1, got a number out of range");
 }
 
 static void test_integer_key_errors(void **state) {
@@ -540,7 +544,7 @@ static void test_env_errors(void **state) {
         T *t = *state;
         static const char *const reserved[] = {
                 "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
-                "CORRAL_INSTANCE", "CORRAL_WORKER_ID", "CORRAL_GENERATION", "CORRAL_IPC_FD",
+                "CORRAL_INSTANCE", "CORRAL_WORKER_ID", "CORRAL_GENERATION", "CORRAL_IPC_FD", "JOURNAL_STREAM",
         };
         for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
                 char json[256], msg[256];
@@ -561,6 +565,13 @@ static void test_env_errors(void **state) {
         assert_build_error(t, "{" EXEC ", 'env': {'A': ['x']}}", "env.A: expected a string, got [\"x\"]");
         assert_build_error(t, "{" EXEC ", 'env': {'A=B': 'x'}}", "env.A=B: expected a variable name without '='");
         assert_build_error(t, "{" EXEC ", 'env': {'': 'x'}}", "env.: expected a variable name without '='");
+        /* The key is named, escaped, in the error. */
+        assert_build_error(t, "{" EXEC ", 'env': {'A\\nB': 'x'}}",
+                           "env.A\\x0aB: expected a variable name without control characters (such as a newline)");
+        assert_build_error(t, "{" EXEC ", 'env': {'A\\u001bB': 'x'}}",
+                           "env.A\\x1bB: expected a variable name without control characters (such as a newline)");
+        /* A newline in a value is fine: the environment entry stays one. */
+        assert_build_ok(t, "{" EXEC ", 'env': {'A': 'line1\\nline2'}}");
         assert_build_error(t, "{" EXEC ", 'env': ['A=1']}", "env: expected an object of strings, got [\"A=1\"]");
         assert_build_error(t, "{" EXEC ", 'env': 'A=1'}", "env: expected an object of strings, got \"A=1\"");
 }
@@ -793,6 +804,44 @@ static void test_file_not_regular(void **state) {
         char exp[512];
         snprintf(exp, sizeof(exp), "%s: not a regular file", path);
         assert_string_equal(t->err, exp);
+}
+
+static void test_file_world_writable(void **state) {
+        T *t = *state;
+        assert_build_ok(t, MINIMAL);
+        assert_int_eq(chmod(t->path, 0666), 0);
+        ConfigOverrides o = { .path = t->path };
+        assert_int_eq(build_with(t, NULL, &o), -EINVAL);
+        assert_error_is(t, "writable by every user (mode 0666), so anyone could choose what corrald runs; "
+                           "refusing it (chmod o-w)");
+        /* Group-writable is the owner's business (a deploy group). */
+        assert_int_eq(chmod(t->path, 0664), 0);
+        assert_int_eq(build_with(t, NULL, &o), 0);
+}
+
+static void test_nesting_too_deep(void **state) {
+        T *t = *state;
+        size_t n = 1200, len = 0;
+        char *json = malloc(2 * n + 64);
+        assert_non_null(json);
+        len += (size_t) sprintf(json, "{\"exec\": ");
+        for (size_t i = 0; i < n; i++)
+                json[len++] = '[';
+        for (size_t i = 0; i < n; i++)
+                json[len++] = ']';
+        json[len++] = '}';
+        assert_int_eq(build_raw(t, json, len), -EINVAL);
+        assert_error_has(t, "JSON nested too deeply at line 1, column ");
+        assert_error_has(t, "(more than 1000 levels)");
+        /* Shallower but still wrong: an ordinary type error, not "too deep". */
+        len = (size_t) sprintf(json, "{\"exec\": [[[1]]]}");
+        assert_int_eq(build_raw(t, json, len), -EINVAL);
+        assert_null(strstr(t->err, "nested too deeply"));
+        /* A syntax error at a modest depth stays a syntax error. */
+        len = (size_t) sprintf(json, "{\"exec\": [[[1,]]]}");
+        assert_int_eq(build_raw(t, json, len), -EINVAL);
+        assert_error_has(t, "JSON syntax error");
+        free(json);
 }
 
 static void test_file_size_limit(void **state) {
@@ -1031,6 +1080,8 @@ int main(void) {
                 T_(test_file_missing),
                 T_(test_file_not_regular),
                 T_(test_file_size_limit),
+                T_(test_file_world_writable),
+                T_(test_nesting_too_deep),
                 T_(test_overrides_win),
                 T_(test_overrides_without_file),
                 T_(test_override_errors),

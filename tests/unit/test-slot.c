@@ -305,9 +305,13 @@ static void test_give_up(void **state) {
         assert_str_contains(last.what, "exited with status 1");
         assert_str_contains(f->pool.giveup_reason, "more than 3 failures");
         assert_u64_eq(pool_on_time(&f->pool, fake_now + 60000 * MS), 0);   /* no respawn */
-        /* A plan gives a failed slot another chance. */
+        /* A plan gives a failed slot another chance... */
         slot_dispatch(s, SLOT_EV_HOLD, NULL, 0);
         assert_state(s, SLOT_EMPTY);
+        /* ...but if the plan fails, a given-up instance does not refill it. */
+        slot_dispatch(s, SLOT_EV_CANCEL, NULL, 0);
+        assert_state(s, SLOT_FAILED);
+        assert_int_eq(f->host.n_spawned, 4);
 }
 
 static void test_exec_failure(void **state) {

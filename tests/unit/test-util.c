@@ -1,13 +1,19 @@
-/* test-util: signal names, parse_u64, string vectors, format_duration. */
+/* test-util: signal names, parse_u64, string vectors, format_duration,
+ * the fd limit and budget. */
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "test-helpers.h"
 
+#include "fd-util.h"
 #include "util.h"
 
 /* ---- signals ------------------------------------------------------------- */
@@ -232,6 +238,48 @@ static void test_format_duration(void **state) {
         assert_string_equal(format_duration(small, sizeof(small), 4 * 60 * USEC_PER_SEC + 7 * USEC_PER_SEC), "4m0");
 }
 
+/* ---- fd limit and budget --------------------------------------------------- */
+
+static void test_rlimit_nofile_raise_restore(void **state) {
+        struct rlimit orig, rl;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &orig), 0);
+        if (orig.rlim_max < 300 || orig.rlim_max == RLIM_INFINITY)
+                skip();
+        /* Start from a soft limit below the hard one, as under systemd
+         * (1024:524288). */
+        rl = (struct rlimit) { .rlim_cur = 256, .rlim_max = orig.rlim_max };
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+
+        assert_int_equal(rlimit_nofile_raise(), 0);
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        assert_int_equal(rl.rlim_cur, orig.rlim_max);
+        assert_int_equal(rl.rlim_max, orig.rlim_max);
+
+        unsigned max = 0;
+        assert_int_equal(fd_budget(&max, NULL), 0);
+        assert_int_equal(max, orig.rlim_max > UINT_MAX ? UINT_MAX : (unsigned) orig.rlim_max);
+
+        assert_int_equal(rlimit_nofile_restore(), 0);
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+        assert_int_equal(rl.rlim_cur, 256);
+        assert_int_equal(rl.rlim_max, orig.rlim_max);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &orig), 0);
+}
+
+static void test_fd_budget_counts_open_fds(void **state) {
+        unsigned before, after, max;
+        assert_int_equal(fd_budget(&max, &before), 0);
+        assert_true(before >= 3);
+        assert_true(max >= before);
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(fd >= 0);
+        assert_int_equal(fd_budget(NULL, &after), 0);
+        assert_int_equal(after, before + 1);
+        safe_close(fd);
+        assert_int_equal(fd_budget(NULL, &after), 0);
+        assert_int_equal(after, before);
+}
+
 static void test_now_usec(void **state) {
         uint64_t a = now_usec(), b = now_usec();
         assert_true(a > 0);
@@ -250,6 +298,8 @@ int main(void) {
                 cmocka_unit_test(test_streq_startswith),
                 cmocka_unit_test(test_format_duration),
                 cmocka_unit_test(test_now_usec),
+                cmocka_unit_test(test_rlimit_nofile_raise_restore),
+                cmocka_unit_test(test_fd_budget_counts_open_fds),
         };
         return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }

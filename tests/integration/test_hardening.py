@@ -1,0 +1,631 @@
+#!/usr/bin/python3
+"""Regression tests for the security review (issue 11) and the stderr/log
+items of issue 12: what a local user, a worker, a stuck journald or a slow
+stderr reader can do to corrald. Each case names the finding it covers."""
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq, Skip  # noqa: E402
+from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, free_port,  # noqa: E402
+                    pid_alive, proc_environ)
+
+TMP = tempfile.mkdtemp(prefix="corral-hard-")
+
+
+def run(args, exec_=None, **kw):
+    n = NotifySocket()
+    c = Corrald(args, exec_, notify=n, env=dict(kw.pop("env", {}), CORRAL_TEST_DIR=TMP), **kw)
+    return c, n
+
+
+def finish(c, n, expect=0):
+    try:
+        rc = c.stop()
+        eq(rc, expect, "corrald exit status\n" + c.output())
+    finally:
+        c.kill()
+        n.close()
+
+
+def ctl(c, *args, timeout=10):
+    return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wait_control(c):
+    wait_for(lambda: os.path.exists(c.control), 10, "the control socket")
+
+
+def timed_status(c, limit=2.0):
+    """`corralctl status --json` must answer, and within `limit` seconds."""
+    wait_control(c)
+    t0 = time.monotonic()
+    p = ctl(c, "--json", "status", timeout=limit + 10)
+    dt = time.monotonic() - t0
+    eq(p.returncode, 0, "corralctl status: %s%s" % (p.stdout, p.stderr))
+    assert dt < limit, "corralctl status took %.2fs (limit %.1fs)" % (dt, limit)
+    return json.loads(p.stdout), dt
+
+
+@case
+def notify_socket_name_cannot_be_squatted():
+    """#11.1: the notify socket used to be @corral/NAME/PID/notify; a user
+    who bound it for the next pids kept corrald from starting."""
+    held = []
+    nxt = int(open("/proc/sys/kernel/ns_last_pid").read()) if os.path.exists("/proc/sys/kernel/ns_last_pid") else os.getpid()
+    for pid in range(nxt + 1, nxt + 300):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind("\0corral/squat/%d/notify" % pid)
+        held.append(s)
+    try:
+        c, n = run(["-n", "squat", "-w", "1"], TWORKER + ["pysystemd"])
+        try:
+            n.wait("READY", "1")
+            assert c.master_pid() in range(nxt + 1, nxt + 300), "corrald's pid %d was squatted" % c.master_pid()
+            env = proc_environ(c.workers()[0])
+            assert re.fullmatch(r"@[0-9a-f]{5}", env["NOTIFY_SOCKET"]), env["NOTIFY_SOCKET"]
+        finally:
+            finish(c, n)
+    finally:
+        for s in held:
+            s.close()
+
+
+def config(name, **keys):
+    path = os.path.join(TMP, name + ".json")
+    with open(path, "w") as f:
+        json.dump(keys, f)
+    return path
+
+
+class FakeJournal:
+    """A stream socket standing in for journald's /run/systemd/journal/stdout
+    (corrald is pointed at it with CORRAL_TEST_JOURNAL_STDOUT). Stuck: its
+    backlog is full and it never accepts. Else it accepts and records what
+    each stream sends."""
+
+    def __init__(self, stuck):
+        self.path = os.path.join(tempfile.mkdtemp(dir=TMP), "stdout")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.fillers = []
+        self.streams = []
+        if stuck:
+            self.sock.listen(0)
+            while True:
+                f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                f.setblocking(False)
+                try:
+                    f.connect(self.path)
+                except BlockingIOError:
+                    f.close()
+                    break
+                self.fillers.append(f)
+        else:
+            self.sock.listen(64)
+            self.sock.settimeout(0.2)
+            self.closed = False
+            import threading
+            self.lock = threading.Lock()
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        import threading
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            buf = bytearray()
+            with self.lock:
+                self.streams.append(buf)
+            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
+
+    def _read(self, conn, buf):
+        while True:
+            try:
+                d = conn.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            with self.lock:
+                buf.extend(d)
+
+    def texts(self):
+        with self.lock:
+            return [bytes(b).decode(errors="replace") for b in self.streams]
+
+    def close(self):
+        self.closed = True
+        for f in self.fillers:
+            f.close()
+        self.sock.close()
+
+
+@case
+def stuck_journald_does_not_freeze_spawning():
+    """#11.3: a journald that never accepts used to block the child in
+    connect(2) and the master in its read of the exec status."""
+    j = FakeJournal(stuck=True)
+    c, n = run(["-w", "3"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path})
+    try:
+        st, _ = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 3, 5, "3 workers spawned")
+        ctl(c, "scale", "6")
+        st, dt = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 6, 5, "6 workers spawned")
+        timed_status(c)
+    finally:
+        finish(c, n)
+        j.close()
+
+
+@case
+def journal_stream_names_the_workers_own_stream():
+    """#12.2: JOURNAL_STREAM is the worker's own stderr stream in journal
+    mode, and unset in stderr mode; never corrald's."""
+    j = FakeJournal(stuck=False)
+    sh = 'echo "js=$JOURNAL_STREAM" >&2; echo "st=$(stat -L -c %d:%i /proc/self/fd/2)" >&2; exec sleep 3600'
+    path = config("jstream", workers=1, ready={"mode": "spawn"}, exec=["/bin/sh", "-c", sh])
+    c, n = run(["-c", path], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path, "JOURNAL_STREAM": "1:2"})
+    try:
+        def both():
+            for t in j.texts():
+                m1, m2 = re.search(r"js=(\S*)\n", t), re.search(r"st=(\S*)\n", t)
+                if m1 and m2:
+                    return t, m1.group(1), m2.group(1)
+            return None
+        t, js, st = wait_for(both, 10, "the worker's lines on its stderr stream")
+        assert t.startswith("jstream\n\n4\n1\n0\n0\n0\n"), "stream header: %r" % t[:40]
+        eq(js, st, "JOURNAL_STREAM is DEVICE:INODE of the worker's stderr")
+    finally:
+        finish(c, n)
+        j.close()
+    c, n = run(["-w", "1", "-n", "jstream2"], ["/bin/sh", "-c", "exec sleep 3600"],
+               env={"JOURNAL_STREAM": "1:2"})
+    try:
+        w = exec_done(c, 1)[0]
+        assert "JOURNAL_STREAM" not in proc_environ(w), "JOURNAL_STREAM leaked in stderr mode"
+    finally:
+        finish(c, n)
+
+
+def stat_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@case
+def blocked_stderr_never_blocks_the_master():
+    """#11.8: with stderr on a pipe nobody reads, the master used to hang in
+    write(2): the control socket went silent, a killed worker stayed a
+    zombie. Two workers flood their stdout; nobody reads corrald's."""
+    d = tempfile.mkdtemp(dir=TMP)
+    ctl_path = os.path.join(d, "ctl.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "LISTEN_FDS")}
+    flood = "while :; do echo flood-line-of-some-length-$$-0123456789abcdef; done"
+    p = subprocess.Popen([CORRALD, "--log", "stderr", "-n", "blk", "-w", "2", "--control", ctl_path, "--",
+                          "/bin/sh", "-c", flood], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    class C:
+        control = ctl_path
+    try:
+        wait_for(lambda: os.path.exists(ctl_path), 10, "control socket")
+        # The pipe holds 64 KiB by default (pipe(7)); the floods fill it at once.
+        wait_for(lambda: _pipe_full(p.stdout.fileno()), 10, "corrald's stderr pipe full")
+        st, _ = timed_status(C)
+        victim = [s["pid"] for s in st["slots"] if s["pid"]][0]
+        os.kill(victim, signal.SIGKILL)
+
+        def respawned():
+            st, _ = timed_status(C)
+            pids = [s["pid"] for s in st["slots"] if s["pid"]]
+            return len(pids) == 2 and victim not in pids and stat_state(victim) is None
+        wait_for(respawned, 10, "the killed worker reaped (no zombie) and replaced")
+        timed_status(C)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+
+
+def _pipe_full(fd):
+    import fcntl
+    import termios
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, sys.byteorder) >= 60000
+
+
+@case
+def control_characters_from_workers_are_escaped_on_stderr():
+    """#11.9: STATUS= text with ESC/BEL/CR reached the terminal raw."""
+    w = ("import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); p=os.environ['NOTIFY_SOCKET'];"
+         "os.write(int(os.environ['CORRAL_IPC_FD']), b'{\"type\":\"message\",\"data\":\"evil\\x1b[2J\\x07\\rX\"}\\n');"
+         "s.sendto(b'READY=1\\nSTATUS=evil\\x1b[2J\\x07\\rX', '\\0'+p[1:]);"
+         "import time; time.sleep(3600)")
+    c, n = run(["-w", "1", "-n", "esc"], [sys.executable, "-c", w], env={"CORRAL_DEBUG": "1"})
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"evil")  # logged as a message, or as a malformed line
+        out = c.output()
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out, "raw control bytes on stderr: %r" % out
+    finally:
+        finish(c, n)
+
+
+@case
+def journal_unreachable_is_said_once_and_falls_back():
+    """#12.15: with --log journal and no journald, our events vanished."""
+    if os.path.exists("/run/systemd/journal/socket"):
+        raise Skip("a journald runs here")
+    c, n = run(["-w", "1", "-n", "nojd"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal")
+    try:
+        c.wait_line(r"^corrald\[nojd\]: worker 0 \(pid \d+\) started")
+        eq(c.count(r"the journal is not reachable"), 1, "said once\n" + c.output())
+    finally:
+        finish(c, n)
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for l in f:
+            if l.startswith("VmRSS:"):
+                return int(l.split()[1])
+    return 0
+
+
+def connect_control(c, n):
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(c.control)
+        socks.append(s)
+    return socks
+
+
+@case
+def control_clients_that_never_read_are_not_read_either():
+    """#11.6: 63 clients sending requests and never reading took the master
+    to 100 % CPU and 350 MB. Now their input stays in the kernel."""
+    c, n = run(["-w", "1", "-n", "flood"], ["/bin/sh", "-c", "exec sleep 3600"])
+    socks = []
+    try:
+        wait_control(c)
+        before = rss_kb(c.master_pid())
+        socks = connect_control(c, 60)
+        req = b'{"command":"status"}\n' * 3000
+        for s in socks:
+            s.setblocking(False)
+            try:
+                s.send(req)
+            except BlockingIOError:
+                pass
+        st, dt = timed_status(c)
+        time.sleep(0.5)   # let the master chew on what it took in
+        st, dt2 = timed_status(c)
+        after = rss_kb(c.master_pid())
+        assert after - before < 60 * 1024, "master RSS grew from %d to %d KiB" % (before, after)
+        print("# status in %.3fs and %.3fs with 60 flooding clients; RSS %d -> %d KiB" % (dt, dt2, before, after))
+    finally:
+        for s in socks:
+            s.close()
+        finish(c, n)
+
+
+def closed_by_peer(s, timeout=10):
+    s.settimeout(timeout)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+@case
+def idle_control_connections_time_out_and_are_evicted():
+    """#11.7: 64 idle connections locked corralctl out. Now the longest idle
+    is evicted for a new client, and half-sent requests time out (5 s)."""
+    c, n = run(["-w", "1", "-n", "idle"], ["/bin/sh", "-c", "exec sleep 3600"], env={"CORRAL_DEBUG": "1"})
+    try:
+        wait_control(c)
+        partial = connect_control(c, 1)[0]
+        partial.send(b'{"command":')
+        socks = connect_control(c, 200)
+        st, dt = timed_status(c)
+        print("# status in %.3fs with 200 idle connections" % dt)
+        c.wait_line(r"closed the longest idle one")
+        # Evicted (the oldest) or timed out: either way closed by the master.
+        assert closed_by_peer(partial), "the half-sent request's connection closed"
+        for s in socks:
+            s.close()
+        socks = []
+        # A fresh half-sent request is closed by its own time-out (5 s),
+        # before the idle one (10 s) would.
+        p2 = connect_control(c, 1)[0]
+        p2.send(b'{"comm')
+        t1 = time.monotonic()
+        assert closed_by_peer(p2, timeout=20), "a half-sent request times out"
+        took = time.monotonic() - t1
+        c.wait_line(r"sent part of a request and no more; closing")
+        assert 4 <= took, "half-sent request closed after %.1fs (expected ~5 s)" % took
+        print("# half-sent request closed after %.1fs" % took)
+        timed_status(c)
+    finally:
+        for s in socks:
+            s.close()
+        finish(c, n)
+
+
+@case
+def control_path_that_is_not_a_socket_is_never_removed():
+    """#11.10: --control FILE deleted that regular file."""
+    d = tempfile.mkdtemp(dir=TMP)
+    f = os.path.join(d, "precious.txt")
+    with open(f, "w") as fh:
+        fh.write("keep me\n")
+    c = Corrald(["-w", "1", "-n", "nsock", "--control", f], ["/bin/sh", "-c", "exec sleep 3600"])
+    try:
+        c.wait_exit(20)
+        eq(c.stop(), 1, "corrald refuses\n" + c.output())
+        assert "not a socket" in c.output(), c.output()
+        eq(open(f).read(), "keep me\n", "the file is untouched")
+    finally:
+        c.kill()
+
+
+@case
+def untrusted_control_directories_are_refused():
+    """#11.10: a control directory others may write to, or own, or reach
+    through their symlink, was accepted."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to make files owned by another user")
+    base = tempfile.mkdtemp(dir=TMP)
+    os.chmod(base, 0o755)
+    ww = os.path.join(base, "ww")
+    os.mkdir(ww)
+    os.chmod(ww, 0o777)
+    other = os.path.join(base, "other")
+    os.mkdir(other, 0o755)
+    os.chown(other, 65534, 65534)
+    mine = os.path.join(base, "mine")
+    os.mkdir(mine, 0o755)
+    link = os.path.join(base, "link")
+    os.symlink(mine, link)
+    os.lchown(link, 65534, 65534)
+    for d, why in ((ww, "writable by group or others"), (other, "owned by uid 65534"),
+                   (link, "symlink owned by uid 65534")):
+        c = Corrald(["-w", "1", "-n", "dirs", "--control", os.path.join(d, "x.sock")],
+                    ["/bin/sh", "-c", "exec sleep 3600"])
+        try:
+            c.wait_exit(20)
+            eq(c.stop(), 1, "corrald refuses %s\n%s" % (d, c.output()))
+            assert why in c.output(), c.output()
+        finally:
+            c.kill()
+    # The trusted directory behind that symlink is fine when named directly.
+    c, n = run(["-w", "1", "-n", "dirs", "--control", os.path.join(mine, "x.sock")],
+               ["/bin/sh", "-c", "exec sleep 3600"])
+    try:
+        c.control = os.path.join(mine, "x.sock")
+        timed_status(c)
+    finally:
+        finish(c, n)
+
+
+FAKE_SERVER = r'''
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = s.accept()
+    try:
+        conn.recv(65536)
+        conn.sendall(b'{"type":"result","ok":true}\n')
+    except OSError:
+        pass
+    conn.close()
+'''
+
+
+def _fake_server(path):
+    p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                          "-c", FAKE_SERVER, path], stdout=subprocess.PIPE, text=True)
+    eq(p.stdout.readline().strip(), "listening", "fake server up")
+    return p
+
+
+@case
+def corralctl_does_not_trust_another_users_server():
+    """#11.10: a fake socket of another user made root's corralctl print
+    success. Root trusts another user's server (an instance with
+    DynamicUser= or User=) only where nobody but root and that user could
+    have put the socket."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to run a server as another user")
+    if not os.access("/run", os.W_OK):
+        raise Skip("needs a root-owned place to write to")
+    base = tempfile.mkdtemp(prefix="corral-fake-", dir="/run")
+    os.chmod(base, 0o755)
+    shared = os.path.join(base, "shared")      # like /tmp: anyone may create a socket there
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    own = os.path.join(base, "own")            # like RuntimeDirectory= of a DynamicUser= instance
+    os.mkdir(own, 0o755)
+    os.chown(own, 65534, 65534)
+    link = os.path.join(base, "link")          # the other user's symlink to that place
+    os.symlink(own, link)
+    os.lchown(link, 65534, 65534)
+    procs = []
+    try:
+        procs.append(_fake_server(os.path.join(shared, "fake.sock")))
+        procs.append(_fake_server(os.path.join(own, "app.sock")))
+        for path in (os.path.join(shared, "fake.sock"), os.path.join(link, "app.sock")):
+            r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
+            eq(r.returncode, 3, "corralctl refuses %s: %s%s" % (path, r.stdout, r.stderr))
+            assert "not trusting" in r.stderr, r.stderr
+        r = subprocess.run([CORRALCTL, "-s", os.path.join(own, "app.sock"), "reload"], capture_output=True,
+                           text=True, timeout=20)
+        eq(r.returncode, 0, "root trusts the user's own place: %s%s" % (r.stdout, r.stderr))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+def nofile(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for l in f:
+            if l.startswith("Max open files"):
+                soft, hard = l.split()[3:5]
+                return int(soft), int(hard)
+
+
+@case
+def master_raises_its_fd_limit_workers_get_the_original():
+    """#11.4: the master uses the whole hard fd limit; workers see the soft
+    limit corrald was started with, as under systemd."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048 or hard == resource.RLIM_INFINITY:
+        raise Skip("hard fd limit %s too low to tell apart" % hard)
+    old = (soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        c, n = run(["-w", "1", "-n", "nofile"], ["/bin/sh", "-c", "exec sleep 3600"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    try:
+        w = exec_done(c, 1)[0]
+        eq(nofile(c.master_pid()), (hard, hard), "master's soft limit raised to the hard one")
+        eq(nofile(w), (512, hard), "worker's soft limit is the original")
+    finally:
+        finish(c, n)
+
+
+@case
+def usage_errors_exit_2_and_early_errors_use_the_name():
+    """#12.14: a bad --listen exited 1 (usage errors are 2, SPEC §7), and
+    early errors said corrald[corral]: although -n NAME was given."""
+    def rc(*args):
+        r = subprocess.run([CORRALD] + list(args), capture_output=True, text=True, timeout=20)
+        return r.returncode, r.stderr
+    for args in (["--listen", "foo"], ["-n", "bad name!"], ["-w", "0"], ["--control", "relative.sock"]):
+        code, err = rc(*(args + ["--", "/bin/true"]))
+        eq(code, 2, "%r is a usage error: %s" % (args, err))
+        assert "Try 'corrald --help'." in err, err
+    code, err = rc("--log", "stderr", "-n", "myname", "-c", os.path.join(TMP, "missing.json"))
+    eq(code, 1, "a missing config file is not a usage error")
+    assert err.startswith("corrald[myname]: "), err
+
+
+@case
+def everything_at_once_status_answers_and_workers_serve():
+    """#11 "Done when": stderr blocked, journald stuck, 200 idle and 60
+    flooding control clients, a notify flood and a scale, all at once:
+    `corralctl status` answers within 2 s and the workers keep serving."""
+    from corral import http_get
+    import fcntl
+    j = FakeJournal(stuck=True)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETFL, os.O_NONBLOCK)
+    try:
+        while True:
+            os.write(w, b"x" * 4096)
+    except BlockingIOError:
+        pass
+    fcntl.fcntl(w, fcntl.F_SETFL, 0)
+    d = tempfile.mkdtemp(dir=TMP)
+    ctl_path = os.path.join(d, "ctl.sock")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "LISTEN_FDS")}
+    env["CORRAL_TEST_JOURNAL_STDOUT"] = j.path
+    p = subprocess.Popen([CORRALD, "--log", "journal", "-n", "all", "-w", "2", "--listen", "127.0.0.1:%d" % port,
+                          "--control", ctl_path, "--", HELLO], stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                         env=env, start_new_session=True)
+    os.close(w)
+
+    class C:
+        control = ctl_path
+    socks = []
+    try:
+        wait_for(lambda: os.path.exists(ctl_path), 10, "control socket")
+        wait_for(lambda: (lambda st: st["ready"] == 2)(timed_status(C)[0]), 20, "2 workers ready")
+        socks += connect_control(C, 200)
+        flood = connect_control(C, 60)
+        socks += flood
+        req = b'{"command":"status"}\n' * 3000
+        for s in flood:
+            s.setblocking(False)
+            try:
+                s.send(req)
+            except BlockingIOError:
+                pass
+        notify = proc_environ(children_of(p.pid)[0])["NOTIFY_SOCKET"]
+        ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        ns.setblocking(False)
+        for i in range(20000):
+            try:
+                ns.sendto(b"STATUS=flood %d" % i, "\0" + notify[1:])
+            except BlockingIOError:
+                pass
+        ns.close()
+        _, worst = timed_status(C)
+        t0 = time.monotonic()
+        t = ctl(C, "scale", "8", timeout=10)
+        eq(t.returncode, 0, "scale 8: %s%s" % (t.stdout, t.stderr))
+        worst = max(worst, time.monotonic() - t0)
+        assert worst < 2, "scale took %.2fs" % worst
+        deadline = time.monotonic() + 20
+        while True:
+            st, dt = timed_status(C)
+            worst = max(worst, dt)
+            eq(http_get(port, timeout=5)[0], 200, "a worker answers")
+            if st["ready"] == 8:
+                break
+            assert time.monotonic() < deadline, "8 workers ready: %r" % st
+        print("# worst status %.3fs; master RSS %d KiB" % (worst, rss_kb(p.pid)))
+    finally:
+        for s in socks:
+            s.close()
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+        os.close(r)
+        j.close()
+
+
+def children_of(pid):
+    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+        return [int(x) for x in f.read().split()]
+
+
+def teardown(_):
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+main(teardown=teardown)
