@@ -1,197 +1,129 @@
 #!/bin/sh
-# bench/fairness.sh: how evenly N corral-hello workers sharing ONE listening
-# socket split wrk's keep-alive connections ("shared" balance, SPEC §5), and
-# how many requests/s they serve together.
+# bench/fairness.sh: how evenly corrald's workers split wrk's keep-alive
+# load, per balance mode, and how many requests/s they serve together.
 #
-# No corrald involved: a small Python launcher binds 127.0.0.1:<free port>,
-# starts each worker the way systemd or corrald would (the socket as fd 3,
-# LISTEN_FDS=1, LISTEN_PID = the worker's own pid, NOTIFY_SOCKET), waits for
-# every READY=1, runs wrk, then stops the workers with SIGTERM. Each worker
-# runs with CORRAL_HELLO_STATS=1 and prints how many connections it accepted
-# and requests it served; the launcher reports the max/min ratio of accepted
-# connections. Loopback only, bounded in time, and it kills what it started.
+# Each run starts `corrald -w WORKERS -b MODE --listen 127.0.0.1:<free port>`
+# with the worker command (default: corral-hello), waits until corrald says
+# every worker is ready, runs `wrk -tT -cC -dDs` with a Lua script that
+# tallies the X-Worker-Pid header of every response, and stops corrald. The
+# share of a worker is the number of responses it sent; a run's figure is
+# max/min of the shares (a worker that served nothing makes it "inf").
+# Halfway through, ss(8) also counts the connections open per worker.
+# Any worker that sets X-Worker-Pid can be measured, in any language.
 #
-# Usage: bench/fairness.sh [-n WORKERS] [-c CONNECTIONS] [-t WRK_THREADS]
-#                          [-d SECONDS] [-r RUNS] [-b] [BINARY]
-#   -b  also measure one worker alone, for a req/s baseline
-#   BINARY defaults to $CORRAL_HELLO, then build/src/hello/corral-hello.
-# Exit status: 0 if every run's ratio is <= $MAX_RATIO (default 1.3), else 1.
-# The environment reaches the workers: CORRAL_HELLO_PEERS=0 shows what the
-# one-accept-per-wakeup rule achieves without the sibling load table.
+# Usage: bench/fairness.sh [-m MODE] [-n WORKERS] [-c CONNECTIONS]
+#                          [-t WRK_THREADS] [-d SECONDS] [-r RUNS] [-- COMMAND...]
+#   -m  shared (default), round-robin or least-conn
+#   COMMAND defaults to $CORRAL_HELLO, then build/src/hello/corral-hello;
+#   corrald is $CORRALD, then build/src/corrald/corrald.
+# The environment reaches the workers. Exit status: 0 if every run's
+# max/min is <= $MAX_RATIO (default 1.3), else 1.
+#
+# Example, the numbers of the README's note on shared balance:
+#   bench/fairness.sh -r 5 -m shared
+#   bench/fairness.sh -r 5 -m round-robin
 set -eu
 
-workers=2 conns=50 threads=2 secs=5 runs=3 baseline=0
-while getopts n:c:t:d:r:bh opt; do
+mode=shared workers=2 conns=50 threads=2 secs=5 runs=3
+while getopts m:n:c:t:d:r:h opt; do
         case $opt in
+        m) mode=$OPTARG ;;
         n) workers=$OPTARG ;;
         c) conns=$OPTARG ;;
         t) threads=$OPTARG ;;
         d) secs=$OPTARG ;;
         r) runs=$OPTARG ;;
-        b) baseline=1 ;;
         *) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
         esac
 done
 shift $((OPTIND - 1))
-bin=${1:-${CORRAL_HELLO:-build/src/hello/corral-hello}}
+[ "${1:-}" = -- ] && shift
+[ $# -gt 0 ] || set -- "${CORRAL_HELLO:-build/src/hello/corral-hello}"
+corrald=${CORRALD:-build/src/corrald/corrald}
+max_ratio=${MAX_RATIO:-1.3}
 
-[ -x "$bin" ] || { echo "fairness.sh: $bin is not an executable; build it or pass its path" >&2; exit 2; }
+[ -x "$corrald" ] || { echo "fairness.sh: $corrald is not an executable; build it or set CORRALD" >&2; exit 2; }
 command -v wrk >/dev/null || { echo "fairness.sh: wrk is not installed" >&2; exit 2; }
 
-exec /usr/bin/python3 - "$bin" "$workers" "$conns" "$threads" "$secs" "$runs" "$baseline" "${MAX_RATIO:-1.3}" <<'EOF'
-import fcntl, os, re, signal, socket, subprocess, sys, tempfile, time
+tmp=$(mktemp -d /tmp/corral-fairness.XXXXXX)
+pid=
+cleanup() {
+        [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+        rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
 
-binary, workers, conns, threads, secs, runs, baseline, max_ratio = sys.argv[1:]
-workers, conns, threads, secs, runs = map(int, (workers, conns, threads, secs, runs))
-baseline, max_ratio = baseline == "1", float(max_ratio)
-binary = os.path.abspath(binary)
-STATS = re.compile(rb"stats: pid (\d+) accepted (\d+) connections, served (\d+) requests")
-
-
-def spawn(lsock, notify_path, logdir, i):
-    """Start one worker as a socket-activated service would be started."""
-    log = open(os.path.join(logdir, "worker-%d.log" % i), "wb")
-    pid = os.fork()
-    if pid == 0:
-        try:
-            # Move both out of the way first: either may sit on 0..3. The
-            # dup2()ed targets are inheritable, everything else is not.
-            lfd = fcntl.fcntl(lsock.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)
-            ofd = fcntl.fcntl(log.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)
-            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-            os.dup2(ofd, 1)
-            os.dup2(ofd, 2)
-            os.dup2(lfd, 3)
-            env = dict(os.environ, LISTEN_FDS="1", LISTEN_PID=str(os.getpid()),
-                       LISTEN_FDNAMES="web", NOTIFY_SOCKET=notify_path,
-                       CORRAL_HELLO_STATS="1")
-            os.execve(binary, [binary], env)
-        finally:
-            os._exit(127)
-    log.close()
-    return pid
-
-
-def wait_ready(nsock, pids, deadline):
-    ready = set()
-    while len(ready) < len(pids):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise SystemExit("fairness.sh: workers not ready in time (%d/%d)" % (len(ready), len(pids)))
-        nsock.settimeout(left)
-        try:
-            msg, anc, _flags, _addr = nsock.recvmsg(4096, socket.CMSG_SPACE(12))
-        except socket.timeout:
-            continue
-        sender = None
-        for level, typ, data in anc:
-            if level == socket.SOL_SOCKET and typ == socket.SCM_CREDENTIALS:
-                sender = int.from_bytes(data[0:4], sys.byteorder)
-        if b"READY=1" in msg.split(b"\n") and sender in pids:
-            ready.add(sender)
-
-
-def stop(pids, deadline):
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    left = set(pids)
-    while left and time.monotonic() < deadline:
-        for pid in list(left):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                left.discard(pid)
-        time.sleep(0.02)
-    for pid in left:                        # graceful stop failed: say so
-        print("  worker %d did not exit after SIGTERM, killing it" % pid)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return not left
-
-
-def open_conns(port):
-    """Established connections per server pid right now, from ss(8): a
-    cross-check of the workers' own counts, and works for any worker."""
-    try:
-        out = subprocess.run(["ss", "-tnpH", "state", "established", "( sport = :%d )" % port],
-                             capture_output=True, timeout=10).stdout.decode()
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    live = {}
-    for pid in re.findall(r"pid=(\d+)", out):
-        live[int(pid)] = live.get(int(pid), 0) + 1
-    return live
-
-
-def one_run(n):
-    tmp = tempfile.mkdtemp(prefix="corral-fairness.")
-    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    lsock.bind(("127.0.0.1", 0))
-    lsock.listen(4096)
-    port = lsock.getsockname()[1]
-    notify_path = os.path.join(tmp, "notify")
-    nsock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    nsock.bind(notify_path)
-    nsock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-    pids = []
-    try:
-        for i in range(n):
-            pids.append(spawn(lsock, notify_path, tmp, i))
-        wait_ready(nsock, set(pids), time.monotonic() + 10)
-        wrk = subprocess.Popen(["wrk", "-t%d" % threads, "-c%d" % conns, "-d%ds" % secs,
-                                "http://127.0.0.1:%d/" % port],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            time.sleep(secs / 2)
-            live = open_conns(port)
-            out = wrk.communicate(timeout=secs + 30)[0].decode(errors="replace")
-        finally:
-            if wrk.poll() is None:
-                wrk.kill()
-                wrk.wait()
-        m = re.search(r"Requests/sec:\s*([\d.]+)", out)
-        rps = float(m.group(1)) if m else 0.0
-        errs = re.search(r"Socket errors:.*|Non-2xx.*", out)
-        clean = stop(pids, time.monotonic() + 10)
-        pids = []
-        acc, req = {}, {}
-        for i in range(n):
-            with open(os.path.join(tmp, "worker-%d.log" % i), "rb") as f:
-                m = STATS.search(f.read())
-            if m:
-                acc[int(m.group(1))] = int(m.group(2))
-                req[int(m.group(1))] = int(m.group(3))
-        return rps, acc, req, live, (errs.group(0) if errs else ""), clean
-    finally:
-        if pids:
-            stop(pids, time.monotonic() + 5)
-        lsock.close()
-        nsock.close()
-        for f in os.listdir(tmp):
-            os.unlink(os.path.join(tmp, f))
-        os.rmdir(tmp)
-
-
-print("corral-hello fairness: %d workers, wrk -t%d -c%d -d%ds, %s"
-      % (workers, threads, conns, secs, binary))
-worst, all_ok = 0.0, True
-for r in range(runs):
-    rps, acc, req, live, errs, clean = one_run(workers)
-    # The workers' own totals when they printed them, else what ss saw.
-    counts = sorted((acc or live).values(), reverse=True)
-    ok = len(counts) == workers and min(counts) > 0
-    ratio = max(counts) / min(counts) if ok else float("inf")
-    worst = max(worst, ratio)
-    all_ok &= ok and ratio <= max_ratio and clean
-    print("run %d: connections per worker %s (open mid-run: %s)  max/min %.2f  requests %s  %.0f req/s%s"
-          % (r + 1, counts, sorted(live.values(), reverse=True), ratio,
-             sorted(req.values(), reverse=True), rps,
-             ("  [" + errs + "]") if errs else ""))
-print("worst max/min ratio %.2f (limit %.2f): %s" % (worst, max_ratio, "ok" if all_ok else "FAIL"))
-if baseline:
-    rps, acc, req, live, errs, clean = one_run(1)
-    print("baseline, 1 worker: %.0f req/s%s" % (rps, ("  [" + errs + "]") if errs else ""))
-sys.exit(0 if all_ok else 1)
+cat >"$tmp/tally.lua" <<'EOF'
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) tally = {} end
+function response(status, headers, body)
+        local pid = headers["X-Worker-Pid"] or "none"
+        tally[pid] = (tally[pid] or 0) + 1
+end
+function done(summary, latency, requests)
+        local total = {}
+        for _, t in ipairs(threads) do
+                for pid, n in pairs(t:get("tally")) do total[pid] = (total[pid] or 0) + n end
+        end
+        for pid, n in pairs(total) do io.write("share ", pid, " ", n, "\n") end
+end
 EOF
+
+free_port() {
+        python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Wait up to 20 s for a line matching $2 in file $1.
+wait_line() {
+        i=0
+        while ! grep -q "$2" "$1"; do
+                i=$((i + 1))
+                [ $i -le 200 ] || { echo "fairness.sh: timed out waiting for '$2'; log:" >&2; cat "$1" >&2; exit 1; }
+                sleep 0.1
+        done
+}
+
+echo "fairness: $mode, $workers workers, wrk -t$threads -c$conns -d${secs}s, $*"
+worst=0 fail=0
+for run in $(seq "$runs"); do
+        port=$(free_port)
+        "$corrald" --log stderr -n "fairness$$" --control "$tmp/ctl.sock" -w "$workers" -b "$mode" \
+                --listen "127.0.0.1:$port" -- "$@" >"$tmp/corrald.log" 2>&1 &
+        pid=$!
+        wait_line "$tmp/corrald.log" "workers\{0,1\} ready\|the worker is ready"
+        wrk "-t$threads" "-c$conns" "-d${secs}s" -s "$tmp/tally.lua" "http://127.0.0.1:$port/" >"$tmp/wrk.out" &
+        wrk=$!
+        # Halfway: open connections per worker, from ss(8).
+        sleep "$(awk -v s="$secs" 'BEGIN { print s / 2 }')"
+        open=$(ss -tnpH state established "( sport = :$port )" 2>/dev/null |
+                grep -o 'pid=[0-9]*' | sort | uniq -c | awk '{ printf "%s%s", sep, $1; sep = " " }')
+        if ! wait "$wrk"; then
+                echo "fairness.sh: wrk failed:" >&2
+                cat "$tmp/wrk.out" "$tmp/corrald.log" >&2
+                exit 1
+        fi
+        kill "$pid"
+        wait "$pid" || true
+        pid=
+        line=$(awk -v n="$workers" -v open="$open" '
+                /^share / { s[++k] = $3 }
+                /Requests\/sec/ { rps = $2 }
+                /Socket errors|Non-2xx/ { err = err " [" $0 "]" }
+                END {
+                        max = 0; min = -1
+                        for (i = 1; i <= k; i++) { if (s[i] > max) max = s[i]; if (min < 0 || s[i] < min) min = s[i] }
+                        ratio = (k == n && min > 0) ? sprintf("%.2f", max / min) : "inf"
+                        list = ""
+                        for (i = 1; i <= k; i++) list = list (i > 1 ? " " : "") s[i]
+                        printf "%s|shares %s  max/min %s  (open mid-run: %s)  %.0f req/s%s\n", ratio, list, ratio, open, rps, err
+                }' "$tmp/wrk.out")
+        ratio=${line%%|*}
+        echo "run $run: ${line#*|}"
+        if [ "$ratio" = inf ] || awk -v r="$ratio" -v m="$max_ratio" 'BEGIN { exit !(r > m) }'; then
+                fail=1
+        fi
+        worst=$(awk -v r="$ratio" -v w="$worst" 'BEGIN { print (r == "inf" || w == "inf") ? "inf" : (r > w ? r : w) }')
+done
+echo "worst max/min $worst (limit $max_ratio): $([ $fail = 0 ] && echo ok || echo FAIL)"
+exit $fail

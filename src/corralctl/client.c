@@ -3,8 +3,8 @@
  * The socket is non-blocking and every read and write waits in poll() for
  * what is left of the call's deadline, so a server that stalls can delay
  * corralctl by at most the timeout. Reply bytes are buffered until a
- * newline; a line that would not fit in CLIENT_LINE_MAX bytes ends the
- * call with -EMSGSIZE. Bytes that arrive after a result stay buffered for
+ * newline; a reply line longer than CLIENT_REPLY_MAX bytes ends the call
+ * with -EMSGSIZE. Bytes that arrive after a result stay buffered for
  * the next call on the same connection. */
 #include <limits.h>
 #include <poll.h>
@@ -23,8 +23,8 @@
 
 struct Client {
         int fd;
-        char *buf;              /* CLIENT_LINE_MAX + 1 bytes: a full line and its newline */
-        size_t len;
+        char *buf;              /* cap bytes; grows to CLIENT_REPLY_MAX + 1 for a long reply line */
+        size_t len, cap;
         volatile sig_atomic_t *interrupt;
 };
 
@@ -47,21 +47,22 @@ static void sleep_usec(uint64_t usec) {
         (void) nanosleep(&ts, NULL);
 }
 
-/* Whether a directory is one that only root and `uid` control: owned by
- * either, writable by nobody else (a sticky /tmp does not count here:
- * anyone may create a socket there). */
-static bool dir_trusted(const struct stat *st, uid_t uid) {
-        return S_ISDIR(st->st_mode) && (st->st_uid == 0 || st->st_uid == uid) &&
-               !(st->st_mode & (S_IWGRP | S_IWOTH));
+/* Whether only root and the directory's owner can change what is in st's
+ * directory: writable by nobody else (a sticky /tmp does not count: anyone
+ * may create a socket there), and owned by root unless any_owner. */
+static bool dir_trusted(const struct stat *st, bool any_owner) {
+        return S_ISDIR(st->st_mode) && (any_owner || st->st_uid == 0) && !(st->st_mode & (S_IWGRP | S_IWOTH));
 }
 
 /* A server running as root or as ourselves is trusted. Root also trusts an
- * instance running as another user (DynamicUser=, User=) when nobody but
- * root and that user could have put the socket there: the socket is that
- * user's, every directory on the way is owned by root or that user and
- * writable by nobody else, and every symlink on the way is root's. corrald
- * refuses such places for itself (control.c), so another user cannot pass
- * off their server as an instance of root's. */
+ * instance running as another user (DynamicUser=, User=) when only root
+ * and the owner of the socket's directory could have put the socket there
+ * — as with RuntimeDirectory=: every directory above it is root's and
+ * writable by nobody else, the directory itself is writable by its owner
+ * only, and every symlink on the way is root's. corrald refuses any other
+ * place for itself (control.c), and another user cannot make such a
+ * directory where root's corralctl looks (/run/corral), so they cannot
+ * pass off a server of theirs as an instance. */
 static bool server_trusted(const char *path, uid_t uid) {
         char buf[PATH_MAX], real[PATH_MAX];
         struct stat st;
@@ -70,7 +71,7 @@ static bool server_trusted(const char *path, uid_t uid) {
                 return true;
         if (geteuid() != 0)
                 return false;
-        if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode) || st.st_uid != uid)
+        if (lstat(path, &st) == -1 || !S_ISSOCK(st.st_mode))
                 return false;
         /* Symlinks on the path as given: root's only. */
         if (snprintf(buf, sizeof(buf), "%s", path) >= (int) sizeof(buf))
@@ -91,15 +92,15 @@ static bool server_trusted(const char *path, uid_t uid) {
                 strcpy(buf, ".");
         if (!realpath(buf[0] ? buf : "/", real))
                 return false;
-        if (stat("/", &st) == -1 || !dir_trusted(&st, uid))
-                return false;
         size_t n = strlen(real);
-        for (size_t i = 1; i <= n; i++) {
+        if (stat("/", &st) == -1 || !dir_trusted(&st, n == 1))
+                return false;
+        for (size_t i = 1; i <= n && n > 1; i++) {
                 if (i < n && real[i] != '/')
                         continue;
                 char c = real[i];
                 real[i] = 0;
-                bool ok = stat(real, &st) == 0 && dir_trusted(&st, uid);
+                bool ok = stat(real, &st) == 0 && dir_trusted(&st, i == n);
                 real[i] = c;
                 if (!ok)
                         return false;
@@ -145,7 +146,8 @@ int client_connect(const char *path, uint64_t timeout_usec, Client **ret) {
         Client *c = calloc(1, sizeof(Client));
         if (!c)
                 return -ENOMEM;
-        c->buf = malloc(CLIENT_LINE_MAX + 1);
+        c->cap = CLIENT_LINE_MAX + 1;
+        c->buf = malloc(c->cap);
         if (!c->buf) {
                 free(c);
                 return -ENOMEM;
@@ -218,7 +220,9 @@ static int handle_line(char *line, size_t len, client_progress_t progress, void 
                 *ret = j;
                 return 1;
         }
-        if (progress) {
+        /* Other types are ignored, as the protocol asks of clients. */
+        bool known = strcmp(type->valuestring, "progress") == 0 || strcmp(type->valuestring, "message") == 0;
+        if (progress && known) {
                 const cJSON *m = cJSON_GetObjectItemCaseSensitive(j, "message");
                 progress(cJSON_IsString(m) ? m->valuestring : "", j, userdata);
         }
@@ -274,9 +278,19 @@ int client_call(Client *c, const cJSON *request, uint64_t timeout_usec, client_p
                         *ret_result = result;
                         return 0;
                 }
-                if (c->len == CLIENT_LINE_MAX + 1)
-                        return -EMSGSIZE;
-                ssize_t n = read(c->fd, c->buf + c->len, CLIENT_LINE_MAX + 1 - c->len);
+                if (c->len == c->cap) {
+                        /* A reply line may be long: the status of thousands
+                         * of workers. Grow up to CLIENT_REPLY_MAX. */
+                        if (c->cap >= CLIENT_REPLY_MAX + 1)
+                                return -EMSGSIZE;
+                        size_t cap = MIN(c->cap * 2, (size_t) CLIENT_REPLY_MAX + 1);
+                        char *b = realloc(c->buf, cap);
+                        if (!b)
+                                return -ENOMEM;
+                        c->buf = b;
+                        c->cap = cap;
+                }
+                ssize_t n = read(c->fd, c->buf + c->len, c->cap - c->len);
                 if (n > 0) {
                         c->len += (size_t) n;
                         continue;

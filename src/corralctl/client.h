@@ -14,6 +14,9 @@
 
 /* Longest line either side may send, newline excluded (protocol: 64 KiB). */
 #define CLIENT_LINE_MAX (64U * 1024U)
+/* A reply line may be longer: `status` of 4096 workers is about 1 MiB.
+ * corrald sends at most 4 MiB unread to one client. */
+#define CLIENT_REPLY_MAX (8U * 1024U * 1024U)
 
 typedef struct Client Client;
 
@@ -27,8 +30,8 @@ typedef void (*client_progress_t)(const char *message, const cJSON *line, void *
  * -ECONNREFUSED (nobody listening: a stale socket), -EACCES/-EPERM,
  * -ENOTSOCK, -ENAMETOOLONG, -ETIMEDOUT, -EREMOTEIO (the server is not
  * trusted: it runs as neither root nor our own uid, and — for root — the
- * socket is in a place someone other than root and the server's user
- * controls) or another -errno. */
+ * socket is in a place others than root and its directory's owner
+ * control) or another -errno. */
 int client_connect(const char *path, uint64_t timeout_usec, Client **ret);
 
 /* Accepts NULL; returns NULL. Closes the connection. */

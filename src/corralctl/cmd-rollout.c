@@ -9,9 +9,12 @@
 #include <stdio.h>
 
 #include "ctl.h"
+#include "util.h"
 
 static void on_progress(const char *message, const cJSON *line, void *userdata) {
         const Ctl *ctl = userdata;
+        if (!streq_ptr(ctl_json_str(line, "type"), "progress"))
+                return;
         /* With --json stdout carries only the result object. */
         FILE *f = ctl->json ? stderr : stdout;
         fprintf(f, "%s\n", message);
@@ -25,6 +28,9 @@ static int rollout(Ctl *ctl, cJSON *req, const char *what) {
         int r = ctl_request(ctl, req, CTL_ROLLOUT_TIMEOUT_USEC, on_progress, ctl, &res);
         if (r != 0)
                 return r;
+        const char *warning = ctl_json_str(res, "warning");
+        if (warning && !ctl->json)
+                fprintf(stderr, "corralctl: warning: %s\n", warning);
         if (ctl->json)
                 ctl_print_json(res);
         else if (ctl_json_int(res, "generation", &gen))

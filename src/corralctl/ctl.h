@@ -98,3 +98,4 @@ int cmd_send(Ctl *ctl, char **args);
 int cmd_messages(Ctl *ctl, char **args);
 int cmd_logs(Ctl *ctl, char **args);
 int cmd_list(Ctl *ctl, char **args);
+int cmd_upgrade(Ctl *ctl, char **args);

@@ -32,6 +32,8 @@ static void help(void) {
                "                        the instance's journal: master events and worker\n"
                "                        output; -w: one slot across its restarts (with -f,\n"
                "                        only the slot's workers known at start are followed)\n"
+               "  upgrade               re-execute corrald in place from the binary on disk,\n"
+               "                        keeping every worker, socket and counter\n"
                "  list                  every instance in the runtime directories\n"
                "\n"
                "Options:\n"
@@ -62,7 +64,7 @@ static const Command commands[] = {
         { "status", cmd_status },   { "ls", cmd_status },         { "top", cmd_top },
         { "reload", cmd_reload },   { "restart", cmd_restart },   { "scale", cmd_scale },
         { "signal", cmd_signal },   { "send", cmd_send },         { "logs", cmd_logs },
-        { "list", cmd_list },       { "messages", cmd_messages },
+        { "list", cmd_list },       { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
 };
 
 enum {

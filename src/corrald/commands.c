@@ -71,6 +71,8 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddStringToObject(o, "status", m->status);
         cJSON_AddStringToObject(o, "log", log_get_target() == LOG_TARGET_JOURNAL ? "journal" : "stderr");
         cJSON_AddNumberToObject(o, "uptime_ms", (double) ((now - m->start_usec) / USEC_PER_MSEC));
+        cJSON_AddNumberToObject(o, "exec_uptime_ms", (double) ((now - m->exec_usec) / USEC_PER_MSEC));
+        cJSON_AddNumberToObject(o, "upgrades", m->upgrades);
 
         a = cJSON_AddArrayToObject(o, "listeners");
         for (unsigned i = 0; a && i < m->listeners.n; i++) {
@@ -303,13 +305,17 @@ static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
         control_reply_ok(c, o);
 }
 
+static void cmd_upgrade(Manager *m, ControlConn *c, const cJSON *req) {
+        manager_upgrade(m, c);
+}
+
 static const struct {
         const char *name;
         void (*fn)(Manager *m, ControlConn *c, const cJSON *req);
 } commands[] = {
         { "status", cmd_status }, { "reload", cmd_reload }, { "restart", cmd_restart },
         { "scale", cmd_scale },   { "signal", cmd_signal }, { "send", cmd_send },
-        { "messages", cmd_messages },
+        { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
 };
 
 void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
@@ -321,6 +327,6 @@ void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
                         return;
                 }
         char esc[80];
-        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send, messages)",
+        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send, messages, upgrade)",
                             str_escape(name, esc, sizeof(esc)));
 }

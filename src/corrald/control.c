@@ -483,8 +483,42 @@ static int mkdir_parents(const char *path, mode_t mode) {
         return 0;
 }
 
+/* Whether dir (st: its stat) is one root made and handed to its owner, as
+ * systemd does with RuntimeDirectory= for a DynamicUser= service (units
+ * that share /run/corral leave it to the instance started last): writable
+ * by its owner only, and every directory above it root's and writable by
+ * nobody else, so no other user can have made or replaced it. */
+static bool handed_out_by_root(const char *dir, const struct stat *st) {
+        char real[PATH_MAX];
+        struct stat up;
+
+        if (st->st_mode & (S_IWGRP | S_IWOTH))
+                return false;
+        if (!realpath(dir, real))
+                return false;
+        char *slash = strrchr(real, '/');
+        if (!slash)
+                return false;
+        *slash = 0;
+        if (stat("/", &up) == -1 || up.st_uid != 0 || (up.st_mode & (S_IWGRP | S_IWOTH)))
+                return false;
+        size_t n = strlen(real);
+        for (size_t i = 1; i <= n; i++) {
+                if (i < n && real[i] != '/')
+                        continue;
+                char c = real[i];
+                real[i] = 0;
+                bool ok = stat(real, &up) == 0 && up.st_uid == 0 && !(up.st_mode & (S_IWGRP | S_IWOTH));
+                real[i] = c;
+                if (!ok)
+                        return false;
+        }
+        return true;
+}
+
 /* The directory the socket goes in must be trusted (SPEC §7): owned by
- * root or by us, and writable by nobody else — or, like /tmp, sticky, so
+ * root or by us (or, for root, handed by root to its owner), and writable
+ * by nobody else — or, like /tmp, sticky, so
  * that nobody else can remove or rename what we put there — and not
  * reached through a symlink someone else owns (they could re-point it).
  * Returns 0, or a negative errno after logging why. */
@@ -514,10 +548,10 @@ static int check_control_dir(const char *path) {
         }
         if (!S_ISDIR(st.st_mode))
                 return log_error_errno(-ENOTDIR, "control socket directory %s is not a directory", dir);
-        if (st.st_uid != 0 && st.st_uid != me)
+        if (st.st_uid != 0 && st.st_uid != me && !(me == 0 && handed_out_by_root(dir, &st)))
                 return log_error_errno(-EPERM, "control socket directory %s is owned by uid %u; refusing it "
-                                       "(only root's or uid %u's are trusted)", dir, (unsigned) st.st_uid,
-                                       (unsigned) me);
+                                       "(only root's or uid %u's are trusted, or one root handed to its owner)",
+                                       dir, (unsigned) st.st_uid, (unsigned) me);
         if ((st.st_mode & (S_IWGRP | S_IWOTH)) && !(st.st_mode & S_ISVTX))
                 return log_error_errno(-EPERM, "control socket directory %s is writable by group or others "
                                        "(mode %04o); refusing it", dir, (unsigned) (st.st_mode & 07777));
@@ -535,6 +569,51 @@ static int unlink_socket(const char *path) {
         if (unlink(path) == -1 && errno != ENOENT)
                 return -errno;
         return 0;
+}
+
+static int control_server_listen(ControlServer *s, uv_loop_t *loop);
+
+int control_server_adopt(ControlServer *s, uv_loop_t *loop, int fd, const char *path, ControlHandler handler,
+                         void *userdata) {
+        *s = (ControlServer) {
+                .handler = handler,
+                .userdata = userdata,
+                .evict_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+                .refuse_log = RATELIMIT_INIT(10 * USEC_PER_SEC, 5),
+        };
+        s->path = strdup(path);
+        if (!s->path) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        int r = uv_pipe_init(loop, &s->pipe, 0);
+        if (r < 0) {
+                safe_close(fd);
+                return log_error_errno(r, "control socket: %m");
+        }
+        s->pipe.data = s;
+        s->active = true;
+        (void) fd_cloexec(fd, true);
+        r = uv_pipe_open(&s->pipe, fd);
+        if (r < 0) {
+                safe_close(fd);
+                return log_error_errno(r, "cannot adopt the control socket %s: %m", path);
+        }
+        return control_server_listen(s, loop);
+}
+
+int control_server_fd(const ControlServer *s) {
+        uv_os_fd_t fd;
+        if (!s->active || uv_fileno((const uv_handle_t *) &s->pipe, &fd) < 0)
+                return -EBADF;
+        return fd;
+}
+
+int control_conn_fd(const ControlConn *c) {
+        uv_os_fd_t fd;
+        if (c->closed || uv_fileno((const uv_handle_t *) &c->pipe, &fd) < 0)
+                return -EBADF;
+        return fd;
 }
 
 int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, ControlHandler handler,
@@ -586,7 +665,12 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         umask(old);
         if (r < 0)
                 return log_error_errno(r, "cannot bind control socket %s: %m", path);
-        r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
+        return control_server_listen(s, loop);
+}
+
+static int control_server_listen(ControlServer *s, uv_loop_t *loop) {
+        const char *path = s->path;
+        int r = uv_listen((uv_stream_t *) &s->pipe, 64, on_connection);
         if (r < 0)
                 return log_error_errno(r, "cannot listen on control socket %s: %m", path);
         if (uv_idle_init(loop, &s->idle) == 0) {

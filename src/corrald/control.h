@@ -54,6 +54,13 @@ char *control_socket_path(const char *explicit_path, const char *name);
  * Returns 0 or -errno; logs what failed. */
 int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, ControlHandler handler,
                          void *userdata);
+/* Upgrade: the same with the listening socket the previous corrald bound
+ * (takes fd; nothing is unlinked or bound). Returns 0 or -errno, logged. */
+int control_server_adopt(ControlServer *s, uv_loop_t *loop, int fd, const char *path, ControlHandler handler,
+                         void *userdata);
+/* The listening socket's fd, or -EBADF; a client connection's fd, or -EBADF. */
+int control_server_fd(const ControlServer *s);
+int control_conn_fd(const ControlConn *c);
 /* Close the listener and every connection; unlink the socket file. */
 void control_server_stop(ControlServer *s);
 

@@ -53,6 +53,14 @@ static int offer(Handoff *h, Worker *w, int fd, uint8_t index) {
         return 0;
 }
 
+/* least-conn's view of a worker that never reports a close: until it has
+ * been handed HANDOFF_SILENT_AFTER connections, each counts as open (it
+ * may just not have closed one yet, as with keep-alive); after that it is
+ * taken not to report at all, and takes its turn with the least loaded. */
+static bool silent(const Worker *w) {
+        return !w->reports_closes && w->handed >= HANDOFF_SILENT_AFTER;
+}
+
 /* Pass fd on to a ready worker: round-robin from the cursor, or the least
  * loaded one. Tries every ready worker once. Returns true when one took
  * it (fd is then closed here). */
@@ -64,21 +72,23 @@ static bool deliver(Handoff *h, int fd, uint8_t index) {
                 tried[i] = false;
         for (unsigned attempt = 0; attempt < n; attempt++) {
                 int best = -1;
-                uint64_t best_load = UINT64_MAX;
-                for (unsigned k = 0; k < n; k++) {
+                /* least-conn: the lowest load, then the first in turn with it. */
+                uint64_t min = 0;
+                if (h->balance == BALANCE_LEAST_CONN) {
+                        min = UINT64_MAX;
+                        for (unsigned i = 0; i < n; i++) {
+                                Worker *w = tried[i] ? NULL : slot_ready_worker(h->slots[i]);
+                                if (w && !silent(w))
+                                        min = MIN(min, handoff_open(w));
+                        }
+                        if (min == UINT64_MAX)   /* only silent ones: they take turns */
+                                min = 0;
+                }
+                for (unsigned k = 0; k < n && best < 0; k++) {
                         unsigned i = (h->cursor + k) % n;
                         Worker *w = tried[i] ? NULL : slot_ready_worker(h->slots[i]);
-                        if (!w)
-                                continue;
-                        if (h->balance == BALANCE_ROUND_ROBIN) {
+                        if (w && (h->balance == BALANCE_ROUND_ROBIN || silent(w) || handoff_open(w) == min))
                                 best = (int) i;
-                                break;
-                        }
-                        uint64_t load = w->reports_closes ? handoff_open(w) : 0;
-                        if (load < best_load) {
-                                best = (int) i;
-                                best_load = load;
-                        }
                 }
                 if (best < 0)
                         return false;

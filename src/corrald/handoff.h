@@ -4,8 +4,9 @@
  * Watches the listening sockets, accepts in bounded batches and passes
  * each connection to a ready worker over its IPC channel (ipc_send_fd):
  * the next one in turn (round-robin), or the one with the fewest open
- * handed-off connections (least-conn; a worker that never sent a close
- * report counts as idle, so such workers share in turn). A hand-off that
+ * handed-off connections, ties in turn (least-conn; until a worker sends
+ * its first close report every connection handed to it counts as open,
+ * and one that never reports takes turns). A hand-off that
  * fails (channel full, worker gone) goes to the next worker. When no
  * worker can take a connection, the one accepted waits in the master (at
  * most one) and accepting pauses, so further connections wait in the
@@ -26,6 +27,9 @@
 /* Most connections accepted per listener per loop iteration, so signals,
  * the control socket and the other listeners get their turn. */
 #define HANDOFF_BATCH 64
+/* Hand-offs without a single close report after which least-conn takes a
+ * worker not to report at all (and lets it take turns). */
+#define HANDOFF_SILENT_AFTER 64
 
 typedef struct Handoff Handoff;
 

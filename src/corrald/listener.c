@@ -142,6 +142,21 @@ static int build_fdnames(ListenerSet *s) {
         return 0;
 }
 
+int listener_set_adopt(ListenerSet *s, int fd, const char *name, const char *display, const char *unlink_path,
+                       bool activated) {
+        (void) fd_cloexec(fd, true);
+        if (add(s, fd, name, display) < 0) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        s->activated = activated;
+        if (unlink_path && !(s->items[s->n - 1].unlink_path = strdup(unlink_path)))
+                return -ENOMEM;
+        free(s->fdnames);
+        s->fdnames = NULL;
+        return build_fdnames(s);
+}
+
 int listener_set_acquire(ListenerSet *s, const Config *c, char **ret_error) {
         char **names = NULL;
         int r;

@@ -31,3 +31,8 @@ int listener_set_acquire(ListenerSet *s, const Config *c, char **ret_error);
 
 /* Close every socket and unlink the unix socket files we created. */
 void listener_set_done(ListenerSet *s);
+
+/* Upgrade: add a socket the previous corrald held (takes fd; made CLOEXEC
+ * again). unlink_path may be NULL. Returns 0 or -ENOMEM. */
+int listener_set_adopt(ListenerSet *s, int fd, const char *name, const char *display, const char *unlink_path,
+                       bool activated);

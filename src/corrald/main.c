@@ -13,6 +13,7 @@
 #include "fd-util.h"
 #include "log.h"
 #include "manager.h"
+#include "upgrade.h"
 #include "util.h"
 
 static void help(void) {
@@ -34,7 +35,8 @@ static void help(void) {
                "      --version           print the version and exit\n"
                "  -h, --help              print this help and exit\n"
                "\n"
-               "Signals: TERM/INT stop gracefully, HUP reloads, TTIN/TTOU add/remove one worker.\n");
+               "Signals: TERM/INT stop gracefully, HUP reloads, TTIN/TTOU add/remove one worker,\n"
+               "USR2 re-executes corrald in place (upgrade), keeping every worker.\n");
 }
 
 _printf_(1, 2) static int usage_error(const char *fmt, ...) {
@@ -73,6 +75,9 @@ int main(int argc, char *argv[]) {
         LogTarget log_target = LOG_TARGET_AUTO;
         bool check_only = false;
         int c;
+
+        /* Before anything opens an fd: the state of an upgrade. */
+        upgrade_init(argc, argv);
 
         /* "+": stop at the first non-option, so the worker's own flags after
          * "--" (or after a bare command) are never taken as ours. */

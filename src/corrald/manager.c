@@ -18,6 +18,7 @@
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
+#include "upgrade.h"
 #include "util.h"
 
 unsigned manager_count_ready(const Manager *m) {
@@ -294,8 +295,9 @@ static bool refuse_busy(Manager *m, ControlConn *client, const char *what) {
         return true;
 }
 
+/* Whether c asks for other listeners than the ones bound at start. */
 static bool listen_changed(const Manager *m, const Config *c) {
-        const Config *old = manager_config(m);
+        const Config *old = m->start_config;
         return !m->listeners.activated &&
                (c->n_listen != old->n_listen ||
                 (c->n_listen && memcmp(c->listen, old->listen, c->n_listen * sizeof(ListenAddr)) != 0));
@@ -346,7 +348,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         preempt_recycle(m);
         if (listen_changed(m, c))
                 snprintf(ro->note, sizeof(ro->note), "listen changes take effect only when corrald restarts");
-        else if (c->balance != manager_config(m)->balance)
+        else if (c->balance != m->start_config->balance)
                 snprintf(ro->note, sizeof(ro->note), "balance changes take effect only when corrald restarts");
         ro->old_config = m->pool.config;
         ro->old_generation = m->pool.generation;
@@ -551,8 +553,10 @@ void manager_stop(Manager *m, int exit_code) {
 /* ---- signals ------------------------------------------------------------ */
 
 static void on_sigchld(uv_signal_t *h, int signum) {
-        Manager *m = h->data;
+        manager_reap(h->data);
+}
 
+void manager_reap(Manager *m) {
         /* Read what workers said before they died: READY=1 or STOPPING=1
          * sent just before exiting must be seen before the exit. */
         notify_server_drain(&m->notify);
@@ -565,6 +569,7 @@ static void on_sigchld(uv_signal_t *h, int signum) {
                 if (waitpid(w->pid, &st, WNOHANG) == w->pid)
                         slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
+        upgrade_reap_orphans();
 }
 
 static void on_sigterm(uv_signal_t *h, int signum) {
@@ -596,6 +601,21 @@ static void on_sigttin(uv_signal_t *h, int signum) {
                         log_warning("%s ignored: another worker would not fit in the open-file limit",
                                     signal_to_string(signum));
         }
+}
+
+void manager_upgrade(Manager *m, ControlConn *client) {
+        char *error = NULL;
+        /* Returns only when it did not happen; it logged why. */
+        (void) upgrade_exec(m, client, &error);
+        if (client)
+                control_reply_error(client, "%s", error ? error : "upgrade failed");
+        free(error);
+}
+
+static void on_sigusr2(uv_signal_t *h, int signum) {
+        Manager *m = h->data;
+        log_info("received SIGUSR2: upgrading in place");
+        manager_upgrade(m, NULL);
 }
 
 static void recycle_slot(Manager *m, unsigned i);
@@ -691,7 +711,7 @@ void manager_close(Manager *m) {
         uv_handle_t *handles[] = {
                 (uv_handle_t *) &m->sig_term, (uv_handle_t *) &m->sig_int,  (uv_handle_t *) &m->sig_hup,
                 (uv_handle_t *) &m->sig_chld, (uv_handle_t *) &m->sig_ttin, (uv_handle_t *) &m->sig_ttou,
-                (uv_handle_t *) &m->watchdog, (uv_handle_t *) &m->recycle,  (uv_handle_t *) &m->deadline,
+                (uv_handle_t *) &m->sig_usr2, (uv_handle_t *) &m->watchdog, (uv_handle_t *) &m->recycle,  (uv_handle_t *) &m->deadline,
                 (uv_handle_t *) &m->prepare,  (uv_handle_t *) &m->busy,
         };
         for (size_t i = 0; i < ELEMENTSOF(handles); i++)
@@ -705,11 +725,13 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         char *error = NULL;
         int r;
 
-        *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .notify.fd = -EBADF };
+        *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
+                         .notify.fd = -EBADF, .start_config = config_ref(config) };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
-        uv_signal_t *signals[] = { &m->sig_chld, &m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_ttin, &m->sig_ttou };
+        uv_signal_t *signals[] = { &m->sig_chld, &m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_ttin, &m->sig_ttou,
+                                  &m->sig_usr2 };
         for (size_t i = 0; i < ELEMENTSOF(signals); i++) {
                 uv_signal_init(loop, signals[i]);
                 signals[i]->data = m;
@@ -727,7 +749,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         if (r < 0)
                 return log_error_errno(r, "cannot allocate the failure window: %m");
 
-        r = listener_set_acquire(&m->listeners, config, &error);
+        /* Re-executed by an upgrade: adopt what the previous corrald held. */
+        int notify_fd = -EBADF, control_fd = -EBADF, restored = 0;
+        if (upgrade_pending() && (restored = upgrade_adopt_fds(m, &notify_fd, &control_fd)) < 0)
+                return restored;
+        r = restored || m->listeners.n > 0 ? 0 : listener_set_acquire(&m->listeners, config, &error);
         if (r < 0) {
                 log_error("%s", error ? error : "out of memory");
                 free(error);
@@ -747,14 +773,18 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                          balance_to_string(config->balance));
         }
 
-        r = notify_server_start(&m->notify, loop, config->name, on_notify, m);
+        r = notify_fd >= 0 ? notify_server_adopt(&m->notify, loop, notify_fd, on_notify, m)
+                           : notify_server_start(&m->notify, loop, config->name, on_notify, m);
         if (r < 0)
                 return log_error_errno(r, "cannot create the notify socket: %m");
 
         _cleanup_free_ char *control = control_socket_path(config->control, config->name);
         if (!control)
                 log_notice("no control socket: set XDG_RUNTIME_DIR or --control to use corralctl");
-        else if ((r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
+        else if (control_fd >= 0 && (r = control_server_adopt(&m->control, loop, control_fd, control,
+                                                                commands_dispatch, m)) < 0)
+                return r;
+        else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
                 return r;
 
         uv_signal_start(&m->sig_chld, on_sigchld, SIGCHLD);
@@ -763,6 +793,7 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         uv_signal_start(&m->sig_hup, on_sighup, SIGHUP);
         uv_signal_start(&m->sig_ttin, on_sigttin, SIGTTIN);
         uv_signal_start(&m->sig_ttou, on_sigttin, SIGTTOU);
+        uv_signal_start(&m->sig_usr2, on_sigusr2, SIGUSR2);
         uv_prepare_start(&m->prepare, on_prepare);
 
         if (sd_watchdog_enabled(0, &m->watchdog_usec) > 0 && m->watchdog_usec > 0) {
@@ -771,6 +802,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
         arm_recycle(m);
+
+        if (restored)
+                return upgrade_restore(m);
+        if (upgrade_pending())
+                upgrade_stop_orphans(m);
 
         unsigned n = config_worker_count(config), max, open;
         if (manager_fd_room(m, n, &max, &open) < 0) {
@@ -790,6 +826,7 @@ void manager_done(Manager *m) {
                 slot_free(m->pool.slots);
         free(m->slots);
         listener_set_done(&m->listeners);
+        config_unref(m->start_config);
         manager_messages_done(m);
         pool_done(&m->pool);
 }

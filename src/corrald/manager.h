@@ -30,6 +30,7 @@
 typedef struct Manager {
         uv_loop_t *loop;
         const ConfigOverrides *overrides;
+        Config *start_config;      /* what the listeners and balance were set up from */
         Pool pool;                 /* config, generation, workers, failure window, outcomes */
         ListenerSet listeners;
         NotifyServer notify;
@@ -45,14 +46,16 @@ typedef struct Manager {
         uint64_t recycle_pause_until; /* after a failed recycle */
         unsigned recycle_next;     /* the slot the next RSS check looks at first */
 
-        uint64_t start_usec;
+        uint64_t start_usec;       /* of the instance: kept across upgrades */
+        uint64_t exec_usec;        /* when this corrald binary started */
+        unsigned upgrades;         /* in-place upgrades since start_usec (upgrade.c) */
         bool sent_ready;
         bool stopping;
         bool closed;
         int exit_code;
         char status[256];          /* last STATUS= sent */
 
-        uv_signal_t sig_term, sig_int, sig_hup, sig_chld, sig_ttin, sig_ttou;
+        uv_signal_t sig_term, sig_int, sig_hup, sig_chld, sig_ttin, sig_ttou, sig_usr2;
         uv_timer_t watchdog;       /* pings systemd's watchdog */
         uv_timer_t recycle;        /* checks RSS against recycle.max_rss_mb */
         uv_timer_t deadline;       /* the Pool's earliest deadline */
@@ -113,6 +116,14 @@ int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *r
 void manager_reload(Manager *m, ControlConn *client);
 void manager_restart(Manager *m, int slot, ControlConn *client);
 
+/* Re-execute corrald in place (upgrade.c), answering client (may be NULL:
+ * SIGUSR2). On success it does not return; the new corrald answers. */
+void manager_upgrade(Manager *m, ControlConn *client);
+
+/* Reap every worker that exited (after reading what the notify socket
+ * holds), by pid. */
+void manager_reap(Manager *m);
+
 /* The number of slots with a ready worker. */
 unsigned manager_count_ready(const Manager *m);
 
@@ -120,6 +131,11 @@ unsigned manager_count_ready(const Manager *m);
  * exec through spawn.c, the IPC channel and, in stderr log mode, the
  * output pipe. */
 extern const SlotOps manager_slot_ops;
+/* Upgrade: the fds the master holds for w (-EBADF when none), and giving
+ * an adopted worker its I/O again (takes both fds, even on failure).
+ * Returns 0 or -ENOMEM. */
+int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output);
+int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd);
 /* The IPC channel of a worker, for sending it a message. */
 struct Ipc *worker_ipc(Worker *w);
 

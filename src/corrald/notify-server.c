@@ -117,7 +117,6 @@ static void on_readable(uv_poll_t *h, int status, int events) {
 int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
                         void *userdata) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int one = 1, bufsize = 1024 * 1024;
         _cleanup_close_ int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 
         *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata };
@@ -132,6 +131,17 @@ int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, 
          * not by the name. The name is read back for NOTIFY_SOCKET. */
         if (bind(fd, (struct sockaddr *) &sa, sizeof(sa_family_t)) == -1)
                 return -errno;
+        return notify_server_adopt(s, loop, TAKE_FD(fd), cb, userdata);
+}
+
+int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd_, NotifyCallback cb, void *userdata) {
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int one = 1, bufsize = 1024 * 1024;
+        _cleanup_close_ int fd = fd_;
+
+        *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata };
+        (void) fd_cloexec(fd, true);
+        (void) fd_nonblock(fd, true);
         socklen_t salen = sizeof(sa);
         if (getsockname(fd, (struct sockaddr *) &sa, &salen) == -1)
                 return -errno;

@@ -30,6 +30,10 @@ typedef struct NotifyServer {
 int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
                         void *userdata);
 
+/* Upgrade: the same with the socket the previous corrald bound (takes fd):
+ * workers keep the NOTIFY_SOCKET they were given. Returns 0 or -errno. */
+int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd, NotifyCallback cb, void *userdata);
+
 /* Read every pending datagram now. Called before reaping children, so a
  * READY=1 or STOPPING=1 sent just before exiting is seen before the exit. */
 void notify_server_drain(NotifyServer *s);

@@ -504,6 +504,7 @@ static SlotState current_stopping(Slot *s, Worker *w) {
         if (healthy)
                 return spawn_current(s);
         w->counted = true;
+        s->restarts++;
         return after_failure(s, w, "sent STOPPING=1 too soon");
 }
 
@@ -772,4 +773,72 @@ void slot_free(Slot *s) {
                 return;
         LIST_REMOVE(all, s->pool->slots, s);
         free(s);
+}
+
+/* ---- upgrade ------------------------------------------------------------ */
+
+unsigned slot_consecutive_failures(const Slot *s) {
+        return s->consecutive_failures;
+}
+
+uint64_t slot_deadline(const Slot *s) {
+        return s->deadline;
+}
+
+void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t deadline) {
+        s->state = state < _SLOT_STATE_MAX ? state : SLOT_EMPTY;
+        s->restarts = restarts;
+        s->consecutive_failures = consecutive_failures;
+        set_deadline(s->pool, &s->deadline, s->state == SLOT_BACKOFF ? deadline : 0);
+}
+
+/* Worker.failure points at a static string; a restored one maps back to
+ * the lifecycle's own reasons. */
+static const char *restore_failure(const char *f) {
+        static const char * const known[] = {
+                "did not become ready in time",
+                "sent no WATCHDOG=1 within watchdog_ms",
+                "asked for its watchdog to fire (WATCHDOG=trigger)",
+        };
+        if (!f)
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(known); i++)
+                if (strcmp(f, known[i]) == 0)
+                        return known[i];
+        return "was killed for a failure before the upgrade";
+}
+
+Worker *slot_adopt_worker(Slot *s, const Worker *from, Config *config) {
+        Pool *p = s->pool;
+        Worker *w = calloc(1, sizeof(Worker));
+        if (!w)
+                return NULL;
+        *w = (Worker) { .slot = s, .config = config_ref(config), .id = s->id, .generation = from->generation,
+                        .pid = from->pid, .state = from->state, .role = from->role, .stop_sent = from->stop_sent,
+                        .said_stopping = from->said_stopping, .counted = from->counted,
+                        .failure = restore_failure(from->failure), .start_usec = from->start_usec,
+                        .ready_usec = from->ready_usec, .handed = from->handed, .closed = from->closed,
+                        .reports_closes = from->reports_closes,
+                        .notices = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+        snprintf(w->status, sizeof(w->status), "%s", from->status);
+        snprintf(w->who, sizeof(w->who), "worker %u (pid %d)", s->id, (int) w->pid);
+        set_deadline(p, &w->deadline, from->deadline);
+        if (w->role == WORKER_LEAVING)
+                LIST_PREPEND(leaving, s->leaving, w);
+        else if (w->role == WORKER_INCOMING)
+                s->incoming = w;
+        else
+                s->current = w;
+        LIST_PREPEND(all, p->workers, w);
+        p->n_workers++;
+        return w;
+}
+
+void pool_restore(Pool *p, unsigned generation, bool gave_up, const char *giveup_reason, const uint64_t *stamps,
+                  unsigned n_stamps) {
+        p->generation = generation;
+        p->gave_up = gave_up;
+        snprintf(p->giveup_reason, sizeof(p->giveup_reason), "%s", giveup_reason ? giveup_reason : "");
+        for (unsigned i = 0; i < n_stamps; i++)
+                (void) failure_window_record(&p->failures, stamps[i]);
 }

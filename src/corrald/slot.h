@@ -142,6 +142,24 @@ unsigned slot_id(const Slot *s);
 unsigned slot_restarts(const Slot *s);
 Worker *slot_current(const Slot *s);
 Worker *slot_incoming(const Slot *s);
+/* Upgrade (upgrade.c): what the previous corrald's slot looked like, and
+ * putting it back without spawning. These and slot_dispatch() are the only
+ * writers of slot and worker lifecycle fields. */
+unsigned slot_consecutive_failures(const Slot *s);
+uint64_t slot_deadline(const Slot *s);
+/* Set a restored slot's state, counters and respawn deadline (BACKOFF). */
+void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t deadline);
+/* Adopt a running process as a worker of s: copies pid, generation, state,
+ * role, stop_sent/said_stopping/counted, failure (a copy of one of the
+ * lifecycle's own reasons, or a generic one), start/ready times, deadline,
+ * status and the hand-off counters from `from`. Takes a reference to config.
+ * Nothing is spawned or logged. Returns the worker, or NULL (out of memory). */
+Worker *slot_adopt_worker(Slot *s, const Worker *from, Config *config);
+/* Restore the generation, give-up state and the failure window's stamps
+ * (oldest first). */
+void pool_restore(Pool *p, unsigned generation, bool gave_up, const char *giveup_reason, const uint64_t *stamps,
+                  unsigned n_stamps);
+
 /* Whether the slot has a ready worker. */
 bool slot_is_ready(const Slot *s);
 /* The current worker if it is ready and not leaving: one that may take new work. */

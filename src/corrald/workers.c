@@ -130,6 +130,46 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
         return pid;
 }
 
+int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output) {
+        WorkerIo *io = w->host;
+        *ret_ipc = io && io->ipc.open ? io->ipc.fd : -EBADF;
+        *ret_output = io && io->output.open ? io->output.fd : -EBADF;
+        return 0;
+}
+
+int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd) {
+        const Config *c = w->config;
+        WorkerIo *io = calloc(1, sizeof(WorkerIo));
+        if (!io) {
+                safe_close(ipc_fd);
+                safe_close(output_fd);
+                return -ENOMEM;
+        }
+        io->worker = w;
+        io->n_handles = 1;   /* the lifecycle's hold, as in host_start() */
+        io->manager = m;
+        w->host = io;
+        io->ipc = (Ipc) { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
+                          .on_close = on_ipc_closed, .who = w->who, .userdata = io };
+        io->output = (Output) { .on_close = on_output_closed, .userdata = io };
+        /* They were opened up for execve(): no worker may inherit them. */
+        (void) fd_cloexec(ipc_fd, true);
+        (void) fd_cloexec(output_fd, true);
+        if (ipc_fd >= 0) {
+                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0)
+                        io->n_handles++;
+                else
+                        log_warning("%s: cannot watch its IPC channel", w->who);
+        }
+        if (output_fd >= 0) {
+                if (output_start(&io->output, m->loop, output_fd, c->name, w->id, worker_pid(w)) >= 0)
+                        io->n_handles++;
+                else
+                        log_warning("%s: cannot read its output", w->who);
+        }
+        return 0;
+}
+
 static void host_kill(void *userdata, Worker *w, int sig, bool group) {
         if (w->pid <= 0)
                 return;

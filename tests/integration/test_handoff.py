@@ -13,38 +13,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
-from corral import Corrald, NotifySocket, PY, SRC, free_port, http_get, proc_environ  # noqa: E402
+from corral import (Corrald, NotifySocket, PY, SRC, finish, free_port, http_get, proc_environ,  # noqa: E402
+                    request, status)
 
 TMP = tempfile.mkdtemp(prefix="corral-handoff-")
 EXAMPLE = [PY, os.path.join(SRC, "examples", "python-worker.py")]
-
-
-def req(c, obj, timeout=10):
-    """One control request; returns its result object."""
-    wait_for(lambda: os.path.exists(c.control), 10, "control socket")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(c.control)
-    try:
-        s.sendall((json.dumps(obj) + "\n").encode())
-        buf = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            d = s.recv(65536)
-            if not d:
-                break
-            buf += d
-            for line in buf.split(b"\n")[:-1]:
-                o = json.loads(line)
-                if o.get("type") == "result":
-                    return o
-        raise AssertionError("no result for %r; got %r" % (obj, buf))
-    finally:
-        s.close()
-
-
-def status(c):
-    return req(c, {"command": "status"})
 
 
 def start(balance, workers=2, listen=None, exec_=None, extra=None):
@@ -62,16 +35,6 @@ def start(balance, workers=2, listen=None, exec_=None, extra=None):
         c = Corrald(args, exec_=exec_ or EXAMPLE, notify=n)
     n.wait("READY", "1")
     return c, n
-
-
-def finish(c, n):
-    try:
-        eq(c.stop(), 0, "corrald exit status\n" + c.output())
-        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
-            assert marker not in c.output(), c.output()
-    finally:
-        c.kill()
-        n.close()
 
 
 def get_unix(path):
@@ -235,15 +198,38 @@ def messages_between_workers_and_to_the_master():
         # Each example worker greets the others at start; each prints what it got.
         c.wait_line(r"worker 0: message from 1: \{'hello': '1'\}")
         c.wait_line(r"worker 1: message from 0: \{'hello': '0'\}")
-        r = req(c, {"command": "send", "target": "all", "data": "ping"})
+        r = request(c, {"command": "send", "target": "all", "data": "ping"})
         eq((r["ok"], r["delivered"]), (True, 2), "send all reaches both workers")
         pongs = wait_for(lambda: (lambda m: m if len(m) == 2 else None)(
-            [m for m in req(c, {"command": "messages"})["messages"] if isinstance(m["data"], dict)]), 10,
+            [m for m in request(c, {"command": "messages"})["messages"] if isinstance(m["data"], dict)]), 10,
             "a pong from each worker")
         eq(sorted((m["from"], m["data"]["pong"]) for m in pongs), [(0, "0"), (1, "1")], "pongs with from set")
-        r = req(c, {"command": "send", "target": 1, "data": {"x": [1, 2]}})
+        r = request(c, {"command": "send", "target": 1, "data": {"x": [1, 2]}})
         eq(r["delivered"], 1, "send to one slot")
         c.wait_line(r"worker 1: message from ctl: \{'x': \[1, 2\]\}")
+    finally:
+        finish(c, n)
+
+
+@case
+def message_flood_drops_and_counts_but_hand_offs_keep_flowing():
+    port = free_port()
+    c, n = start("round-robin", listen=["127.0.0.1:%d" % port])
+    try:
+        big = {"blob": "z" * 60000}
+        w0 = status(c)["slots"][0]["pid"]
+        os.kill(w0, signal.SIGSTOP)   # it stops reading its channel
+        try:
+            results = [request(c, {"command": "send", "target": 0, "data": big}) for _ in range(40)]
+        finally:
+            os.kill(w0, signal.SIGCONT)
+        dropped = [r for r in results if not r["ok"]]
+        assert dropped, "some sends must find the queue full"
+        assert "not delivered" in dropped[0]["error"], dropped[0]
+        wait_for(lambda: status(c)["slots"][0]["messages_dropped"] >= len(dropped), 10, "drops counted")
+        # The channel stays open: both workers keep taking connections.
+        seen = sorted(http_get(port, timeout=20)[1]["x-worker"] for _ in range(6))
+        eq(seen, ["0", "0", "0", "1", "1", "1"], "hand-offs to both workers")
     finally:
         finish(c, n)
 
@@ -263,7 +249,7 @@ def corralctl_messages_follows_until_corrald_stops():
         reader.start()
         # Pongs that arrive before the follower is registered are kept and
         # streamed first, so the order of the two does not matter.
-        eq(req(c, {"command": "send", "target": "all", "data": "ping"})["delivered"], 2, "ping sent")
+        eq(request(c, {"command": "send", "target": "all", "data": "ping"})["delivered"], 2, "ping sent")
         wait_for(lambda: len(lines) >= 2 or None, 10, "two messages streamed")
         got = sorted((json.loads(l)["from"], json.loads(l)["data"]["pong"]) for l in lines[:2])
         eq(got, [(0, "0"), (1, "1")], "each worker's pong, with from")
@@ -324,7 +310,7 @@ def hostile_channel_leaves_the_master_responsive_with_flat_fds():
         # the channel stays open.
         big = "y" * 60000
         for _ in range(10):
-            req(c, {"command": "send", "target": 0, "data": big})
+            request(c, {"command": "send", "target": 0, "data": big})
         t0 = time.monotonic()
         st = status(c)
         assert time.monotonic() - t0 < 2, "status took %.1fs" % (time.monotonic() - t0)
@@ -333,7 +319,7 @@ def hostile_channel_leaves_the_master_responsive_with_flat_fds():
         # The control connections just used close asynchronously.
         wait_for(lambda: len(os.listdir("/proc/%d/fd" % c.pid)) == fds_before, 10,
                  "the master's fd count back to %d" % fds_before)
-        eq(sum(1 for m in req(c, {"command": "messages"})["messages"] if m["data"] == 1), 20,
+        eq(sum(1 for m in request(c, {"command": "messages"})["messages"] if m["data"] == 1), 20,
            "the 20 valid lines arrived, their fds refused")
     finally:
         finish(c, n)

@@ -15,8 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, free_port,  # noqa: E402
-                    pid_alive, proc_environ)
+from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, finish,  # noqa: E402
+                    free_port, proc_environ)
 
 TMP = tempfile.mkdtemp(prefix="corral-hard-")
 
@@ -25,15 +25,6 @@ def run(args, exec_=None, **kw):
     n = NotifySocket()
     c = Corrald(args, exec_, notify=n, env=dict(kw.pop("env", {}), CORRAL_TEST_DIR=TMP), **kw)
     return c, n
-
-
-def finish(c, n, expect=0):
-    try:
-        rc = c.stop()
-        eq(rc, expect, "corrald exit status\n" + c.output())
-    finally:
-        c.kill()
-        n.close()
 
 
 def ctl(c, *args, timeout=10):
@@ -432,6 +423,23 @@ def untrusted_control_directories_are_refused():
         timed_status(c)
     finally:
         finish(c, n)
+    # A directory root handed to another user (RuntimeDirectory= of a
+    # DynamicUser= instance, shared /run/corral) is fine for root too: only
+    # root could have made it. Under /tmp (above: "other") it is not.
+    if os.access("/run", os.W_OK):
+        handed = tempfile.mkdtemp(prefix="corral-handed-", dir="/run")
+        try:
+            os.chmod(handed, 0o755)
+            os.chown(handed, 65534, 65534)
+            c, n = run(["-w", "1", "-n", "dirs", "--control", os.path.join(handed, "x.sock")],
+                       ["/bin/sh", "-c", "exec sleep 3600"])
+            try:
+                c.control = os.path.join(handed, "x.sock")
+                timed_status(c)
+            finally:
+                finish(c, n)
+        finally:
+            shutil.rmtree(handed, ignore_errors=True)
 
 
 FAKE_SERVER = r'''
@@ -475,6 +483,9 @@ def corralctl_does_not_trust_another_users_server():
     own = os.path.join(base, "own")            # like RuntimeDirectory= of a DynamicUser= instance
     os.mkdir(own, 0o755)
     os.chown(own, 65534, 65534)
+    nested = os.path.join(own, "sub")          # below a directory of another user: not root's
+    os.mkdir(nested, 0o755)
+    os.chown(nested, 65534, 65534)
     link = os.path.join(base, "link")          # the other user's symlink to that place
     os.symlink(own, link)
     os.lchown(link, 65534, 65534)
@@ -482,7 +493,9 @@ def corralctl_does_not_trust_another_users_server():
     try:
         procs.append(_fake_server(os.path.join(shared, "fake.sock")))
         procs.append(_fake_server(os.path.join(own, "app.sock")))
-        for path in (os.path.join(shared, "fake.sock"), os.path.join(link, "app.sock")):
+        procs.append(_fake_server(os.path.join(nested, "app.sock")))
+        for path in (os.path.join(shared, "fake.sock"), os.path.join(link, "app.sock"),
+                     os.path.join(nested, "app.sock")):
             r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
             eq(r.returncode, 3, "corralctl refuses %s: %s%s" % (path, r.stdout, r.stderr))
             assert "not trusting" in r.stderr, r.stderr
@@ -494,6 +507,18 @@ def corralctl_does_not_trust_another_users_server():
             p.kill()
             p.wait()
         shutil.rmtree(base, ignore_errors=True)
+
+def exec_done(c, n, prog="sleep"):
+    """The workers once they have exec'd prog: a child seen before its exec
+    still has corrald's environment and limits."""
+    def done():
+        ws = c.workers()
+        try:
+            return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
+        except FileNotFoundError:
+            return None
+    return wait_for(done, 20, "%d workers running %s" % (n, prog))
+
 
 def nofile(pid):
     with open("/proc/%d/limits" % pid) as f:

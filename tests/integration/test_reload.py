@@ -130,6 +130,7 @@ def keepalive_clients_reconnect_across_reloads(sb):
 def invalid_config_fails_reload_and_keeps_workers(sb):
     s = wait_ready(sb, 2)
     pids = sorted(w["pid"] for w in s["slots"])
+    gen = s["generation"]
     cursor = sb.journal_cursor()
     sb.write_file(CONF, '{"exec": ["%s"],\n  "workers": 2,,\n}' % HELLO)
     r = sb.systemctl("reload", UNIT, check=False)
@@ -139,7 +140,7 @@ def invalid_config_fails_reload_and_keeps_workers(sb):
     eq(e.get("PRIORITY"), "3", "reload_failed priority")
     s = status(sb)
     eq(sorted(w["pid"] for w in s["slots"]), pids, "old workers still serve")
-    eq(s["generation"], s["generation"], "generation")
+    eq((s["generation"], s["state"]), (gen, "running"), "generation and state after a refused reload")
     eq(sb.run(["curl", "-sS", "http://127.0.0.1:8080/"]).stdout, "Hello World\n", "serving")
     sb.write_file(CONF, conf(2))
 

@@ -1,9 +1,17 @@
 """Helpers for corral's integration tests: find the binaries, own a notify
-socket like systemd's, run corrald and watch its log lines.
+socket like systemd's, run corrald, ask its control socket for its status
+and watch its log lines.
+
+Tests synchronise on state, not on the wording of log lines: the status
+reply of the control socket (`status`, `wait_status`), the messages corrald
+sends to its notify socket (`NotifySocket.wait`), processes in /proc and
+files the test workers write. The log is asserted on only where what is
+logged is the point, once the state says it has happened.
 
 The binaries come from the environment meson sets for every test
 (CORRALD, CORRAL_HELLO); running a test by hand from the source tree falls
 back to ./build. Every wait has a deadline."""
+import json
 import os
 import re
 import shutil
@@ -13,8 +21,9 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 
-from tap import wait_for
+from tap import eq, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
@@ -90,6 +99,24 @@ def children(pid):
         return []
 
 
+def listening(port, udp=False):
+    """Whether a socket is bound to 127.0.0.1:port (TCP: in LISTEN state),
+    by /proc/net, so that probing does not itself connect."""
+    want = "0100007F:%04X" % port
+    state = "07" if udp else "0A"
+    for name in (("udp",) if udp else ("tcp",)):
+        try:
+            with open("/proc/net/" + name) as f:
+                rows = f.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[1] == want and cols[3] == state:
+                return True
+    return False
+
+
 def proc_environ(pid):
     with open("/proc/%d/environ" % pid, "rb") as f:
         items = f.read().split(b"\0")
@@ -137,6 +164,12 @@ class NotifySocket:
         with self.lock:
             return list(self.messages)
 
+    def mark(self):
+        """The index of the next message: pass it as wait(after=) to wait
+        for what corrald says from now on."""
+        with self.lock:
+            return len(self.messages)
+
     def wait(self, key, value=None, timeout=20, after=0):
         """Wait for a message (index >= after) carrying key (=value if given)."""
         def find():
@@ -161,6 +194,149 @@ class NotifySocket:
         except OSError:
             pass
         os.rmdir(self.dir)
+
+
+class Ctl:
+    """One connection to corrald's control socket
+    (docs/internals/control-protocol.md); every read has a deadline."""
+
+    def __init__(self, path, timeout=10):
+        wait_for(lambda: os.path.exists(path), timeout, "control socket %s" % path)
+        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.s.connect(path)
+        except OSError:
+            self.s.close()
+            raise
+        self.s.settimeout(0.5)
+        self.buf = b""
+
+    def send(self, obj):
+        self.s.sendall((json.dumps(obj) + "\n").encode())
+
+    def result(self, timeout=20):
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                o = json.loads(line)
+                seen.append(o)
+                if o.get("type") == "result":
+                    return o
+            if time.monotonic() >= deadline:
+                raise AssertionError("no result within %ss; got %r" % (timeout, seen))
+            try:
+                d = self.s.recv(65536)
+            except socket.timeout:
+                continue
+            if not d:
+                raise AssertionError("control connection closed; got %r" % seen)
+            self.buf += d
+
+    def req(self, obj, timeout=20):
+        self.send(obj)
+        return self.result(timeout)
+
+    def close(self):
+        self.s.close()
+
+
+def status(c, timeout=10):
+    """corrald's status reply (`corralctl status --json`): ready, workers,
+    generation, state, slots[] (id, pid, state, restarts, generation,
+    status), leaving[], incoming[]."""
+    k = Ctl(c.control, timeout)
+    try:
+        r = k.req({"command": "status"}, timeout)
+    finally:
+        k.close()
+    assert r.get("ok"), "status failed: %r" % r
+    return r
+
+
+def request(c, obj, timeout=10):
+    """One control request on a fresh connection; its result object."""
+    k = Ctl(c.control, timeout)
+    try:
+        return k.req(obj, timeout)
+    finally:
+        k.close()
+
+
+def sanitizer_report(c):
+    """The first ASan/LSan/UBSan report in corrald's output, or None."""
+    out = c.output()
+    for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+        i = out.find(marker)
+        if i >= 0:
+            return out[i:i + 2000]
+    return None
+
+
+def assert_clean(c):
+    rep = sanitizer_report(c)
+    assert rep is None, "sanitizer report:\n" + rep
+
+
+def finish(c, n, expect=0):
+    """Stop corrald; check its exit status and that no sanitizer spoke;
+    always clean up (control directory, notify socket)."""
+    try:
+        rc = c.stop()
+        assert_clean(c)
+        eq(rc, expect, "corrald exit status\n" + c.output())
+    finally:
+        c.kill()
+        if n:
+            n.close()
+
+
+def try_status(c):
+    """The status reply, or None while the control socket does not answer
+    (not created yet, corrald gone)."""
+    if not c.control or not os.path.exists(c.control):
+        return None
+    try:
+        return status(c, 5)
+    except (OSError, AssertionError, ValueError):
+        return None
+
+
+def wait_status(c, pred, timeout=20, what="a status"):
+    """Poll the status reply until pred(reply) is true; return that reply.
+    Fails at once if corrald exits, and shows the last reply and the log
+    on a timeout."""
+    last = [None]
+
+    def probe():
+        if c.proc.poll() is not None:
+            return "exited"
+        s = try_status(c)
+        if s is None:
+            return None
+        last[0] = s
+        return s if pred(s) else None
+    try:
+        s = wait_for(probe, timeout, what, interval=0.05)
+    except AssertionError as e:
+        raise AssertionError("%s\nlast status: %s\n--- corrald output:\n%s"
+                             % (e, json.dumps(last[0]), c.output()))
+    if s == "exited":
+        c.drain()
+        raise AssertionError("corrald exited (status %s) while waiting for %s\n--- corrald output:\n%s"
+                             % (c.proc.returncode, what, c.output()))
+    return s
+
+
+def slot(s, i):
+    """Slot i of a status reply."""
+    return next(x for x in s["slots"] if x["id"] == i)
+
+
+def workers_pids(entries):
+    """The pids of a status list (slots, leaving or incoming)."""
+    return [w["pid"] for w in entries if w["pid"] is not None]
 
 
 class Corrald:
@@ -239,6 +415,20 @@ class Corrald:
             return wait_for(find, timeout, "log line /%s/" % regex)
         except AssertionError as e:
             raise AssertionError("%s\n--- corrald output:\n%s" % (e, self.output()))
+
+    def drain(self, timeout=5):
+        """Once corrald has exited: wait for the reader to take in the rest
+        of its output, so that output()/count() see all of it."""
+        assert self.proc.poll() is not None, "drain() while corrald runs"
+        self.thread.join(timeout)
+
+    def assert_logged(self, regex, timeout=5):
+        """Assert that a line matching regex was logged. Call it once the
+        state says the event happened: the wait only covers the reader
+        thread catching up with the pipe."""
+        if self.proc.poll() is not None:
+            self.drain()
+        return self.wait_line(regex, timeout)
 
     def master_pid(self):
         """corrald's pid (under systemd-socket-activate it is exec'd in place)."""

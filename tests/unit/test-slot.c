@@ -511,6 +511,97 @@ static void test_backoff_slot_held_by_a_plan(void **state) {
         assert_state(s, SLOT_STARTING);
 }
 
+static void test_replace_while_starting(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        Worker *old = slot_current(s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        assert_state(s, SLOT_REPLACING);
+        /* The current one becomes ready meanwhile: still replacing. */
+        ready(s, old);
+        assert_state(s, SLOT_REPLACING);
+        assert_true(slot_is_ready(s));
+        ready(s, slot_incoming(s));
+        assert_state(s, SLOT_READY);
+        assert_int_eq(old->role, WORKER_LEAVING);
+}
+
+static void test_current_leaves_while_replacing(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Worker *old = start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        NotifyMsg bye = { .stopping = true, .errno_value = -1 };
+        slot_on_notify(old, &bye);
+        /* Its replacement is already coming: nothing else is spawned. */
+        assert_state(s, SLOT_REPLACING);
+        assert_null(slot_current(s));
+        assert_int_eq(f->host.n_spawned, 2);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);
+        ready(s, slot_incoming(s));
+        assert_state(s, SLOT_READY);
+}
+
+static void test_start_or_replace_from_backoff_and_failed(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        start_ready(f, s);
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_BACKOFF);
+        /* A restart of a slot in backoff starts at once and drops the respawn. */
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_STARTING);
+        assert_u64_eq(pool_on_time(&f->pool, fake_now), fake_now + 1000 * MS);   /* only the ready timeout */
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_BACKOFF);
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        assert_state(s, SLOT_REPLACING);
+        assert_null(slot_current(s));
+        ready(s, slot_incoming(s));
+        assert_state(s, SLOT_READY);
+        /* From failed: START gives it a worker again. */
+        f->pool.gave_up = true;
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_FAILED);
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_STARTING);
+}
+
+static void test_ready_mode_spawn(void **state) {
+        Fixture *f = *state;
+        Config *c = make_config("{\"exec\":[\"w\"],\"ready\":{\"mode\":\"spawn\"}}");
+        config_unref(f->pool.config);
+        f->pool.config = c;
+        Slot *s = f->slots[0];
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        assert_state(s, SLOT_READY);
+        Worker *old = slot_current(s);
+        /* A replacement is ready at once: swapped in the same event. */
+        slot_dispatch(s, SLOT_EV_REPLACE, NULL, 0);
+        assert_state(s, SLOT_READY);
+        assert_true(slot_current(s) != old);
+        assert_string_equal(outcomes(f, NULL), "R");
+}
+
+static void test_removed_ignores_everything_but_exits(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        Worker *w = start_ready(f, s);
+        slot_dispatch(s, SLOT_EV_REMOVE, NULL, 0);
+        static const SlotEvent evs[] = { SLOT_EV_START, SLOT_EV_REPLACE, SLOT_EV_CANCEL, SLOT_EV_REMOVE,
+                                         SLOT_EV_HOLD, SLOT_EV_BACKOFF_DONE };
+        for (unsigned i = 0; i < ELEMENTSOF(evs); i++) {
+                slot_dispatch(s, evs[i], NULL, 0);
+                assert_state(s, SLOT_REMOVED);
+        }
+        assert_int_eq(f->host.n_spawned, 1);
+        /* A crash of a worker being removed is still a failure. */
+        exits(w, 9);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 0);   /* we asked it to stop */
+        assert_string_equal(outcomes(f, NULL), "E");
+}
+
 /* ---- plans ---------------------------------------------------------------- */
 
 static RolloutResult feed(Fixture *f, Rollout *r, unsigned surge) {
@@ -612,6 +703,11 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_new_slot_replacement_fails_no_respawn, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_remove_drains_then_empties, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_backoff_slot_held_by_a_plan, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_replace_while_starting, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_current_leaves_while_replacing, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_start_or_replace_from_backoff_and_failed, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_ready_mode_spawn, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_removed_ignores_everything_but_exits, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_1, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_2, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_fails_and_ignores_other_plans, setup3, teardown),

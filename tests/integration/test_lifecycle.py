@@ -1,0 +1,126 @@
+#!/usr/bin/python3
+"""corrald's lifecycle seen from outside: mass spawns in batches, a reload
+that cannot apply everything it read. Synchronised on the control socket's
+status reply and on what corralctl prints."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq  # noqa: E402
+from corral import CORRALCTL, Corrald, NotifySocket, free_port  # noqa: E402
+
+TMP = tempfile.mkdtemp(prefix="corral-life-")
+
+
+def ctl(c, *args, timeout=30):
+    return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def status(c):
+    r = ctl(c, "--json", "status")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@case
+def mass_scale_spawns_in_batches_and_the_loop_stays_responsive():
+    # Issue 11.5: `scale 4096` kept the loop busy for 8 s. Spawns now go 16
+    # per loop iteration: status answers while hundreds are being started.
+    path = os.path.join(TMP, "mass.json")
+    with open(path, "w") as f:
+        json.dump({"exec": ["/bin/sleep", "1000"], "workers": 1, "ready": {"mode": "spawn"},
+                   "stop": {"timeout_ms": 5000}}, f)
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    try:
+        n.wait("READY", "1")
+        r = ctl(c, "scale", "600")
+        eq(r.returncode, 0, "scale 600: " + r.stderr)
+        worst, seen_partial = 0.0, False
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            st = status(c)
+            worst = max(worst, time.monotonic() - t0)
+            if st["ready"] < 600:
+                seen_partial = True
+            else:
+                break
+        eq(status(c)["ready"], 600, "every worker started")
+        assert worst < 2.0, "status took %.2fs during the spawns" % worst
+        eq(seen_partial, True, "status answered while spawns were still going on")
+        eq(ctl(c, "scale", "1").returncode, 0, "scale back")
+        wait_for(lambda: len(c.workers()) == 1, 30, "the 599 others stopped")
+    finally:
+        eq(c.stop(), 0, "corrald exit status")
+        c.kill()
+        n.close()
+
+
+@case
+def ready_then_stopping_at_once_gives_up_instead_of_looping():
+    # Issue 11.2: a worker that says READY=1 then STOPPING=1 and exits 0 at
+    # once was replaced without limit (5,827 spawns in 5.5 s). Leaving that
+    # soon counts as a failure: backoff, then give-up.
+    w = os.path.join(TMP, "suicide.sh")
+    with open(w, "w") as f:
+        f.write("#!/bin/sh\necho $$ >> %s\nsystemd-notify --ready\nsystemd-notify STOPPING=1\nexit 0\n"
+                % os.path.join(TMP, "suicide.starts"))
+    os.chmod(w, 0o755)
+    path = os.path.join(TMP, "suicide.json")
+    with open(path, "w") as f:
+        json.dump({"exec": [w], "workers": 1, "restart": {"limit": 3, "window_ms": 60000, "backoff_ms": [10, 40]}},
+                  f)
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    try:
+        eq(c.wait_exit(30), 1, "corrald gives up and exits 1")
+        with open(os.path.join(TMP, "suicide.starts")) as f:
+            spawns = len(f.read().split())
+        assert 4 <= spawns <= 6, "%d spawns" % spawns
+    finally:
+        c.kill()
+        n.close()
+
+
+@case
+def reload_reply_says_a_listen_change_waits_for_a_restart():
+    # Issue 12.12: only the log said so, while corralctl said "Reload done".
+    p1, p2 = free_port(), free_port()
+    path = os.path.join(TMP, "listen.json")
+    with open(path, "w") as f:
+        json.dump({"exec": ["/bin/sleep", "1000"], "workers": 1, "ready": {"mode": "spawn"},
+                   "listen": ["127.0.0.1:%d" % p1]}, f)
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    try:
+        n.wait("READY", "1")
+        with open(path, "w") as f:
+            json.dump({"exec": ["/bin/sleep", "1000"], "workers": 1, "ready": {"mode": "spawn"},
+                       "listen": ["127.0.0.1:%d" % p2]}, f)
+        r = ctl(c, "reload")
+        eq(r.returncode, 0, "the reload itself succeeds")
+        assert "listen changes take effect only when corrald restarts" in r.stderr, r.stderr
+        r = ctl(c, "--json", "reload")
+        eq(json.loads(r.stdout)["warning"], "listen changes take effect only when corrald restarts", "in --json")
+    finally:
+        eq(c.stop(), 0, "corrald exit status")
+        c.kill()
+        n.close()
+
+
+def teardown():
+    import shutil
+    shutil.rmtree(TMP, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        teardown()
