@@ -170,6 +170,7 @@ static const Kill *last_kill(Fixture *f) {
         return f->host.n_kills ? &f->host.kills[f->host.n_kills - 1] : NULL;
 }
 
+#define assert_pool_find(f, pid, w) assert_true(pool_find_worker(&(f)->pool, (pid)) == (w))
 #define assert_state(s, st) assert_string_equal(slot_state_to_string(slot_state(s)), slot_state_to_string(st))
 
 /* ---- start, ready, crash, backoff --------------------------------------- */
@@ -602,6 +603,58 @@ static void test_removed_ignores_everything_but_exits(void **state) {
         assert_string_equal(outcomes(f, NULL), "E");
 }
 
+/* ---- upgrade: restore without spawning ------------------------------------ */
+
+static void test_restore_adopts_and_keeps_deadlines(void **state) {
+        Fixture *f = *state;
+        uint64_t stamps[] = { fake_now - 2 * MS, fake_now - 1 * MS };
+        pool_restore(&f->pool, 7, false, NULL, stamps, 2);
+        assert_int_eq(f->pool.generation, 7);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 2);
+
+        /* Slot 0 was in backoff: its respawn deadline is kept. */
+        Slot *s = f->slots[0];
+        slot_restore(s, SLOT_BACKOFF, 4, 2, fake_now + 300 * MS);
+        assert_state(s, SLOT_BACKOFF);
+        assert_int_eq(slot_restarts(s), 4);
+        assert_int_eq(slot_consecutive_failures(s), 2);
+        assert_u64_eq(f->pool.earliest, fake_now + 300 * MS);
+        assert_u64_eq(pool_on_time(&f->pool, fake_now + 300 * MS - 1), fake_now + 300 * MS);
+        assert_int_eq(f->host.n_spawned, 0);
+        fake_now += 300 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(f->host.n_spawned, 1);
+}
+
+static void test_adopted_worker_lives_on(void **state) {
+        Fixture *f = *state;
+        Slot *s = f->slots[0];
+        slot_restore(s, SLOT_READY, 1, 0, 0);
+        Worker from = { .pid = 4242, .generation = 3, .state = WORKER_READY, .role = WORKER_CURRENT,
+                        .start_usec = fake_now - 5000 * MS, .ready_usec = fake_now - 4000 * MS,
+                        .deadline = 0, .handed = 9, .closed = 7, .reports_closes = true,
+                        .failure = "some reason of an older corrald" };
+        snprintf(from.status, sizeof(from.status), "serving");
+        Worker *w = slot_adopt_worker(s, &from, f->pool.config);
+        assert_non_null(w);
+        assert_true(slot_current(s) == w);
+        assert_true(slot_is_ready(s));
+        assert_int_eq(w->pid, 4242);
+        assert_int_eq(w->handed, 9);
+        assert_string_equal(w->status, "serving");
+        /* An unknown reason maps to a generic one owned by slot.c. */
+        assert_string_equal(w->failure, "was killed for a failure before the upgrade");
+        assert_pool_find(f, 4242, w);
+        assert_int_eq(f->host.n_spawned, 0);
+        /* Its lifecycle goes on: a crash after a healthy run respawns at once. */
+        fake_now += 10000 * MS;
+        w->failure = NULL;
+        exits(w, 1);
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(slot_restarts(s), 2);
+}
+
 /* ---- plans ---------------------------------------------------------------- */
 
 static RolloutResult feed(Fixture *f, Rollout *r, unsigned surge) {
@@ -708,6 +761,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_start_or_replace_from_backoff_and_failed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ready_mode_spawn, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_removed_ignores_everything_but_exits, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_restore_adopts_and_keeps_deadlines, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_adopted_worker_lives_on, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_1, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_2, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_fails_and_ignores_other_plans, setup3, teardown),
