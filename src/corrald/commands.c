@@ -266,9 +266,13 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
         if (n == 0) {
                 /* Nothing reached anyone: that is a failure (exit 1), not
                  * "delivered to 0 workers". */
-                if (t >= 0)
-                        control_reply_error(c, "worker %d: not delivered: it has no running process, or it is not "
-                                            "reading its IPC channel (CORRAL_IPC_FD) and its queue is full", t);
+                Worker *w = t >= 0 ? slot_current(m->slots[t]) : NULL;
+                if (w && w->pid > 0)
+                        control_reply_error(c, "worker %d: not delivered: it is not reading its IPC channel "
+                                            "(CORRAL_IPC_FD) and its queue is full; dropped messages are counted "
+                                            "in status", t);
+                else if (t >= 0)
+                        control_reply_error(c, "worker %d: not delivered: it has no running process", t);
                 else
                         control_reply_error(c, "not delivered to any worker: none is running, or none is reading "
                                             "its IPC channel (CORRAL_IPC_FD)");
