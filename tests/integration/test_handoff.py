@@ -227,7 +227,13 @@ def message_flood_drops_and_counts_but_hand_offs_keep_flowing():
         assert dropped, "some sends must find the queue full"
         assert "not delivered" in dropped[0]["error"], dropped[0]
         wait_for(lambda: status(c)["slots"][0]["messages_dropped"] >= len(dropped), 10, "drops counted")
-        # The channel stays open: both workers keep taking connections.
+        # The channel stays open. Once worker 0 has read its backlog (its
+        # pong to a ping queued behind the flood comes back), both workers
+        # take connections again; until then hand-offs go to worker 1.
+        wait_for(lambda: request(c, {"command": "send", "target": 0, "data": "ping"})["ok"], 20,
+                 "a ping that fits in worker 0's queue")
+        wait_for(lambda: any(m["from"] == 0 and isinstance(m["data"], dict) and "pong" in m["data"]
+                             for m in request(c, {"command": "messages"})["messages"]), 20, "worker 0's pong")
         seen = sorted(http_get(port, timeout=20)[1]["x-worker"] for _ in range(6))
         eq(seen, ["0", "0", "0", "1", "1", "1"], "hand-offs to both workers")
     finally:
