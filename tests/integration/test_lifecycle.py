@@ -11,7 +11,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
-from corral import CORRALCTL, Corrald, NotifySocket, free_port  # noqa: E402
+from corral import CORRALCTL, Corrald, NotifySocket, free_port, request  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-life-")
 
@@ -30,7 +30,7 @@ def status(c):
 @case
 def mass_scale_spawns_in_batches_and_the_loop_stays_responsive():
     # Issue 11.5: `scale 4096` kept the loop busy for 8 s. Spawns now go 16
-    # per loop iteration: status answers while hundreds are being started.
+    # per loop iteration: requests are answered while hundreds start.
     path = os.path.join(TMP, "mass.json")
     with open(path, "w") as f:
         json.dump({"exec": ["/bin/sleep", "1000"], "workers": 1, "ready": {"mode": "spawn"},
@@ -41,18 +41,20 @@ def mass_scale_spawns_in_batches_and_the_loop_stays_responsive():
         n.wait("READY", "1")
         r = ctl(c, "scale", "600")
         eq(r.returncode, 0, "scale 600: " + r.stderr)
+        # The loop's latency, measured with a request that costs corrald
+        # nothing itself (status of 600 workers reads /proc 1200 times).
         worst, seen_partial = 0.0, False
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             t0 = time.monotonic()
-            st = status(c)
+            eq(request(c, {"command": "messages"})["ok"], True, "a request while spawning")
             worst = max(worst, time.monotonic() - t0)
-            if st["ready"] < 600:
+            if status(c)["ready"] < 600:
                 seen_partial = True
             else:
                 break
         eq(status(c)["ready"], 600, "every worker started")
-        assert worst < 2.0, "status took %.2fs during the spawns" % worst
+        assert worst < 2.0, "a request took %.2fs during the spawns" % worst
         eq(seen_partial, True, "status answered while spawns were still going on")
         eq(ctl(c, "scale", "1").returncode, 0, "scale back")
         wait_for(lambda: len(c.workers()) == 1, 30, "the 599 others stopped")
