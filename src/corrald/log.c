@@ -425,10 +425,6 @@ void log_stderr_set_drained_callback(void (*cb)(void)) {
         err.on_drained = cb;
 }
 
-unsigned long long log_stderr_dropped(void) {
-        return err.n_dropped;
-}
-
 static void stderr_report_dropped(void) {
         char line[300];
         if (err.n_dropped == 0)

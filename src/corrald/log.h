@@ -46,8 +46,6 @@ void log_stderr_write(const char *data, size_t len);
  * should wait; cb is called from the loop whenever the queue has drained. */
 bool log_stderr_congested(void);
 void log_stderr_set_drained_callback(void (*cb)(void));
-/* Lines dropped since the last report (for tests and status). */
-unsigned long long log_stderr_dropped(void);
 
 typedef struct LogFields {
         const char *event;      /* CORRAL_EVENT, or NULL */
