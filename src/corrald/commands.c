@@ -64,7 +64,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "ready", ready);
         cJSON_AddNumberToObject(o, "workers", m->n_slots);
         bool rolling = m->rollout && m->rollout->kind != ROLLOUT_RECYCLE;
-        cJSON_AddStringToObject(o, "state", m->stopping       ? "stopping"
+        cJSON_AddStringToObject(o, "state", m->pool.stopping       ? "stopping"
                                             : rolling         ? "reloading"
                                             : m->pool.gave_up ? "gave-up"
                                                               : "running");
@@ -158,7 +158,7 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
         (void) manager_fd_room(m, (unsigned) target, &max, &open);
         int r = manager_scale(m, (unsigned) target);
         if (r == -EBUSY) {
-                control_reply_error(c, "cannot scale while %s", m->stopping ? "stopping" : "a rollout runs");
+                control_reply_error(c, "cannot scale while %s", m->pool.stopping ? "stopping" : "a rollout runs");
                 return;
         }
         if (r == -EMFILE) {

@@ -39,7 +39,7 @@ static void update_status(Manager *m) {
         unsigned ready = manager_count_ready(m);
         unsigned gen = m->pool.generation;
 
-        if (m->stopping)
+        if (m->pool.stopping)
                 snprintf(status, sizeof(status), "Stopping: %u worker%s left", m->pool.n_workers,
                          plural(m->pool.n_workers));
         else if (m->pool.gave_up)
@@ -51,7 +51,7 @@ static void update_status(Manager *m) {
         else
                 snprintf(status, sizeof(status), "%u/%u workers ready, generation %u", ready, m->n_slots, gen);
 
-        if (!m->sent_ready && !m->stopping && m->n_slots > 0 && ready == m->n_slots) {
+        if (!m->sent_ready && !m->pool.stopping && m->n_slots > 0 && ready == m->n_slots) {
                 m->sent_ready = true;
                 if (m->n_slots == 1)
                         log_info("the worker is ready");
@@ -136,7 +136,7 @@ int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *r
 }
 
 int manager_scale(Manager *m, unsigned n) {
-        if (m->stopping || (m->rollout && m->rollout->kind != ROLLOUT_RECYCLE))
+        if (m->pool.stopping || (m->rollout && m->rollout->kind != ROLLOUT_RECYCLE))
                 return -EBUSY;
         if (n < 1)
                 return -EINVAL;
@@ -155,7 +155,7 @@ static void on_busy(uv_idle_t *h) {
 /* Start the first worker of up to SPAWN_BATCH new slots. */
 static void start_batch(Manager *m) {
         unsigned done = 0;
-        while (m->n_unstarted > 0 && done < SPAWN_BATCH && !m->stopping) {
+        while (m->n_unstarted > 0 && done < SPAWN_BATCH && !m->pool.stopping) {
                 Slot *s = m->slots[m->n_slots - m->n_unstarted--];
                 if (slot_state(s) == SLOT_EMPTY) {
                         slot_dispatch(s, SLOT_EV_START, NULL, 0);
@@ -163,7 +163,7 @@ static void start_batch(Manager *m) {
                 }
         }
         /* More to start: do not let the loop block before the next batch. */
-        if (m->n_unstarted > 0 && !m->stopping)
+        if (m->n_unstarted > 0 && !m->pool.stopping)
                 uv_idle_start(&m->busy, on_busy);
 }
 
@@ -184,6 +184,7 @@ static void notify_ready(Manager *m, const char *status_prefix) {
 static void plan_result(Manager *m, RolloutResult res);
 
 static void start_plan(Manager *m, Rollout *r) {
+        m->pool.changed = true;   /* STATUS= shows the plan */
         m->rollout = r;
         m->pool.plan = r->serial;
         /* Done at once only when there was nothing to replace. */
@@ -191,6 +192,7 @@ static void start_plan(Manager *m, Rollout *r) {
 }
 
 static void plan_done(Manager *m) {
+        m->pool.changed = true;   /* STATUS= shows the plan */
         Rollout *r = TAKE_PTR(m->rollout);
         uint64_t ms = (now_usec() - r->start_usec) / USEC_PER_MSEC;
 
@@ -224,6 +226,7 @@ static void plan_done(Manager *m) {
 /* End the plan unsuccessfully: stop every replacement still starting,
  * restore a reload's configuration, refill any slot left empty. */
 static void plan_failed(Manager *m) {
+        m->pool.changed = true;   /* STATUS= shows the plan */
         Rollout *r = TAKE_PTR(m->rollout);
         bool any_old = false;
 
@@ -284,7 +287,7 @@ static void preempt_recycle(Manager *m) {
 }
 
 static bool refuse_busy(Manager *m, ControlConn *client, const char *what) {
-        const char *why = m->stopping                                             ? "corrald is stopping"
+        const char *why = m->pool.stopping                                             ? "corrald is stopping"
                           : m->rollout && m->rollout->kind != ROLLOUT_RECYCLE ? "another reload or restart is in progress"
                                                                                 : NULL;
         if (!why)
@@ -427,7 +430,7 @@ static void on_outcome(Manager *m, Outcome *o) {
                  * configuration error, not a crash to retry. At start it
                  * ends the instance; in a plan it fails the plan (the
                  * REPLACE_FAILED outcome that follows). */
-                if (!m->sent_ready && !m->rollout && !m->stopping) {
+                if (!m->sent_ready && !m->rollout && !m->pool.stopping) {
                         log_error("%s; exiting", o->what);
                         manager_stop(m, 1);
                 }
@@ -482,7 +485,7 @@ static void recycle_slot(Manager *m, unsigned i) {
  * replaced gracefully, one slot at a time, like an RSS recycle. */
 static void check_max_requests(Manager *m) {
         uint64_t max = manager_config(m)->recycle_max_requests;
-        if (!m->handoff.recycle_due || m->rollout || m->stopping)
+        if (!m->handoff.recycle_due || m->rollout || m->pool.stopping)
                 return;
         m->handoff.recycle_due = false;
         for (unsigned k = 0; k < m->n_slots; k++) {
@@ -514,25 +517,29 @@ static void on_prepare(uv_prepare_t *h) {
                 on_outcome(m, o);
                 free(o);
         }
-        if (m->handoff.started && !m->stopping) {
+        if (m->handoff.started && !m->pool.stopping) {
                 check_max_requests(m);
                 /* A held connection goes to a worker that became ready. */
                 handoff_kick(&m->handoff);
         }
-        if (m->stopping && m->pool.n_workers == 0 && !m->pool.slots) {
+        if (m->pool.stopping && m->pool.n_workers == 0 && !m->pool.slots) {
                 manager_close(m);
                 return;
         }
-        update_status(m);
+        /* Only slot events change what STATUS= says; with hand-off the loop
+         * turns once per batch of connections, so skip the recount then. */
+        if (m->pool.changed) {
+                m->pool.changed = false;
+                update_status(m);
+        }
         arm_deadline(m);
 }
 
 /* ---- stop --------------------------------------------------------------- */
 
 void manager_stop(Manager *m, int exit_code) {
-        if (m->stopping)
+        if (m->pool.stopping)
                 return;
-        m->stopping = true;
         m->pool.stopping = true;
         m->exit_code = exit_code;
         if (m->rollout) {
@@ -628,7 +635,7 @@ static void on_recycle_check(uv_timer_t *t) {
         const Config *c = manager_config(m);
         uint64_t limit_kb = c->recycle_max_rss_mb * 1024;
 
-        if (!limit_kb || m->stopping || m->rollout || now_usec() < m->recycle_pause_until)
+        if (!limit_kb || m->pool.stopping || m->rollout || now_usec() < m->recycle_pause_until)
                 return;
         /* Round the slots from where the last recycle was, so one slot
          * that is always over the limit does not starve the others. */
@@ -651,7 +658,7 @@ static void on_recycle_check(uv_timer_t *t) {
 }
 
 static void arm_recycle(Manager *m) {
-        if (manager_config(m)->recycle_max_rss_mb > 0 && !m->stopping)
+        if (manager_config(m)->recycle_max_rss_mb > 0 && !m->pool.stopping)
                 uv_timer_start(&m->recycle, on_recycle_check, 1000, 1000);
         else
                 uv_timer_stop(&m->recycle);

@@ -50,7 +50,6 @@ typedef struct Manager {
         uint64_t exec_usec;        /* when this corrald binary started */
         unsigned upgrades;         /* in-place upgrades since start_usec (upgrade.c) */
         bool sent_ready;
-        bool stopping;
         bool closed;
         int exit_code;
         char status[256];          /* last STATUS= sent */

@@ -101,10 +101,6 @@ const char *slot_state_to_string(SlotState s) {
         return s < _SLOT_STATE_MAX ? slot_state_table[s] : "?";
 }
 
-const char *slot_event_to_string(SlotEvent e) {
-        return (unsigned) e < _EV_MAX ? event_table[e] : "?";
-}
-
 SlotState slot_state(const Slot *s) {
         return s->state;
 }
@@ -154,7 +150,8 @@ static LogFields worker_fields(const Worker *w, const char *event) {
 /* ---- the pool ----------------------------------------------------------- */
 
 int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config) {
-        *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1 };
+        *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1,
+                      .changed = true };
         return failure_window_init(&p->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
 }
 
@@ -649,6 +646,7 @@ static void release(Slot *s, Worker *w) {
 void slot_dispatch(Slot *s, SlotEvent ev, Worker *w, int wait_status) {
         int column = (int) ev;
 
+        s->pool->changed = true;
         if (ev == SLOT_EV_EXIT)
                 column = reap(s, w, wait_status);
         else if (w && w->role == WORKER_INCOMING)
@@ -838,6 +836,7 @@ void pool_restore(Pool *p, unsigned generation, bool gave_up, const char *giveup
                   unsigned n_stamps) {
         p->generation = generation;
         p->gave_up = gave_up;
+        p->changed = true;
         snprintf(p->giveup_reason, sizeof(p->giveup_reason), "%s", giveup_reason ? giveup_reason : "");
         for (unsigned i = 0; i < n_stamps; i++)
                 (void) failure_window_record(&p->failures, stamps[i]);

@@ -92,7 +92,8 @@ typedef struct Pool {
         unsigned generation;
         FailureWindow failures;
         bool gave_up;
-        bool stopping;             /* no more spawns */
+        bool stopping;             /* the instance is stopping: no more spawns */
+        bool changed;              /* set by every slot event: what a status summary shows may differ */
         char giveup_reason[160];
         Worker *workers;           /* every worker not yet released */
         unsigned n_workers;
@@ -134,7 +135,6 @@ void worker_free(Worker *w);
 
 SlotState slot_state(const Slot *s);
 const char *slot_state_to_string(SlotState s);
-const char *slot_event_to_string(SlotEvent e);
 /* What `corralctl status` shows: the state of the slot's worker, or
  * backoff/failed when it has none. */
 const char *slot_display_state(const Slot *s);

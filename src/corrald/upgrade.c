@@ -543,7 +543,7 @@ _printf_(3, 4) static int fail(int prio, char **ret_error, const char *fmt, ...)
 }
 
 static const char *refusal(const Manager *m) {
-        if (m->stopping)
+        if (m->pool.stopping)
                 return "corrald is stopping";
         if (!m->sent_ready)
                 return "corrald is still starting its workers";
