@@ -59,9 +59,19 @@ def free_port():
     return port
 
 
-def http_get(port, path="/", timeout=10):
-    """One request on a fresh connection; returns (status, headers, body)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def http_get(port, path="/", timeout=10, host="127.0.0.1", unix=None):
+    """One request on a fresh connection to host:port, or to the unix
+    socket at `unix`; returns (status, headers, body)."""
+    if unix:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(unix)
+        except OSError:
+            s.close()
+            raise
+    else:
+        s = socket.create_connection((host, port), timeout=timeout)
     try:
         s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path).encode())
         data = b""
