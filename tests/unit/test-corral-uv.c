@@ -35,17 +35,6 @@ static Conn conns[4];
 static unsigned n_conns, n_messages, n_stopped;
 static char last_message[128];
 
-static unsigned count_fds(void) {
-        unsigned n = 0;
-        DIR *d = opendir("/proc/self/fd");
-        assert_non_null(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
-}
-
 static void alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
         static char b[256];
         *buf = uv_buf_init(b, sizeof(b));

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <dirent.h>
 
 #define assert_int_eq(a, b)                                                                       \
         do {                                                                                      \
@@ -34,3 +35,17 @@
                         fail_msg("%s == \"%s\", expected it to contain \"%s\"", #haystack,        \
                                  _h ? _h : "(null)", _n);                                         \
         } while (0)
+
+/* Open fds of this process (/proc/self/fd less "." and ".."): tests that
+ * check nothing leaks compare it before and after. The opendir() fd itself
+ * is counted, the same each time. */
+static inline unsigned count_fds(void) {
+        unsigned n = 0;
+        DIR *d = opendir("/proc/self/fd");
+        assert_non_null(d);
+        for (struct dirent *de; (de = readdir(d));)
+                if (de->d_name[0] != '.')
+                        n++;
+        closedir(d);
+        return n;
+}

@@ -88,17 +88,6 @@ static void worker_write(Fixture *f, const char *s) {
         assert_int_eq(loop_write(f->worker, s, strlen(s)), 0);
 }
 
-static unsigned count_fds(void) {
-        unsigned n = 0;
-        DIR *d = opendir("/proc/self/fd");
-        assert_non_null(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
-}
-
 static void test_messages_and_reports(void **state) {
         Fixture *f = *state;
         worker_write(f, "{\"type\":\"message\",\"to\":\"all\",\"data\":{\"k\":[1,2]}}\n");

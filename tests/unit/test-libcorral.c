@@ -28,17 +28,6 @@ typedef struct Fixture {
         unsigned fds_before;
 } Fixture;
 
-static unsigned count_fds(void) {
-        unsigned n = 0;
-        DIR *d = opendir("/proc/self/fd");
-        assert_non_null(d);
-        for (struct dirent *de; (de = readdir(d));)
-                if (de->d_name[0] != '.')
-                        n++;
-        closedir(d);
-        return n;
-}
-
 static int setup(void **state) {
         Fixture *f = calloc(1, sizeof(Fixture));
         int sv[2];
