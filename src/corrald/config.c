@@ -583,14 +583,13 @@ static bool nested_too_deeply(const char *buf, const char *at) {
         return depth >= CJSON_NESTING_LIMIT;
 }
 
-static int parse_file(Ctx *ctx, const char *path, Config *c) {
-        _cleanup_free_ char *buf = NULL;
-        size_t len = 0;
+/* Parse the text of a configuration file (buf[len] is NUL) into c. */
+static int parse_text(Ctx *ctx, const char *buf, size_t len, Config *c) {
         const char *end = NULL;
+        int r;
 
-        int r = read_file(ctx, path, &buf, &len);
-        if (r < 0)
-                return r;
+        if (len > CONFIG_FILE_MAX)
+                return fail(ctx, NULL, "larger than %d bytes", CONFIG_FILE_MAX);
         if (memchr(buf, 0, len))
                 return fail(ctx, NULL, "contains a NUL byte");
         /* cJSON decodes \u0000 into a NUL that silently cuts the string
@@ -715,7 +714,17 @@ int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {
                 c->path = strdup(o->path);
                 if (!c->path)
                         return -ENOMEM;
-                r = parse_file(&ctx, o->path, c);
+                if (o->text) {
+                        c->source_len = strlen(o->text);
+                        c->source = strdup(o->text);
+                        if (!c->source)
+                                return -ENOMEM;
+                } else {
+                        r = read_file(&ctx, o->path, &c->source, &c->source_len);
+                        if (r < 0)
+                                goto error;
+                }
+                r = parse_text(&ctx, c->source, c->source_len, c);
                 if (r < 0)
                         goto error;
         }
@@ -809,6 +818,7 @@ Config *config_unref(Config *c) {
         if (!c || --c->n_ref > 0)
                 return NULL;
         free(c->path);
+        free(c->source);
         free(c->name);
         strv_free(c->exec);
         free(c->cwd);

@@ -36,6 +36,9 @@ typedef enum GiveupAction {
 typedef struct Config {
         unsigned n_ref;
         char *path;              /* the file it came from, or NULL */
+        char *source;            /* that file's text as parsed (NUL-terminated), or NULL:
+                                  * an upgrade carries it instead of re-reading the file */
+        size_t source_len;
         char *name;
         char **exec;
         char *cwd;               /* NULL: unchanged */
@@ -63,6 +66,9 @@ typedef struct Config {
  * re-applied on every reload. NULL / 0 members mean "not given". */
 typedef struct ConfigOverrides {
         const char *path;
+        const char *text;         /* the file's text, when already known (an upgrade, a
+                                   * fuzzer): parsed instead of reading path, which
+                                   * still names it in errors */
         unsigned workers;         /* 0 not given; see workers_auto */
         bool workers_auto;
         char **listen;            /* raw listen strings */
