@@ -8,21 +8,51 @@
 
 #include "procfs.h"
 
-int procfs_read_stats(pid_t pid, ProcStats *ret) {
-        char path[64], buf[1024];
-        unsigned long long ut, st, size, resident;
+/* The fields of /proc/PID/stat after the command name, which may contain
+ * spaces and ')': they start after the last ')' with state(3) ppid(4). */
+static int read_stat_tail(pid_t pid, char *buf, size_t size, const char **ret) {
+        char path[64];
         FILE *f;
 
+        if (pid <= 0)
+                return -ESRCH;
         snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
         if (!(f = fopen(path, "re")))
                 return -errno;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+        size_t n = fread(buf, 1, size - 1, f);
         fclose(f);
         buf[n] = 0;
-        /* The command name may contain spaces and ')'; the fields after the
-         * last ')' are state(3) ppid ... utime(14) stime(15). */
         const char *p = strrchr(buf, ')');
-        if (!p || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        if (!p)
+                return -EIO;
+        *ret = p + 1;
+        return 0;
+}
+
+int procfs_read_ppid(pid_t pid, pid_t *ret) {
+        char buf[1024];
+        const char *p;
+        int ppid;
+        int r = read_stat_tail(pid, buf, sizeof(buf), &p);
+        if (r < 0)
+                return r;
+        if (sscanf(p, " %*c %d", &ppid) != 1)
+                return -EIO;
+        *ret = ppid;
+        return 0;
+}
+
+int procfs_read_stats(pid_t pid, ProcStats *ret) {
+        char path[64], buf[1024];
+        unsigned long long ut, st, size, resident;
+        const char *p;
+        FILE *f;
+
+        int r = read_stat_tail(pid, buf, sizeof(buf), &p);
+        if (r < 0)
+                return r;
+        /* utime(14) stime(15). */
+        if (sscanf(p, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
                 return -EIO;
 
         snprintf(path, sizeof(path), "/proc/%d/statm", (int) pid);

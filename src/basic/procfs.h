@@ -1,4 +1,4 @@
-/* procfs: a process's CPU time and resident memory, from /proc. */
+/* procfs: a process's parent, CPU time and resident memory, from /proc. */
 #pragma once
 
 #include <stdint.h>
@@ -11,3 +11,6 @@ typedef struct ProcStats {
 
 /* Returns 0, or -errno when the process is gone or /proc unreadable. */
 int procfs_read_stats(pid_t pid, ProcStats *ret);
+
+/* The parent pid of a live process (a zombie still has one), or -errno. */
+int procfs_read_ppid(pid_t pid, pid_t *ret);

@@ -1,4 +1,5 @@
 /* util: small pure helpers used across corral. */
+#include <errno.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -123,6 +124,17 @@ int parse_signal(const char *s) {
                 if (strcmp(s, signal_names[i].name) == 0)
                         return signal_names[i].sig;
         return -EINVAL;
+}
+
+int kill_process(pid_t pid, int sig, bool group) {
+        if (pid <= 1)
+                return -EINVAL;
+        int r = 0;
+        if (group && kill(-pid, sig) == -1)
+                r = -errno;
+        if (kill(pid, sig) == -1)
+                r = -errno;
+        return r;
 }
 
 const char *signal_to_string(int sig) {

@@ -4,6 +4,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "macros.h"
 
@@ -42,6 +43,12 @@ static inline bool startswith(const char *s, const char *prefix) {
 int parse_signal(const char *s);
 /* "SIGTERM" for SIGTERM; a static "SIG<n>" style string for unknown ones. */
 const char *signal_to_string(int sig);
+
+/* kill(2) a process, and its process group first when group is set; but
+ * never a pid or group <= 1, which kill() takes as init, the caller's own
+ * group or every process (-EINVAL then, nothing sent). Returns 0 or -errno
+ * of the last kill. */
+int kill_process(pid_t pid, int sig, bool group);
 
 /* Parse a decimal unsigned integer, whole string, no sign, no spaces.
  * Returns 0 or -EINVAL / -ERANGE. */

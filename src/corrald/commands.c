@@ -10,6 +10,7 @@
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
+#include "upgrade.h"
 #include "util.h"
 
 static void add_number_or_null(cJSON *o, const char *key, double v, bool valid) {
@@ -210,7 +211,7 @@ static int send_signal(Worker *w, void *arg) {
         f.pid = w->pid;
         f.generation = w->generation;
         log_emit(LOG_INFO, &f, "sending %s to %s (control request)", signal_to_string(sig), w->who);
-        return kill(w->pid, sig) == 0 ? 0 : -errno;
+        return kill_process(w->pid, sig, false);
 }
 
 static const char *describe_signal_error(int r) {
@@ -310,7 +311,7 @@ static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
 }
 
 static void cmd_upgrade(Manager *m, ControlConn *c, const cJSON *req) {
-        manager_upgrade(m, c);
+        upgrade_request(m, c);
 }
 
 static const struct {

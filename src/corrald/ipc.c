@@ -302,6 +302,33 @@ int ipc_send_line(Ipc *ipc, const char *line) {
         return 0;
 }
 
+size_t ipc_unsent_tail(const Ipc *ipc, const char **ret) {
+        *ret = NULL;
+        if (!ipc->mid_line)
+                return 0;
+        /* A half-sent line always ends in the queue (ipc_send_line queues
+         * its newline with it). */
+        const char *nl = memchr(ipc->out + ipc->out_head, '\n', ipc_queued(ipc));
+        if (!nl)
+                return 0;
+        *ret = ipc->out + ipc->out_head;
+        return (size_t) (nl - *ret) + 1;
+}
+
+int ipc_resume_line(Ipc *ipc, const char *tail, size_t len) {
+        if (!ipc->open || ipc_queued(ipc) > 0 || len == 0 || len > IPC_LINE_MAX + 1 || tail[len - 1] != '\n' ||
+            memchr(tail, '\n', len - 1))
+                return -EINVAL;
+        int r = queue_reserve(ipc, len);
+        if (r < 0)
+                return r;
+        memcpy(ipc->out + ipc->out_len, tail, len);
+        ipc->out_len += len;
+        ipc->mid_line = true;
+        update_events(ipc);
+        return 0;
+}
+
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         if (!ipc->open)
                 return -ENOTCONN;

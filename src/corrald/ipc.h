@@ -102,6 +102,15 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index);
 /* Bytes waiting in the outgoing queue. */
 size_t ipc_queued(const Ipc *ipc);
 
+/* Upgrade: the rest of a line the worker has partly received (up to and
+ * including its newline), which must reach it before anything else; its
+ * length, 0 when no line is half sent. *ret points into the queue. */
+size_t ipc_unsent_tail(const Ipc *ipc, const char **ret);
+/* Upgrade, on a channel just started: queue that rest to go first.
+ * Returns 0, -EINVAL (not one line's rest, or the queue is not empty) or
+ * -ENOMEM. */
+int ipc_resume_line(Ipc *ipc, const char *tail, size_t len);
+
 /* Stop reading and close; on_close runs from the loop afterwards (only if
  * the handle was open). Queued lines are discarded. Safe to call twice. */
 void ipc_close(Ipc *ipc);

@@ -159,9 +159,19 @@ int main(int argc, char *argv[]) {
                 free(error);
                 return r;
         }
+        /* An upgrade runs the configuration it carries (SPEC §4): a file
+         * edited, or left invalid, since the last reload is not read. Later
+         * reloads read the file again. */
+        o.text = upgrade_config_text();
         r = config_build(&o, &config, &error);
         if (r >= 0)
                 r = config_check_supported(config, &error);
+        o.text = NULL;
+        int probe = upgrade_probe_answer(r >= 0 ? config : NULL, r >= 0 ? NULL : error ? error : strerror(-r));
+        if (probe >= 0) {
+                free(error);
+                return probe;
+        }
         if (check_only) {
                 if (r < 0) {
                         fprintf(stderr, "corrald: %s\n", error ? error : strerror(-r));

@@ -551,6 +551,7 @@ void manager_stop(Manager *m, int exit_code) {
         LogFields f = event(m, "stop");
         log_emit(LOG_INFO, &f, "stopping %u worker%s", m->pool.n_workers, plural(m->pool.n_workers));
         (void) sd_notify(0, "STOPPING=1");
+        upgrade_cancel(m);
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
         manager_unfollow_messages(m);
@@ -576,7 +577,7 @@ void manager_reap(Manager *m) {
                 if (waitpid(w->pid, &st, WNOHANG) == w->pid)
                         slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
-        upgrade_reap_orphans();
+        upgrade_reap_strays();
 }
 
 static void on_sigterm(uv_signal_t *h, int signum) {
@@ -610,19 +611,26 @@ static void on_sigttin(uv_signal_t *h, int signum) {
         }
 }
 
-void manager_upgrade(Manager *m, ControlConn *client) {
-        char *error = NULL;
-        /* Returns only when it did not happen; it logged why. */
-        (void) upgrade_exec(m, client, &error);
-        if (client)
-                control_reply_error(client, "%s", error ? error : "upgrade failed");
-        free(error);
-}
-
 static void on_sigusr2(uv_signal_t *h, int signum) {
         Manager *m = h->data;
         log_info("received SIGUSR2: upgrading in place");
-        manager_upgrade(m, NULL);
+        upgrade_request(m, NULL);
+}
+
+/* Every signal the manager handles, once: the upgrade blocks the same set
+ * across execve(). */
+static const struct {
+        int signum;
+        uv_signal_cb cb;
+} signal_table[MANAGER_N_SIGNALS] = {
+        { SIGCHLD, on_sigchld }, { SIGTERM, on_sigterm }, { SIGINT, on_sigterm },  { SIGHUP, on_sighup },
+        { SIGTTIN, on_sigttin }, { SIGTTOU, on_sigttin }, { SIGUSR2, on_sigusr2 },
+};
+
+void manager_handled_signals(sigset_t *ret) {
+        sigemptyset(ret);
+        for (size_t i = 0; i < ELEMENTSOF(signal_table); i++)
+                sigaddset(ret, signal_table[i].signum);
 }
 
 static void recycle_slot(Manager *m, unsigned i);
@@ -668,25 +676,6 @@ static void on_watchdog(uv_timer_t *t) {
         (void) sd_notify(0, "WATCHDOG=1");
 }
 
-/* The parent pid of a live process, or 0. */
-static pid_t read_ppid(pid_t pid) {
-        char path[64], buf[512];
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int) pid);
-        FILE *f = fopen(path, "re");
-        if (!f)
-                return 0;
-        size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        /* The command name may contain spaces and parentheses; the fields
-         * after the last ')' are "state ppid ...". */
-        const char *p = strrchr(buf, ')');
-        int ppid = 0;
-        if (!p || sscanf(p + 1, " %*c %d", &ppid) != 1)
-                return 0;
-        return ppid;
-}
-
 static void on_notify(void *userdata, pid_t pid, const NotifyMsg *msg) {
         Manager *m = userdata;
         Worker *w = pool_find_worker(&m->pool, pid);
@@ -694,8 +683,9 @@ static void on_notify(void *userdata, pid_t pid, const NotifyMsg *msg) {
         /* A direct child of a worker speaks for it: that is how
          * `systemd-notify --ready` in a shell worker reaches us (it waits on
          * BARRIER=1, so it is still alive while we look it up). */
-        if (!w)
-                w = pool_find_worker(&m->pool, read_ppid(pid));
+        pid_t ppid;
+        if (!w && procfs_read_ppid(pid, &ppid) >= 0)
+                w = pool_find_worker(&m->pool, ppid);
         if (!w) {
                 log_debug("notify socket: ignored a message from pid %d, which is not a current worker", (int) pid);
                 m->notify.n_dropped++;
@@ -716,11 +706,11 @@ void manager_close(Manager *m) {
                 return;
         m->closed = true;
         uv_handle_t *handles[] = {
-                (uv_handle_t *) &m->sig_term, (uv_handle_t *) &m->sig_int,  (uv_handle_t *) &m->sig_hup,
-                (uv_handle_t *) &m->sig_chld, (uv_handle_t *) &m->sig_ttin, (uv_handle_t *) &m->sig_ttou,
-                (uv_handle_t *) &m->sig_usr2, (uv_handle_t *) &m->watchdog, (uv_handle_t *) &m->recycle,  (uv_handle_t *) &m->deadline,
+                (uv_handle_t *) &m->watchdog, (uv_handle_t *) &m->recycle, (uv_handle_t *) &m->deadline,
                 (uv_handle_t *) &m->prepare,  (uv_handle_t *) &m->busy,
         };
+        for (size_t i = 0; i < ELEMENTSOF(m->signals); i++)
+                close_handle((uv_handle_t *) &m->signals[i]);
         for (size_t i = 0; i < ELEMENTSOF(handles); i++)
                 close_handle(handles[i]);
         notify_server_stop(&m->notify);
@@ -737,11 +727,9 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
-        uv_signal_t *signals[] = { &m->sig_chld, &m->sig_term, &m->sig_int, &m->sig_hup, &m->sig_ttin, &m->sig_ttou,
-                                  &m->sig_usr2 };
-        for (size_t i = 0; i < ELEMENTSOF(signals); i++) {
-                uv_signal_init(loop, signals[i]);
-                signals[i]->data = m;
+        for (size_t i = 0; i < ELEMENTSOF(m->signals); i++) {
+                uv_signal_init(loop, &m->signals[i]);
+                m->signals[i].data = m;
         }
         uv_timer_t *timers[] = { &m->watchdog, &m->recycle, &m->deadline };
         for (size_t i = 0; i < ELEMENTSOF(timers); i++) {
@@ -794,13 +782,8 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
                 return r;
 
-        uv_signal_start(&m->sig_chld, on_sigchld, SIGCHLD);
-        uv_signal_start(&m->sig_term, on_sigterm, SIGTERM);
-        uv_signal_start(&m->sig_int, on_sigterm, SIGINT);
-        uv_signal_start(&m->sig_hup, on_sighup, SIGHUP);
-        uv_signal_start(&m->sig_ttin, on_sigttin, SIGTTIN);
-        uv_signal_start(&m->sig_ttou, on_sigttin, SIGTTOU);
-        uv_signal_start(&m->sig_usr2, on_sigusr2, SIGUSR2);
+        for (size_t i = 0; i < ELEMENTSOF(signal_table); i++)
+                uv_signal_start(&m->signals[i], signal_table[i].cb, signal_table[i].signum);
         uv_prepare_start(&m->prepare, on_prepare);
 
         if (sd_watchdog_enabled(0, &m->watchdog_usec) > 0 && m->watchdog_usec > 0) {
@@ -810,8 +793,15 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         }
         arm_recycle(m);
 
-        if (restored)
-                return upgrade_restore(m);
+        if (restored) {
+                r = upgrade_restore(m);
+                /* Workers that exited while we were exec'ing are zombies
+                 * waiting for us; what they said first is still in the
+                 * notify socket (manager_reap() reads it before). */
+                if (r >= 0)
+                        manager_reap(m);
+                return r;
+        }
         if (upgrade_pending())
                 upgrade_stop_orphans(m);
 

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -26,6 +27,9 @@
  * how many clients may follow them at once. */
 #define MESSAGES_KEPT 64
 #define MESSAGES_FOLLOWERS_MAX 16
+
+/* The signals the manager handles (manager.c's table). */
+#define MANAGER_N_SIGNALS 7
 
 typedef struct Manager {
         uv_loop_t *loop;
@@ -54,7 +58,7 @@ typedef struct Manager {
         int exit_code;
         char status[256];          /* last STATUS= sent */
 
-        uv_signal_t sig_term, sig_int, sig_hup, sig_chld, sig_ttin, sig_ttou, sig_usr2;
+        uv_signal_t signals[MANAGER_N_SIGNALS]; /* one per entry of manager.c's signal table */
         uv_timer_t watchdog;       /* pings systemd's watchdog */
         uv_timer_t recycle;        /* checks RSS against recycle.max_rss_mb */
         uv_timer_t deadline;       /* the Pool's earliest deadline */
@@ -115,9 +119,9 @@ int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *r
 void manager_reload(Manager *m, ControlConn *client);
 void manager_restart(Manager *m, int slot, ControlConn *client);
 
-/* Re-execute corrald in place (upgrade.c), answering client (may be NULL:
- * SIGUSR2). On success it does not return; the new corrald answers. */
-void manager_upgrade(Manager *m, ControlConn *client);
+/* The set of signals the manager handles: an upgrade blocks them across
+ * execve(), when no handler is installed. */
+void manager_handled_signals(sigset_t *ret);
 
 /* Reap every worker that exited (after reading what the notify socket
  * holds), by pid. */

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <stdlib.h>
 
+#include "macros.h"
 #include "policy.h"
 
 uint64_t backoff_delay_ms(uint64_t min_ms, uint64_t max_ms, unsigned n) {
@@ -43,6 +44,14 @@ bool failure_window_record(FailureWindow *w, uint64_t now_usec) {
         if (w->count < cap)
                 w->count++;
         return failure_window_count(w, now_usec) > w->limit;
+}
+
+unsigned failure_window_export(const FailureWindow *w, uint64_t *ret, unsigned max) {
+        unsigned cap = w->limit + 1, n = MIN(w->count, max);
+        /* The newest is just before head; the n newest, oldest first. */
+        for (unsigned k = 0; k < n; k++)
+                ret[k] = w->stamps[(w->head + cap - n + k) % cap];
+        return n;
 }
 
 bool ratelimit_below(RateLimit *rl, uint64_t now_usec, unsigned *ret_suppressed) {

@@ -30,6 +30,11 @@ bool failure_window_record(FailureWindow *w, uint64_t now_usec);
 /* Failures currently inside the window ending at now_usec. */
 unsigned failure_window_count(const FailureWindow *w, uint64_t now_usec);
 
+/* Copy the recorded failure times, oldest first, into ret (room for max);
+ * returns how many. failure_window_record() each, in order, rebuilds the
+ * window (an upgrade carries it so). */
+unsigned failure_window_export(const FailureWindow *w, uint64_t *ret, unsigned max);
+
 /* A log rate limit, as journald's: at most `burst` events per
  * `interval_usec`; the rest are counted. Zero-initialise the counters. */
 typedef struct RateLimit {

@@ -11,25 +11,37 @@
 
 #include <stdbool.h>
 
+#include "config.h"
 #include "control.h"
 
 struct Manager;
 
-/* The state format's version: bumped by any change a previous corrald
- * would misread. */
-#define UPGRADE_STATE_VERSION 1
 /* The environment variable that names the state fd, and the test-only
  * override of the binary to execute. */
 #define UPGRADE_ENV_STATE_FD "CORRALD_UPGRADE_STATE_FD"
 #define UPGRADE_ENV_BINARY "CORRALD_UPGRADE_BINARY"
 
 /* Called first thing in main(): remember argv and the binary's path, and
- * read (then unset) a hand-over state if there is one. Logs nothing: the
- * log is not set up yet; problems are reported by upgrade_adopt_fds(). */
+ * read (then unset) a hand-over state if there is one, checking every field
+ * and every fd it names. Logs nothing: the log is not set up yet; problems
+ * are reported by upgrade_adopt_fds() or the probe. */
 void upgrade_init(int argc, char **argv);
 
 /* Whether this corrald was started by an upgrade (a state fd was given). */
 bool upgrade_pending(void);
+
+/* The configuration file's text the previous corrald ran with, to build
+ * the Config from instead of reading the file (SPEC §4: an upgrade never
+ * re-reads it), or NULL (no usable state, or a version 1 state). */
+const char *upgrade_config_text(void);
+
+/* When started as the probe of an upgrade (the old corrald runs the new
+ * binary with the state before it execs it): answer on CORRAL_IPC_FD "ok"
+ * or why this binary cannot take over (the state, the configuration
+ * built from it — config_error when that failed — or a worker that is
+ * not the old corrald's child), and return main()'s exit code. Returns -1
+ * when this is no probe. */
+int upgrade_probe_answer(const Config *config, const char *config_error);
 
 /* Restart-free start, part 1: adopt the listeners of the state, and say
  * which fds are the notify socket and the control socket (for the caller
@@ -45,14 +57,20 @@ int upgrade_adopt_fds(struct Manager *m, int *ret_notify_fd, int *ret_control_fd
  * negative errno after logging. */
 int upgrade_restore(struct Manager *m);
 
-/* After a clean start that followed an unusable state: ask the workers of
- * the previous corrald to stop (they are still our children). */
+/* After a clean start that followed an unusable state: answer the clients
+ * that asked, and ask the workers of the previous corrald to stop (those
+ * that are our own children; nobody else is signalled). */
 void upgrade_stop_orphans(struct Manager *m);
-/* Reap orphans that exited (from the SIGCHLD handler). */
-void upgrade_reap_orphans(void);
+/* Reap the children that are not workers (those orphans, finished probes)
+ * that exited; from the SIGCHLD handler. */
+void upgrade_reap_strays(void);
 
-/* Do the upgrade: refuse (-EBUSY) while a plan runs, while stopping or
- * before the first READY=1; else hand over and execve(). Returns only on
- * failure, a negative errno with the reason in *ret_error (malloc'd); the
- * old corrald keeps running. Logs. client may be NULL (the signal). */
-int upgrade_exec(struct Manager *m, ControlConn *client, char **ret_error);
+/* Ask for an upgrade (client may be NULL: SIGUSR2). Refused at once while
+ * a plan runs, while stopping or before the first READY=1. Else the new
+ * binary first checks the state as a probe; only when it says yes does
+ * corrald execve() it, and the new corrald answers every client that
+ * asked meanwhile. Whatever fails, the old corrald keeps running and each
+ * client gets the reason. Logs. */
+void upgrade_request(struct Manager *m, ControlConn *client);
+/* corrald is stopping: end a check in progress, refusing its clients. */
+void upgrade_cancel(struct Manager *m);

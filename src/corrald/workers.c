@@ -14,6 +14,7 @@
 #include "manager.h"
 #include "output.h"
 #include "spawn.h"
+#include "util.h"
 
 typedef struct WorkerIo {
         Manager *manager;
@@ -171,11 +172,7 @@ int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd) {
 }
 
 static void host_kill(void *userdata, Worker *w, int sig, bool group) {
-        if (w->pid <= 0)
-                return;
-        if (group)
-                (void) kill(-w->pid, sig);
-        (void) kill(w->pid, sig);
+        (void) kill_process(w->pid, sig, group);
 }
 
 static void host_release(void *userdata, Worker *w) {

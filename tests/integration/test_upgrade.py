@@ -16,7 +16,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import corral  # noqa: E402
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALCTL, CORRALD, HELLO, WORKERS, TWORKER, finish,  # noqa: E402
+from corral import (Corrald, NotifySocket, CORRALCTL, CORRALD, HELLO, WORKERS, TWORKER, finish, wait_status,  # noqa: E402,E501
                     free_port, http_get, pid_alive, shipped_unit)
 from sandbox import Sandbox  # noqa: E402
 
@@ -232,35 +232,35 @@ def pending_backoff_survives_the_upgrade():
 
 
 @case
-def exec_failure_keeps_the_old_corrald_running():
+def a_binary_that_cannot_take_over_is_refused_and_nothing_changes():
+    # The new binary checks the state first (the probe): one that is no
+    # program, one that exits at once and one that cannot be executed are
+    # all refused before corrald risks anything (issue 19.1).
     target = os.path.join(TMP, "corrald-broken")
-    with open(target, "w") as f:
-        f.write("not a program\n")
-    os.chmod(target, 0o755)   # executable but no ELF and no #!: execve() fails with ENOEXEC
     c, n = run(["-w", "2"], [HELLO], env={"CORRALD_UPGRADE_BINARY": target})
     try:
         before = status(c)
         fds = sorted(os.listdir("/proc/%d/fd" % c.pid))
         mark = len(n.all())
-        r = ctl(c, "upgrade", check=False)
-        eq(r.returncode, 1, "corralctl upgrade exit status\n" + r.stderr)
-        assert "cannot execute" in r.stderr and "Exec format error" in r.stderr, "the reason: %r" % r.stderr
-        c.wait_line(r"cannot execute .*: Exec format error; corrald keeps running")
-        i, _ = n.wait("RELOADING", "1", after=mark)
-        n.wait("READY", "1", after=i + 1)
-        after = status(c)
-        eq(after["pid"], before["pid"], "the same corrald")
-        eq(after["upgrades"], 0, "no upgrade counted")
-        eq(pids(after), pids(before), "the same workers")
+        for content, reason in [("not a program\n", "cannot take over"),
+                                ("#!/bin/sh\nexit 0\n", "exited without checking the state"),
+                                ("#!/bin/sh\necho 'corrald: cannot start' >&2; exit 1\n", "cannot take over")]:
+            with open(target, "w") as f:
+                f.write(content)
+            os.chmod(target, 0o755)
+            r = ctl(c, "upgrade", check=False)
+            eq(r.returncode, 1, "corralctl upgrade exit status with %r\n%s" % (content, r.stderr))
+            assert reason in r.stderr, "the reason for %r: %r" % (content, r.stderr)
+            after = status(c)
+            eq((after["pid"], after["upgrades"], pids(after)), (before["pid"], 0, pids(before)),
+               "the same corrald and workers, no upgrade counted")
+        c.wait_line(r"cannot take over: .*; corrald keeps running")
+        eq([k for k, _ in n.all()[mark:]].count("RELOADING"), 0, "nothing said to systemd")
         # (A control client that just left may hold one for a moment.)
         wait_for(lambda: set(os.listdir("/proc/%d/fd" % c.pid)) <= set(fds), 5, "no fd beyond those before")
-        # Every fd it had opened up for execve() is close-on-exec again.
-        for fd in os.listdir("/proc/%d/fd" % c.pid):
-            with open("/proc/%d/fdinfo/%s" % (c.pid, fd)) as f:
-                flags = int([l for l in f if l.startswith("flags:")][0].split()[1], 8)
-            if int(fd) > 2:
-                assert flags & 0o2000000, "fd %s lost O_CLOEXEC after the failed exec" % fd
-        # Not executable at all: refused before anything is said to systemd.
+        # No probe is left behind: corrald's children are its workers.
+        wait_for(lambda: sorted(corral.children(c.pid)) == pids(before), 5, "no child but the workers")
+        # Not executable at all: refused at once.
         os.chmod(target, 0o644)
         r = ctl(c, "upgrade", check=False)
         eq(r.returncode, 1, "exit status for a non-executable file")
@@ -269,6 +269,7 @@ def exec_failure_keeps_the_old_corrald_running():
         shutil.copy2(CORRALD, target)
         res = upgrade(c)
         eq(res["upgrades"], 1, "upgrade after the failures")
+        eq(pids(status(c)), pids(before), "the same workers")
     finally:
         finish(c, n)
 
@@ -296,24 +297,18 @@ def refused_while_a_reload_runs():
 
 
 @case
-def unreadable_state_falls_back_to_a_clean_start():
+def an_unreadable_state_is_refused_by_the_new_binary():
     port = free_port()
-    cfg = os.path.join(TMP, "fallback.json")
-    with open(cfg, "w") as f:
-        json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port],
-                   "stop": {"timeout_ms": 3000}}, f)
-    c, n = run(["--config", cfg], env={"CORRALD_UPGRADE_TEST_VERSION": "999"})
+    c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO],
+               env={"CORRALD_UPGRADE_TEST_VERSION": "999"})
     try:
         old = pids(status(c))
         r = ctl(c, "upgrade", check=False)
-        eq(r.returncode, 1, "the upgrade reports the fallback as a failure\n" + r.stdout + r.stderr)
-        assert "format version 999" in r.stderr, "the reason: %r" % r.stderr
-        c.wait_line(r"format version 999, this corrald reads version 1; starting clean")
-        s = wait_for(lambda: (lambda s: s if s["ready"] == 2 and not set(pids(s)) & set(old) else None)(status(c)),
-                     20, "2 new workers")
-        eq(s["pid"], c.pid, "the same corrald pid")
-        wait_for(lambda: not any(pid_alive(p) for p in old), 20, "the previous workers to stop")
-        eq(http_get(port)[0], 200, "the same listener serves")
+        eq(r.returncode, 1, "the upgrade is refused\n" + r.stdout + r.stderr)
+        assert "format version 999, this corrald reads versions 1 to 2" in r.stderr, "the reason: %r" % r.stderr
+        s = status(c)
+        eq((s["pid"], s["upgrades"], pids(s)), (c.pid, 0, old), "the same corrald and workers")
+        eq(http_get(port)[0], 200, "still serving")
     finally:
         finish(c, n)
 
@@ -345,25 +340,113 @@ def round_robin_upgrade_keeps_handing_off_under_load():
 
 
 @case
-def a_balance_changed_in_the_file_starts_clean():
+def the_file_on_disk_is_never_read_by_an_upgrade():
+    # SPEC §4: the upgrade carries the running configuration. An operator
+    # who left the file invalid, or changed it, and then upgrades (the
+    # package's postinst does) keeps the instance as it runs.
     port = free_port()
-    cfg = os.path.join(TMP, "balance.json")
+    cfg = os.path.join(TMP, "carried.json")
     with open(cfg, "w") as f:
         json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
     c, n = run(["--config", cfg])
     try:
         old = pids(status(c))
-        with open(cfg, "w") as f:
-            json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port], "balance": "round-robin"}, f)
-        r = ctl(c, "upgrade", check=False)
-        eq(r.returncode, 1, "the upgrade reports the clean start\n" + r.stderr)
-        assert "balance round-robin" in r.stderr, "the reason: %r" % r.stderr
-        s = wait_for(lambda: (lambda s: s if s["ready"] == 2 and not set(pids(s)) & set(old) else None)(status(c)),
-                     20, "2 new workers")
-        eq(s["balance"], "round-robin", "the new balance")
-        eq(http_get(port)[0], 200, "served through the kept listener")
+        for content in ['{"exec": [', json.dumps({"exec": [HELLO], "workers": 3, "balance": "round-robin",
+                                                   "listen": ["127.0.0.1:%d" % port]})]:
+            with open(cfg, "w") as f:
+                f.write(content)
+            res = upgrade(c)
+            s = status(c)
+            eq((res["pid"], pids(s), s["balance"], s["workers"]), (c.pid, old, "shared", 2),
+               "the same corrald, workers and configuration after writing %r" % content[:40])
+            eq(http_get(port)[0], 200, "serving")
+        # A reload is what reads the file.
+        r = ctl(c, "reload", check=False)
+        eq(r.returncode, 0, "reload\n" + r.stderr)
+        eq(wait_status(c, lambda s: s["workers"] == 3 and s["ready"] == 3, 20)["workers"], 3, "3 workers now")
     finally:
         finish(c, n)
+
+
+FORGED_HELPER = r"""
+import json, os, signal, socket, subprocess, sys, time
+sys.path.insert(0, sys.argv[1])
+from corral import CORRALD, HELLO, http_get
+port, control, variant = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)   # the init of this namespace stays
+foreign = subprocess.Popen(["sleep", "60"])     # a process that is not corrald's child
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(("127.0.0.1", port))
+ls.listen(64)
+w = {"slot": 0, "pid": foreign.pid, "generation": 1, "state": "ready", "role": "current", "stop_sent": False,
+     "said_stopping": False, "counted": False, "start_usec": 1, "ready_usec": 1, "deadline": 0, "status": "",
+     "handed": 0, "closed": 0, "reports_closes": False, "ipc_fd": -1, "output_fd": -1}
+if variant == "pid1":
+    w["pid"] = 1
+elif variant == "enum":
+    w["state"] = "bogus"
+state = {"format": "corrald-state", "version": 2, "written_by": "test", "request_usec": 0, "balance": "shared",
+         "reply_fd": -1, "waiter_fds": [], "upgrades": 0, "start_usec": 1, "generation": 1, "rollout_serial": 0,
+         "recycle_pause_until": 0, "recycle_next": 0, "messages": 0, "undeliverable": 0, "notify_dropped": 0,
+         "status": "", "gave_up": False, "giveup_reason": "", "failures": [], "notify_fd": -1, "control_fd": -1,
+         "listeners": [{"fd": ls.fileno(), "name": "web", "display": "127.0.0.1:%d" % port, "activated": False}],
+         "slots": [{"id": 0, "state": "ready", "restarts": 0, "consecutive_failures": 0, "deadline": 0}],
+         "workers": [w]}
+fd = os.memfd_create("forged-state", 0)
+os.write(fd, json.dumps(state).encode())
+p = subprocess.Popen([CORRALD, "-w", "2", "--control", control, "--log", "stderr", "--", HELLO],
+                     env=dict(os.environ, CORRALD_UPGRADE_STATE_FD=str(fd)), pass_fds=[fd, ls.fileno()],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+os.close(fd)
+result = {"served": False, "foreign_alive": None, "exit": None}
+try:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not result["served"]:
+        try:
+            result["served"] = http_get(port, timeout=2)[0] == 200
+        except OSError:
+            time.sleep(0.05)   # polling the listener, with a deadline
+    # The stop is when the old corrald signalled what it had adopted: the
+    # foreign process, or kill(-1) for pid 1.
+    p.send_signal(signal.SIGTERM)
+    result["exit"] = p.wait(30)
+    result["foreign_alive"] = foreign.poll() is None
+finally:
+    if p.poll() is None:
+        p.kill()
+    result["stderr"] = p.stderr.read()
+    foreign.kill()
+print(json.dumps(result))
+"""
+
+
+@case
+def a_forged_state_falls_back_and_signals_nobody_else():
+    # issue 19.3: pid 1, a process that is not corrald's child, an enum
+    # out of range. Each makes a clean start on the listener the state
+    # names; none is adopted or signalled. In a PID namespace of its own,
+    # so that a regression (kill(-1, SIGKILL) as root) stays inside it.
+    if os.geteuid() != 0:
+        raise Skip("needs root for a PID namespace")
+    for variant, why in [("pid1", "workers[0].pid: expected an integer from 2"),
+                         ("foreign", "is not a child of this corrald"),
+                         ("enum", "workers[0].state: expected one of starting")]:
+        port = free_port()
+        control = os.path.join(TMP, "forged-%s.sock" % variant)
+        r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", FORGED_HELPER,
+                            os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"), str(port),
+                            control, variant],
+                           capture_output=True, text=True, timeout=60, env=dict(os.environ, PYTHONPATH=""))
+        assert r.returncode == 0 and r.stdout.strip(), "helper (%s): %d\n%s%s" % (variant, r.returncode, r.stdout,
+                                                                                   r.stderr)
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        err = res["stderr"]
+        assert res["served"], "%s: the clean start serves on the state's listener\n%s" % (variant, err)
+        assert why in err and "starting clean" in err, "%s: the reason is logged\n%s" % (variant, err)
+        eq(res["foreign_alive"], True, "%s: the process that is not corrald's child survives" % variant)
+        eq(res["exit"], 0, "%s: corrald stops cleanly" % variant)
+        assert "stopping pid" not in err, "%s: nobody of the state is stopped\n%s" % (variant, err)
 
 
 @case
