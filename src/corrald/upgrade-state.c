@@ -358,15 +358,14 @@ static int read_array(Reader *r, const char *path, const cJSON *v, const Field *
                                 k = bad(r, p, "expected a file descriptor >= 3, got -1");
                 } else
                         k = read_record(r, p, e, f->record, item);
-                if (k == -ENOMEM)
-                        return k;
-                if (k < 0 && !r->envelope)
-                        return k;
                 if (k < 0) {
-                        /* The envelope skips what does not check out. */
+                        /* Not counted: free what it holds here. */
                         if (f->type == FT_RECORDS)
                                 free_record(f->record, item);
                         memset(item, 0, size);
+                        /* The envelope skips what does not check out. */
+                        if (k == -ENOMEM || !r->envelope)
+                                return k;
                         continue;
                 }
                 (*count)++;
@@ -648,8 +647,11 @@ int upgrade_state_parse_envelope(const char *text, size_t len, UpgradeState *ret
         if (!root)
                 return -EBADMSG;
         int k = read_head(&r, root, &r.version);
-        if (k >= 0)
-                k = read_record(&r, "", root, &state_record, &s);
+        if (k < 0) {
+                cJSON_Delete(root);
+                return k;
+        }
+        k = read_record(&r, "", root, &state_record, &s);
         cJSON_Delete(root);
         if (k == -ENOMEM) {
                 upgrade_state_done(&s);

@@ -183,6 +183,36 @@ static void test_window_spaced_failures_never_give_up(void **state) {
 
 /* The ring holds limit+1 stamps; after many laps the count must still come
  * from the newest ones. */
+/* An upgrade carries the window as its stamps, oldest first, and records
+ * them again: the rebuilt window counts the same at every time. */
+static void test_window_export_rebuilds(void **state) {
+        for (unsigned n = 0; n < 12; n++) {
+                FailureWindow a, b;
+                uint64_t stamps[5];
+                assert_int_eq(failure_window_init(&a, 4, 100), 0);
+                assert_int_eq(failure_window_init(&b, 4, 100), 0);
+                for (unsigned i = 0; i < n; i++)
+                        (void) failure_window_record(&a, 1000 + 20 * i);
+                unsigned k = failure_window_export(&a, stamps, 5);
+                assert_int_eq(k, n < 5 ? n : 5);
+                for (unsigned i = 1; i < k; i++)
+                        assert_true(stamps[i - 1] < stamps[i]);
+                if (k > 0)
+                        assert_u64_eq(stamps[k - 1], 1000 + 20 * (n - 1));
+                for (unsigned i = 0; i < k; i++)
+                        (void) failure_window_record(&b, stamps[i]);
+                for (uint64_t t = 1000; t < 1400; t += 7)
+                        assert_int_eq(failure_window_count(&b, t + 20 * n), failure_window_count(&a, t + 20 * n));
+                /* A smaller buffer takes the newest. */
+                if (n >= 2) {
+                        assert_int_eq(failure_window_export(&a, stamps, 1), 1);
+                        assert_u64_eq(stamps[0], 1000 + 20 * (n - 1));
+                }
+                failure_window_done(&a);
+                failure_window_done(&b);
+        }
+}
+
 static void test_window_ring_wraparound(void **state) {
         FailureWindow w;
         const uint64_t win = 100;
@@ -277,6 +307,7 @@ int main(void) {
                 cmocka_unit_test(test_window_edge),
                 cmocka_unit_test(test_window_spaced_failures_never_give_up),
                 cmocka_unit_test(test_window_ring_wraparound),
+                cmocka_unit_test(test_window_export_rebuilds),
                 cmocka_unit_test(test_window_large_limit),
                 cmocka_unit_test(test_ratelimit_burst_then_summary),
                 cmocka_unit_test(test_ratelimit_time_zero_and_zero_burst),
