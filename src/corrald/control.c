@@ -389,40 +389,96 @@ static void on_sweep(uv_timer_t *t) {
         }
 }
 
-static void on_connection(uv_stream_t *server, int status) {
-        ControlServer *s = server->data;
-        struct ucred cred;
-        socklen_t len = sizeof(cred);
-        uv_os_fd_t fd;
-
-        if (status < 0)
-                return;
+/* A new connection in the server's list, its pipe initialised (not yet
+ * connected to an fd), or NULL (out of memory). */
+static ControlConn *conn_new(ControlServer *s, uv_loop_t *loop) {
         ControlConn *c = calloc(1, sizeof(ControlConn));
         if (c)
                 c->buf = malloc(CONTROL_LINE_MAX + 1);
         if (!c || !c->buf) {
-                /* Accept and drop, or the listener stays readable forever. */
-                uv_pipe_t tmp;
-                uv_pipe_init(server->loop, &tmp, 0);
-                if (uv_accept(server, (uv_stream_t *) &tmp) == 0)
-                        uv_close((uv_handle_t *) &tmp, NULL);
                 if (c)
                         free(c);
-                return;
+                return NULL;
         }
         c->server = s;
         c->n_ref = 1;
-        uv_pipe_init(server->loop, &c->pipe, 0);
+        uv_pipe_init(loop, &c->pipe, 0);
         c->pipe.data = c;
         s->n_conns++;
         c->next = s->conns;
         if (s->conns)
                 s->conns->prev = c;
         s->conns = c;
+        return c;
+}
+
+static void conn_start(ControlConn *c);
+
+static void on_connection(uv_stream_t *server, int status) {
+        ControlServer *s = server->data;
+
+        if (status < 0)
+                return;
+        ControlConn *c = conn_new(s, server->loop);
+        if (!c) {
+                /* Accept and drop, or the listener stays readable forever. */
+                uv_pipe_t tmp;
+                uv_pipe_init(server->loop, &tmp, 0);
+                if (uv_accept(server, (uv_stream_t *) &tmp) == 0)
+                        uv_close((uv_handle_t *) &tmp, NULL);
+                return;
+        }
         if (uv_accept(server, (uv_stream_t *) &c->pipe) < 0) {
                 conn_close(c);
                 return;
         }
+        conn_start(c);
+}
+
+int control_server_adopt_conn(ControlServer *s, int fd, const char *unread, size_t len) {
+        if (len > CONTROL_LINE_MAX) {
+                safe_close(fd);
+                return -EINVAL;
+        }
+        ControlConn *c = conn_new(s, s->pipe.loop);
+        if (!c) {
+                safe_close(fd);
+                return -ENOMEM;
+        }
+        (void) fd_cloexec(fd, true);
+        int r = uv_pipe_open(&c->pipe, fd);
+        if (r < 0) {
+                safe_close(fd);
+                conn_close(c);
+                return r;
+        }
+        memcpy(c->buf, unread, len);
+        c->len = len;
+        c->partial_usec = len > 0 && !memchr(c->buf, '\n', len) ? now_usec() : 0;
+        conn_start(c);
+        return 0;
+}
+
+unsigned control_server_idle_conns(ControlServer *s, ControlConn **ret, unsigned max) {
+        unsigned n = 0;
+        for (ControlConn *c = s->conns; c && n < max; c = c->next)
+                if (!c->closed && !c->busy && conn_queued(c) == 0)
+                        ret[n++] = c;
+        return n;
+}
+
+size_t control_conn_unread(const ControlConn *c, const char **ret) {
+        *ret = c->buf;
+        return c->len;
+}
+
+/* Check the peer and take its requests. */
+static void conn_start(ControlConn *c) {
+        ControlServer *s = c->server;
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        uv_os_fd_t fd;
+
         if (uv_fileno((uv_handle_t *) &c->pipe, &fd) < 0 ||
             getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1) {
                 conn_close(c);

@@ -64,6 +64,16 @@ int control_conn_fd(const ControlConn *c);
 /* Close the listener and every connection; unlink the socket file. */
 void control_server_stop(ControlServer *s);
 
+/* Upgrade: the connections with no request in progress and no reply
+ * waiting to be written (at most max, into ret), and what each has sent
+ * that is not yet taken as a request (*ret points into its buffer). */
+unsigned control_server_idle_conns(ControlServer *s, ControlConn **ret, unsigned max);
+size_t control_conn_unread(const ControlConn *c, const char **ret);
+/* Upgrade: take over such a connection from the previous corrald, with
+ * what it had read of it, as if just accepted. Takes fd. Returns 0 or a
+ * negative errno. */
+int control_server_adopt_conn(ControlServer *s, int fd, const char *unread, size_t len);
+
 ControlConn *control_conn_ref(ControlConn *c);
 ControlConn *control_conn_unref(ControlConn *c);
 /* Whether the client is still connected (replies to a gone client are dropped). */

@@ -94,6 +94,11 @@ static const Field listener_fields[] = {
         { "activated", FT_BOOL, offsetof(UpgradeListener, activated), F_ENVELOPE },
 };
 
+static const Field client_fields[] = {
+        { "fd", FT_FD, offsetof(UpgradeClient, fd), F_ENVELOPE },
+        { "unread", FT_STRING, offsetof(UpgradeClient, unread), F_OPTIONAL, 0, 64 * 1024 },
+};
+
 static const Field slot_fields[] = {
         NUM(FT_UINT, UpgradeSlot, id, 0, CONFIG_WORKERS_MAX - 1, 0),
         { "state", FT_ENUM, offsetof(UpgradeSlot, state), 0, ENUM(slot_state_names) },
@@ -126,6 +131,7 @@ static const Field worker_fields[] = {
 };
 
 static const Record listener_record = { listener_fields, ELEMENTSOF(listener_fields), sizeof(UpgradeListener) };
+static const Record client_record = { client_fields, ELEMENTSOF(client_fields), sizeof(UpgradeClient) };
 static const Record slot_record = { slot_fields, ELEMENTSOF(slot_fields), sizeof(UpgradeSlot) };
 static const Record worker_record = { worker_fields, ELEMENTSOF(worker_fields), sizeof(UpgradeWorker) };
 
@@ -140,6 +146,8 @@ static const Field state_fields[] = {
         STR(UpgradeState, config, 1024 * 1024, F_OPTIONAL),   /* absent: no file */
         NUM(FT_FD, UpgradeState, reply_fd, 0, 0, F_ENVELOPE),
         ARRAY(UpgradeState, waiter_fds, n_waiter_fds, FT_FD_ARRAY, UPGRADE_WAITERS_MAX, F_SINCE_2 | F_ENVELOPE, NULL),
+        ARRAY(UpgradeState, clients, n_clients, FT_RECORDS, UPGRADE_CLIENTS_MAX, F_SINCE_2 | F_ENVELOPE,
+              &client_record),
         NUM(FT_UINT, UpgradeState, upgrades, 0, UINT_MAX - 1, 0),
         NUM(FT_U64, UpgradeState, start_usec, 0, JSON_INT_MAX, 0),
         NUM(FT_UINT, UpgradeState, generation, 1, UINT_MAX, 0),
@@ -555,7 +563,7 @@ static int check_relations(Reader *r, const UpgradeState *s) {
 
         /* No descriptor may be named twice: one fd adopted by two owners
          * would be closed under the other. */
-        unsigned n_fds = 0, cap = 3 + s->n_waiter_fds + s->n_listeners + 2 * s->n_workers;
+        unsigned n_fds = 0, cap = 3 + s->n_waiter_fds + s->n_clients + s->n_listeners + 2 * s->n_workers;
         _cleanup_free_ int *fds = malloc(cap * sizeof(int));
         if (!fds)
                 return -ENOMEM;
@@ -565,6 +573,8 @@ static int check_relations(Reader *r, const UpgradeState *s) {
         ADD(s->reply_fd);
         for (unsigned i = 0; i < s->n_waiter_fds; i++)
                 ADD(s->waiter_fds[i]);
+        for (unsigned i = 0; i < s->n_clients; i++)
+                ADD(s->clients[i].fd);
         for (unsigned i = 0; i < s->n_listeners; i++)
                 ADD(s->listeners[i].fd);
         for (unsigned i = 0; i < s->n_workers; i++) {
@@ -579,6 +589,11 @@ static int check_relations(Reader *r, const UpgradeState *s) {
         for (unsigned i = 0; i < s->n_listeners; i++)
                 if (s->listeners[i].fd < 0) {
                         snprintf(p, sizeof(p), "listeners[%u].fd", i);
+                        return bad(r, p, "expected a file descriptor >= 3, got -1");
+                }
+        for (unsigned i = 0; i < s->n_clients; i++)
+                if (s->clients[i].fd < 0) {
+                        snprintf(p, sizeof(p), "clients[%u].fd", i);
                         return bad(r, p, "expected a file descriptor >= 3, got -1");
                 }
         return 0;

@@ -31,6 +31,7 @@
 #define UPGRADE_STATE_MAX (64 * 1024 * 1024)
 #define UPGRADE_LISTENERS_MAX 1024
 #define UPGRADE_WAITERS_MAX 64
+#define UPGRADE_CLIENTS_MAX 64
 
 typedef struct UpgradeListener {
         int fd;
@@ -39,6 +40,13 @@ typedef struct UpgradeListener {
         char *unlink_path;       /* NULL: none */
         bool activated;
 } UpgradeListener;
+
+/* A control client with no request in progress: the new corrald goes on
+ * reading it, from what the old one had read and not yet taken. */
+typedef struct UpgradeClient {
+        int fd;
+        char *unread;            /* NULL: nothing */
+} UpgradeClient;
 
 typedef struct UpgradeSlot {
         unsigned id;
@@ -73,6 +81,8 @@ typedef struct UpgradeState {
         int reply_fd;            /* the client that asked, or -1 */
         int *waiter_fds;         /* other clients that asked while it was prepared */
         unsigned n_waiter_fds;
+        UpgradeClient *clients;  /* the other control clients */
+        unsigned n_clients;
         unsigned upgrades;
         uint64_t start_usec;
         unsigned generation;

@@ -174,6 +174,8 @@ static int check_fds(UpgradeState *s, bool lenient) {
         CHECK(&s->reply_fd, FD_STREAM, "reply_fd");
         for (unsigned i = 0; i < s->n_waiter_fds; i++)
                 CHECK(&s->waiter_fds[i], FD_STREAM, "waiter_fds[%u]", i);
+        for (unsigned i = 0; i < s->n_clients; i++)
+                CHECK(&s->clients[i].fd, FD_STREAM, "clients[%u].fd", i);
         for (unsigned i = 0; i < s->n_listeners; i++)
                 CHECK(&s->listeners[i].fd, FD_LISTENER, "listeners[%u].fd", i);
         for (unsigned i = 0; i < s->n_workers; i++) {
@@ -367,6 +369,8 @@ static int fall_back(Manager *m, const char *why) {
                 if (env.waiter_fds[i] >= 0)
                         fallback_fds[n_fallback_fds++] = env.waiter_fds[i];
         snprintf(fallback_why, sizeof(fallback_why), "%s", why);
+        for (unsigned i = 0; i < env.n_clients; i++)
+                safe_close(env.clients[i].fd);
         for (unsigned i = 0; i < env.n_workers; i++) {
                 const UpgradeWorker *w = &env.workers[i];
                 safe_close(w->ipc_fd);
@@ -502,6 +506,15 @@ int upgrade_restore(Manager *m) {
         }
         s->reply_fd = -1;
         s->n_waiter_fds = 0;
+        /* The other clients go on where the previous corrald left them. */
+        for (unsigned i = 0; i < s->n_clients; i++) {
+                UpgradeClient *cl = &s->clients[i];
+                int r = control_server_adopt_conn(&m->control, TAKE_FD(cl->fd), cl->unread ? cl->unread : "",
+                                                  cl->unread ? strlen(cl->unread) : 0);
+                if (r < 0)
+                        log_warning("upgrade: cannot take over control client %u: %s", i, strerror(-r));
+        }
+        s->n_clients = 0;
         upgrade_state_done(s);
         free(given_text);
         given_text = NULL;
@@ -581,7 +594,7 @@ void upgrade_reap_strays(void) {
 
 /* The fds carried across execve(): FD_CLOEXEC cleared on exactly these. */
 typedef struct Carried {
-        int fds[4 + UPGRADE_WAITERS_MAX];   /* notify, control, replies */
+        int fds[4 + UPGRADE_WAITERS_MAX + UPGRADE_CLIENTS_MAX];   /* notify, control, clients */
         unsigned n;
         int *more;                          /* listeners and workers' */
         unsigned n_more;
@@ -658,6 +671,21 @@ static int collect(Manager *m, Carried *c, UpgradeState *s, uint64_t request_use
                         s->reply_fd = fd;
                 else
                         s->waiter_fds[s->n_waiter_fds++] = fd;
+        }
+        ControlConn *idle[UPGRADE_CLIENTS_MAX];
+        unsigned n_idle = control_server_idle_conns(&m->control, idle, UPGRADE_CLIENTS_MAX);
+        s->clients = calloc(n_idle ?: 1, sizeof(UpgradeClient));
+        if (!s->clients)
+                return -ENOMEM;
+        for (unsigned i = 0; i < n_idle; i++) {
+                const char *unread;
+                size_t len = control_conn_unread(idle[i], &unread);
+                s->clients[s->n_clients++] = (UpgradeClient) {
+                        .fd = carry(c, control_conn_fd(idle[i])),
+                        .unread = len ? strndup(unread, len) : NULL,
+                };
+                if (len && !s->clients[s->n_clients - 1].unread)
+                        oom = true;
         }
         s->n_failures = failure_window_export(&m->pool.failures, s->failures, RESTART_LIMIT_MAX + 1);
 

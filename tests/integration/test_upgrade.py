@@ -387,7 +387,7 @@ if variant == "pid1":
 elif variant == "enum":
     w["state"] = "bogus"
 state = {"format": "corrald-state", "version": 2, "written_by": "test", "request_usec": 0, "balance": "shared",
-         "reply_fd": -1, "waiter_fds": [], "upgrades": 0, "start_usec": 1, "generation": 1, "rollout_serial": 0,
+         "reply_fd": -1, "waiter_fds": [], "clients": [], "upgrades": 0, "start_usec": 1, "generation": 1, "rollout_serial": 0,
          "recycle_pause_until": 0, "recycle_next": 0, "messages": 0, "undeliverable": 0, "notify_dropped": 0,
          "status": "", "gave_up": False, "giveup_reason": "", "failures": [], "notify_fd": -1, "control_fd": -1,
          "listeners": [{"fd": ls.fileno(), "name": "web", "display": "127.0.0.1:%d" % port, "activated": False}],
@@ -447,6 +447,55 @@ def a_forged_state_falls_back_and_signals_nobody_else():
         eq(res["foreign_alive"], True, "%s: the process that is not corrald's child survives" % variant)
         eq(res["exit"], 0, "%s: corrald stops cleanly" % variant)
         assert "stopping pid" not in err, "%s: nobody of the state is stopped\n%s" % (variant, err)
+
+
+@case
+def a_half_sent_message_line_is_carried_not_refused():
+    # issue 19.4: a worker that does not read its channel (normal in shared
+    # mode) with a line half written: the upgrade carries the rest of the
+    # line and the new corrald finishes it; the worker reads whole lines.
+    go, out = os.path.join(TMP, "late-go"), os.path.join(TMP, "late-out")
+    c, n = run(["-w", "1"], TWORKER + ["late-reader", go, out])
+    try:
+        before = pids(status(c))
+        big = json.dumps("x" * 60000)
+        for _ in range(8):   # past the socket buffer (one line is cut in two) and the queue
+            r = ctl(c, "send", "0", big, check=False)
+            assert r.returncode == 0 or "not delivered" in r.stderr, "send: %d %s" % (r.returncode, r.stderr[:300])
+        res = upgrade(c)
+        eq((res["pid"], pids(status(c))), (c.pid, before), "the same corrald and worker")
+        ctl(c, "send", "0", json.dumps("end"))
+        open(go, "w").close()
+        wait_for(lambda: os.path.exists(out), 20, "the worker to read up to \"end\"")
+        with open(out) as f:
+            got = json.load(f)
+        diag("the worker read %r" % got)
+        eq(got["bad"], 0, "lines that reached the worker cut or mixed")
+        assert got["lines"] >= 3, "the worker read the buffered lines, the finished one and the end: %r" % got
+    finally:
+        finish(c, n)
+
+
+@case
+def concurrent_upgrades_all_get_an_answer():
+    # issue 19.5: requests that arrive while one upgrade is checked wait for
+    # it and get its answer; none sees the connection close without one.
+    c, n = run(["-w", "2"], [HELLO])
+    try:
+        before = pids(status(c))
+        for round_ in range(3):
+            procs = [subprocess.Popen([CORRALCTL, "-s", c.control, "--json", "upgrade"], stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for _ in range(8)]
+            results = [(p.wait(60), p.stdout.read(), p.stderr.read()) for p in procs]
+            for rc, out, err in results:
+                eq(rc, 0, "round %d: every requester gets an upgrade result: %s%s" % (round_, out, err))
+                assert json.loads(out)["ok"], out
+        s = status(c)
+        eq((s["pid"], pids(s)), (c.pid, before), "the same corrald and workers")
+        assert 3 <= s["upgrades"] <= 24, "upgrades done: %d" % s["upgrades"]
+        diag("24 requests in 3 rounds of 8: %d upgrades" % s["upgrades"])
+    finally:
+        finish(c, n)
 
 
 @case

@@ -50,6 +50,10 @@ static void sample(UpgradeState *s) {
         s->waiter_fds[0] = 8;
         s->waiter_fds[1] = 9;
         s->n_waiter_fds = 2;
+        s->clients = calloc(2, sizeof(UpgradeClient));
+        s->clients[0] = (UpgradeClient) { .fd = 15, .unread = dup("{\"command\":\"sta") };
+        s->clients[1] = (UpgradeClient) { .fd = 16 };
+        s->n_clients = 2;
         s->failures = calloc(3, sizeof(uint64_t));
         s->failures[0] = 100;
         s->failures[1] = 200;
@@ -112,6 +116,11 @@ static void test_round_trip(void **state) {
         assert_int_eq(b.reply_fd, a.reply_fd);
         assert_int_eq(b.n_waiter_fds, 2);
         assert_int_eq(b.waiter_fds[1], 9);
+        assert_int_eq(b.n_clients, 2);
+        assert_int_eq(b.clients[0].fd, 15);
+        assert_string_equal(b.clients[0].unread, a.clients[0].unread);
+        assert_int_eq(b.clients[1].fd, 16);
+        assert_null(b.clients[1].unread);
         assert_int_eq(b.upgrades, a.upgrades);
         assert_u64_eq(b.start_usec, a.start_usec);
         assert_int_eq(b.generation, a.generation);
@@ -199,7 +208,7 @@ static void expect_refused(cJSON *root, const char *path, const char *what) {
 
 static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
-                                             "workers.ipc_tail" };
+                                             "workers.ipc_tail", "clients.unread" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
@@ -211,7 +220,7 @@ static bool optional(const char *record, const char *key) {
 /* Every key of every record: missing, or an object instead of its value. */
 static void test_every_field_refused(void **state) {
         _cleanup_free_ char *text = sample_text();
-        const char *records[] = { "", "listeners", "slots", "workers" };
+        const char *records[] = { "", "listeners", "slots", "workers", "clients" };
 
         for (size_t k = 0; k < ELEMENTSOF(records); k++) {
                 cJSON *root = cJSON_Parse(text);
@@ -301,6 +310,8 @@ static void test_ranges_and_relations(void **state) {
                 { "", "balance", "\"ip-hash \"", "balance" },
                 { "", "slots", "[]", "slots" },
                 { "", "waiter_fds", "[-1]", "waiter_fds[0]" },
+                { "clients", "fd", "16", "file descriptor 16 is named twice" },
+                { "clients", "fd", "-1", "clients[0].fd" },
                 { "", "upgrades", "4294967295", "upgrades" },
                 { "", "format", "\"corrald-stat\"", "format" },
                 { "", "version", "0", "version" },

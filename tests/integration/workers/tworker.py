@@ -12,6 +12,8 @@ Usage: tworker.py MODE [ARGS]; behaviour by mode:
                  marker file in CORRAL_TEST_DIR keeps the replacement from leaving too)
   hog MB         READY=1, then hold MB megabytes of touched memory
   pysystemd      READY=1 and STATUS= through python3-systemd's systemd.daemon.notify
+  late-reader GO OUT  READY=1, leave CORRAL_IPC_FD unread until the file GO exists, then read
+                 message lines until one whose data is "end" and write {"lines", "bad"} to OUT
 The raw sd_notify client below is deliberately tiny; pysystemd mode uses the
 real third-party library."""
 import http.server
@@ -125,6 +127,26 @@ def main():
         from systemd import daemon
         daemon.notify("READY=1")
         daemon.notify("STATUS=python3-systemd says hi")
+        wait_forever()
+    elif mode == "late-reader":
+        notify("READY=1")
+        go, out = sys.argv[2], sys.argv[3]
+        while not os.path.exists(go):
+            time.sleep(0.02)   # this worker's whole point is not reading for a while
+        lines = bad = 0
+        ch = os.fdopen(int(os.environ["CORRAL_IPC_FD"]), "rb")
+        for line in ch:
+            try:
+                data = json.loads(line)["data"]
+                lines += 1
+            except (ValueError, KeyError):
+                bad += 1
+                continue
+            if data == "end":
+                break
+        with open(out + ".tmp", "w") as f:
+            json.dump({"lines": lines, "bad": bad}, f)
+        os.rename(out + ".tmp", out)
         wait_forever()
     else:
         sys.exit("unknown mode " + mode)
