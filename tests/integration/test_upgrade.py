@@ -517,6 +517,77 @@ def worker_watchdog_deadline_survives_the_upgrade():
         finish(c, n)
 
 
+# The last commit before the state format went to version 2 (enums by
+# name, the configuration carried, the probe): the corrald users run today.
+PREVIOUS = "f0fe108"
+
+
+def build_previous():
+    """corrald built from PREVIOUS, or None with the reason (no git history)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+    src = os.path.join(TMP, "previous")
+    os.makedirs(src)
+    arch = subprocess.run(["git", "-C", root, "archive", PREVIOUS], capture_output=True, timeout=60)
+    if arch.returncode != 0:
+        return None, "no git history with %s here: %s" % (PREVIOUS, arch.stderr.decode().strip())
+    subprocess.run(["tar", "-x", "-C", src], input=arch.stdout, check=True, timeout=60)
+    subprocess.run(["meson", "setup", os.path.join(src, "build"), src, "-Dtests=disabled", "-Dman=disabled"],
+                   check=True, capture_output=True, timeout=120)
+    subprocess.run(["ninja", "-C", os.path.join(src, "build"), "src/corrald/corrald"], check=True,
+                   capture_output=True, timeout=300)
+    return os.path.join(src, "build", "src", "corrald", "corrald"), None
+
+
+@case
+def cross_version_upgrade_from_the_previous_corrald_keeps_the_workers():
+    # issue 20: what a running instance meets in a package upgrade. The
+    # previous corrald writes a version 1 state and execs this one.
+    old, why = build_previous()
+    if not old:
+        raise Skip(why)
+    port = free_port()
+    path = os.path.join(TMP, "corrald-installed")
+    shutil.copy2(old, path)
+    corral.CORRALD = path
+    try:
+        c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "3"], [HELLO])
+    finally:
+        corral.CORRALD = CORRALD
+    try:
+        before = wait_for(lambda: (lambda s: s if s["ready"] == 3 else None)(status(c)), 20, "3 ready")
+        loads = [start_load(port, "close"), start_load(port, "keepalive")]
+        wait_for(lambda: http_get(port)[0] == 200, 10, "HTTP up")
+        # The package replaces the file, then its postinst upgrades.
+        shutil.copy2(CORRALD, path + ".new")
+        os.rename(path + ".new", path)
+        time.sleep(0.5)   # load duration before the upgrade, not a synchronisation
+        res = upgrade(c)
+        eq(res["pid"], c.pid, "the same pid")
+        after = status(c)
+        eq(pids(after), pids(before), "the workers of the previous corrald are kept")
+        eq(after["upgrades"], 1, "one upgrade")
+        # And on from this one, which now writes version 2.
+        res = upgrade(c)
+        eq((res["upgrades"], pids(status(c))), (2, pids(before)), "a second upgrade keeps them too")
+        time.sleep(0.5)   # and after it
+        for ok, bad, out in [stop_load(l) for l in loads]:
+            diag("load: " + out)
+            eq(bad, 0, "failed requests across the upgrades (%s)" % out)
+            assert ok > 0, out
+        # Back to the previous binary: it cannot check a version 2 state,
+        # so the probe refuses it and nothing changes.
+        shutil.copy2(old, path + ".new")
+        os.rename(path + ".new", path)
+        r = ctl(c, "upgrade", check=False)
+        eq(r.returncode, 1, "a downgrade across the format is refused\n" + r.stdout + r.stderr)
+        diag("downgrade: " + r.stderr.strip())
+        s = status(c)
+        eq((s["pid"], s["upgrades"], pids(s)), (c.pid, 2, pids(before)), "the same corrald and workers")
+        eq(http_get(port)[0], 200, "still serving")
+    finally:
+        finish(c, n)
+
+
 @case
 def twenty_upgrades_under_systemd_keep_mainpid_and_active():
     reason = Sandbox.usable()
@@ -561,11 +632,23 @@ def twenty_upgrades_under_systemd_keep_mainpid_and_active():
         eq(bad, 0, "failed requests during 20 upgrades (%s)" % out.strip())
         assert ok > 0, "the load ran: %s" % out
         assert max(fds) <= fds[0] + 1, "fds grow across 20 upgrades: %r" % fds
+        # issue 19.1: a file left invalid on disk (an operator's edit in
+        # progress) and then a package upgrade, whose postinst upgrades.
+        sb.write_file(conf, '{"exec": ["%s"], "workers": ' % HELLO)
+        r = sb.run([CORRALCTL, "-i", "up", "--json", "upgrade"], check=False)
+        eq(r.returncode, 0, "upgrade with an invalid file on disk: %s%s" % (r.stdout, r.stderr))
+        sb.wait_active(unit, "active", 10)
         after = st()
         eq(sb.main_pid(unit), main_pid, "systemd's MainPID unchanged")
         eq(pids(after), pids(before), "the same worker pids")
+        eq(after["ready"], 4, "4 ready workers")
         eq(sb.prop(unit, "ActiveState"), "active", "the unit is active")
         eq(sb.prop(unit, "NRestarts"), "0", "the unit never restarted")
+        # A reload is what reads the file: it fails and changes nothing.
+        r = sb.run(["systemctl", "reload", unit], check=False)
+        assert r.returncode != 0, "reload of an invalid file fails"
+        eq(pids(st()), pids(before), "the same worker pids after the failed reload")
+        eq(sb.prop(unit, "ActiveState"), "active", "still active")
     finally:
         sb.stop()
 
