@@ -78,6 +78,7 @@ typedef struct Probe {
         unsigned n_open;             /* handles not closed yet; freed at 0 */
 } Probe;
 static Probe *probe;
+static uint64_t request_usec;          /* when the upgrade in progress was asked for */
 static ControlConn *waiters[UPGRADE_WAITERS_MAX];
 static unsigned n_waiters;
 
@@ -627,7 +628,7 @@ static char *dup_or(const char *s, bool *oom) {
 
 /* The manager's state as records. Carried fds go into c (c->more has room
  * for the listeners and two per worker). Returns 0 or -ENOMEM. */
-static int collect(Manager *m, Carried *c, UpgradeState *s, uint64_t request_usec) {
+static int collect(Manager *m, Carried *c, UpgradeState *s) {
         const char *fake = getenv("CORRALD_UPGRADE_TEST_VERSION");   /* tests: an incompatible state */
         const Config *config = manager_config(m);
         bool oom = false;
@@ -748,14 +749,14 @@ static int collect(Manager *m, Carried *c, UpgradeState *s, uint64_t request_use
 /* The state of m, written to a new memfd (CLOEXEC). The fds it names are
  * listed in *c (c->more is allocated here; free it). Returns the memfd or
  * -errno. */
-static int write_state(Manager *m, Carried *c, uint64_t request_usec) {
+static int write_state(Manager *m, Carried *c) {
         _cleanup_(upgrade_state_donep) UpgradeState s = {};
 
         *c = (Carried) {};
         c->more = calloc(m->listeners.n + 2 * m->pool.n_workers + 1, sizeof(int));
         if (!c->more)
                 return -ENOMEM;
-        int r = collect(m, c, &s, request_usec);
+        int r = collect(m, c, &s);
         if (r < 0)
                 return r;
         _cleanup_free_ char *text = upgrade_state_format(&s);
@@ -816,7 +817,7 @@ static const char *binary_path(void) {
 }
 
 /* The probe said yes: hand over. Returns only when it did not happen. */
-static void exec_now(Manager *m, uint64_t request_usec) {
+static void exec_now(Manager *m) {
         const char *path = binary_path();
         const char *why = refusal(m);
         Carried c = {};
@@ -825,7 +826,7 @@ static void exec_now(Manager *m, uint64_t request_usec) {
                 finish(m, LOG_WARNING, "upgrade refused: %s", why);
                 return;
         }
-        _cleanup_close_ int memfd = write_state(m, &c, request_usec);
+        _cleanup_close_ int memfd = write_state(m, &c);
         if (memfd < 0) {
                 free(c.more);
                 finish(m, LOG_ERR, "upgrade: cannot write the state: %s", strerror(-memfd));
@@ -893,7 +894,6 @@ static void probe_end(Probe *p, bool kill) {
 /* The probe is over: its verdict is in p->verdict ("ok", or why not). */
 static void probe_done(Probe *p, bool timed_out) {
         Manager *m = p->manager;
-        uint64_t request_usec = now_usec();
 
         probe_end(p, timed_out);
         if (timed_out)
@@ -903,7 +903,7 @@ static void probe_done(Probe *p, bool timed_out) {
                 finish(m, LOG_ERR, "upgrade: %s cannot take over: %s", binary_path(),
                        p->len ? p->verdict : "it exited without checking the state (not a corrald that can upgrade?)");
         else
-                exec_now(m, request_usec);
+                exec_now(m);
 }
 
 static void on_probe_readable(uv_poll_t *h, int status, int events) {
@@ -934,7 +934,7 @@ static void on_probe_timeout(uv_timer_t *t) {
  * its fd 3 and the verdict socket as fd 4; it holds none of our other fds. */
 static int start_probe(Manager *m, const char *path, char **ret_error) {
         Carried c = {};
-        _cleanup_close_ int memfd = write_state(m, &c, now_usec());
+        _cleanup_close_ int memfd = write_state(m, &c);
         free(c.more);
         if (memfd < 0)
                 return asprintf(ret_error, "cannot write the state: %s", strerror(-memfd)) < 0 ? -ENOMEM : memfd;
@@ -1027,6 +1027,7 @@ void upgrade_request(Manager *m, ControlConn *client) {
                 return;
         }
         _cleanup_free_ char *error = NULL;
+        request_usec = now_usec();
         int r = start_probe(m, path, &error);
         if (r < 0)
                 finish(m, LOG_ERR, "upgrade: %s", error ? error : strerror(-r));
