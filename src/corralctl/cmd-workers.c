@@ -9,9 +9,9 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "corral-limits.h"
 #include "util.h"
 
-#define SCALE_MAX 4096 /* corrald's own bound for --workers */
 
 /* Print "VERB N worker(s): PID PID ..." from a result's "pids". */
 static void print_pids(const cJSON *res, const char *verb) {
@@ -54,9 +54,9 @@ int cmd_scale(Ctl *ctl, char **args) {
                 return ctl_usage_error("scale: unexpected argument \"%s\"", args[1]);
         const char *a = args[0];
         bool relative = a[0] == '+' || a[0] == '-';
-        if (parse_u64(a + relative, &n) < 0 || n < 1 || n > SCALE_MAX)
+        if (parse_u64(a + relative, &n) < 0 || n < 1 || n > CORRAL_WORKERS_MAX)
                 return ctl_usage_error("scale: expected N, +N or -N with N between 1 and %d, got \"%s\"",
-                                       SCALE_MAX, a);
+                                       CORRAL_WORKERS_MAX, a);
 
         _cleanup_json_ cJSON *req = ctl_new_request("scale");
         if (!req || !cJSON_AddNumberToObject(req, relative ? "delta" : "workers",

@@ -114,7 +114,7 @@ static int parse_target(Manager *m, ControlConn *c, const cJSON *req) {
         if (cJSON_IsString(t) && streq_ptr(t->valuestring, "all"))
                 return -1;
         /* Range before the cast: converting an out-of-range double is undefined. */
-        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 4096 &&
+        if (cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < CORRAL_WORKERS_MAX &&
             t->valuedouble == (double) (unsigned) t->valuedouble) {
                 if ((unsigned) t->valuedouble >= m->n_slots) {
                         control_reply_error(c, "no worker %u: slots are 0-%u", (unsigned) t->valuedouble,
@@ -150,9 +150,9 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
                 control_reply_error(c, "scale needs a number in \"workers\" (absolute) or \"delta\" (relative)");
                 return;
         }
-        if (!(target >= 1 && target <= CONFIG_WORKERS_MAX) || target != (double) (long) target) {
+        if (!(target >= 1 && target <= CORRAL_WORKERS_MAX) || target != (double) (long) target) {
                 control_reply_error(c, "cannot scale to %g workers: the count must be between 1 and %u", target,
-                                    CONFIG_WORKERS_MAX);
+                                    CORRAL_WORKERS_MAX);
                 return;
         }
         unsigned max = 0, open = 0;

@@ -233,7 +233,7 @@ static int p_workers(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         }
         if (!cJSON_IsNumber(v))
                 return fail(ctx, key, "expected an integer >= 1 or \"auto\", got %s", GOT(v));
-        int r = get_int(ctx, key, v, 1, CONFIG_WORKERS_MAX, &n);
+        int r = get_int(ctx, key, v, 1, CORRAL_WORKERS_MAX, &n);
         if (r < 0)
                 return r;
         c->workers = (unsigned) n;
@@ -363,7 +363,7 @@ static int p_max_rss(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
 
 static int p_max_surge(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         uint64_t n = 0;
-        int r = get_int(ctx, key, v, 1, CONFIG_WORKERS_MAX, &n);
+        int r = get_int(ctx, key, v, 1, CORRAL_WORKERS_MAX, &n);
         if (r >= 0)
                 c->reload_max_surge = (unsigned) n;
         return r;
@@ -833,5 +833,5 @@ unsigned config_worker_count(const Config *c) {
         if (c->workers > 0)
                 return c->workers;
         long n = sysconf(_SC_NPROCESSORS_ONLN);
-        return n > 0 ? (unsigned) MIN(n, CONFIG_WORKERS_MAX) : 1;
+        return n > 0 ? (unsigned) MIN(n, CORRAL_WORKERS_MAX) : 1;
 }

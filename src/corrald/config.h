@@ -11,10 +11,9 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "corral-limits.h"
 #include "listen-addr.h"
 
-/* The most workers an instance may have (`workers`, scale). */
-#define CONFIG_WORKERS_MAX 4096
 
 typedef enum Balance {
         BALANCE_SHARED,

@@ -90,9 +90,9 @@ int main(int argc, char *argv[]) {
                         uint64_t n;
                         if (strcmp(optarg, "auto") == 0)
                                 o.workers_auto = true;
-                        else if (parse_u64(optarg, &n) < 0 || n < 1 || n > 4096)
-                                return usage_error("--workers: expected an integer between 1 and 4096 or \"auto\", got \"%s\"",
-                                                   optarg);
+                        else if (parse_u64(optarg, &n) < 0 || n < 1 || n > CORRAL_WORKERS_MAX)
+                                return usage_error("--workers: expected an integer between 1 and %d or \"auto\", got \"%s\"",
+                                                   CORRAL_WORKERS_MAX, optarg);
                         else {
                                 o.workers = (unsigned) n;
                                 o.workers_auto = false;

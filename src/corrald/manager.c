@@ -597,8 +597,8 @@ static void on_sighup(uv_signal_t *h, int signum) {
 static void on_sigttin(uv_signal_t *h, int signum) {
         Manager *m = h->data;
         unsigned n = signum == SIGTTIN ? m->n_slots + 1 : m->n_slots - 1;
-        if (signum == SIGTTIN && m->n_slots >= CONFIG_WORKERS_MAX)
-                log_warning("SIGTTIN ignored: already at the maximum of %u workers", CONFIG_WORKERS_MAX);
+        if (signum == SIGTTIN && m->n_slots >= CORRAL_WORKERS_MAX)
+                log_warning("SIGTTIN ignored: already at the maximum of %u workers", CORRAL_WORKERS_MAX);
         else if (signum == SIGTTOU && m->n_slots <= 1)
                 log_warning("SIGTTOU ignored: the last worker stays");
         else {

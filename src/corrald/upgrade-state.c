@@ -100,7 +100,7 @@ static const Field client_fields[] = {
 };
 
 static const Field slot_fields[] = {
-        NUM(FT_UINT, UpgradeSlot, id, 0, CONFIG_WORKERS_MAX - 1, 0),
+        NUM(FT_UINT, UpgradeSlot, id, 0, CORRAL_WORKERS_MAX - 1, 0),
         { "state", FT_ENUM, offsetof(UpgradeSlot, state), 0, ENUM(slot_state_names) },
         NUM(FT_UINT, UpgradeSlot, restarts, 0, UINT_MAX, 0),
         NUM(FT_UINT, UpgradeSlot, consecutive_failures, 0, UINT_MAX, 0),
@@ -108,7 +108,7 @@ static const Field slot_fields[] = {
 };
 
 static const Field worker_fields[] = {
-        NUM(FT_UINT, UpgradeWorker, slot, 0, CONFIG_WORKERS_MAX - 1, F_ENVELOPE),
+        NUM(FT_UINT, UpgradeWorker, slot, 0, CORRAL_WORKERS_MAX - 1, F_ENVELOPE),
         /* Never 1 or below: a pid <= 1 given to kill() is init or everyone. */
         NUM(FT_INT, UpgradeWorker, pid, 2, INT_MAX, F_ENVELOPE),
         NUM(FT_UINT, UpgradeWorker, generation, 1, UINT_MAX, 0),
@@ -153,7 +153,7 @@ static const Field state_fields[] = {
         NUM(FT_UINT, UpgradeState, generation, 1, UINT_MAX, 0),
         NUM(FT_UINT, UpgradeState, rollout_serial, 0, UINT_MAX, 0),
         NUM(FT_U64, UpgradeState, recycle_pause_until, 0, JSON_INT_MAX, 0),
-        NUM(FT_UINT, UpgradeState, recycle_next, 0, CONFIG_WORKERS_MAX - 1, 0),
+        NUM(FT_UINT, UpgradeState, recycle_next, 0, CORRAL_WORKERS_MAX - 1, 0),
         NUM(FT_U64, UpgradeState, messages, 0, JSON_INT_MAX, 0),
         NUM(FT_U64, UpgradeState, undeliverable, 0, JSON_INT_MAX, 0),
         NUM(FT_U64, UpgradeState, notify_dropped, 0, JSON_INT_MAX, 0),
@@ -165,10 +165,10 @@ static const Field state_fields[] = {
         NUM(FT_FD, UpgradeState, control_fd, 0, 0, F_ENVELOPE),
         STR(UpgradeState, control_path, 107, F_OPTIONAL),
         ARRAY(UpgradeState, listeners, n_listeners, FT_RECORDS, UPGRADE_LISTENERS_MAX, F_ENVELOPE, &listener_record),
-        ARRAY(UpgradeState, slots, n_slots, FT_RECORDS, CONFIG_WORKERS_MAX, 0, &slot_record),
+        ARRAY(UpgradeState, slots, n_slots, FT_RECORDS, CORRAL_WORKERS_MAX, 0, &slot_record),
         /* Current, incoming and leaving: up to three per slot, plus slots
          * scaled away that still drain. */
-        ARRAY(UpgradeState, workers, n_workers, FT_RECORDS, 4 * CONFIG_WORKERS_MAX, F_ENVELOPE, &worker_record),
+        ARRAY(UpgradeState, workers, n_workers, FT_RECORDS, 4 * CORRAL_WORKERS_MAX, F_ENVELOPE, &worker_record),
 };
 
 static const Record state_record = { state_fields, ELEMENTSOF(state_fields), sizeof(UpgradeState) };
