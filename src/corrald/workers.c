@@ -57,6 +57,32 @@ static void on_closed_report(Ipc *ipc, unsigned n) {
         w->reports_closes = true;
 }
 
+/* Give w its I/O: io (taken) watches the IPC channel and, when there is
+ * one, the output pipe (both fds taken, even on failure). */
+static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int output_fd, pid_t pid) {
+        *io = (WorkerIo) {
+                .manager = m,
+                .worker = w,
+                .n_handles = 1,   /* the lifecycle's hold, dropped by host_release() */
+                .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
+                         .on_close = on_ipc_closed, .who = w->who, .userdata = io },
+                .output = { .on_close = on_output_closed, .userdata = io },
+        };
+        w->host = io;
+        if (ipc_fd >= 0) {
+                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0)
+                        io->n_handles++;
+                else
+                        log_warning("worker %u (pid %d): cannot watch its IPC channel", w->id, (int) pid);
+        }
+        if (output_fd >= 0) {
+                if (output_start(&io->output, m->loop, output_fd, w->config->name, w->id, pid) >= 0)
+                        io->n_handles++;
+                else
+                        log_warning("worker %u (pid %d): cannot read its output", w->id, (int) pid);
+        }
+}
+
 static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
         Manager *m = userdata;
         Config *c = w->config;
@@ -111,23 +137,7 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 return pid;
         }
 
-        io->worker = w;
-        io->n_handles = 1;   /* the lifecycle's hold, dropped by host_release() */
-        w->host = io;
-        io->manager = m;
-        io->ipc = (Ipc) { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
-                          .on_close = on_ipc_closed, .who = w->who, .userdata = io };
-        if (ipc_start(&io->ipc, m->loop, pair[0]) >= 0)
-                io->n_handles++;
-        else
-                log_warning("worker %u (pid %d): cannot watch its IPC channel", w->id, (int) pid);
-        io->output = (Output) { .on_close = on_output_closed, .userdata = io };
-        if (piped) {
-                if (output_start(&io->output, m->loop, out_r, c->name, w->id, pid) >= 0)
-                        io->n_handles++;
-                else
-                        log_warning("worker %u (pid %d): cannot read its output", w->id, (int) pid);
-        }
+        io_attach(m, w, io, pair[0], piped ? out_r : -EBADF, pid);
         return pid;
 }
 
@@ -139,35 +149,16 @@ int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output) {
 }
 
 int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd) {
-        const Config *c = w->config;
         WorkerIo *io = calloc(1, sizeof(WorkerIo));
         if (!io) {
                 safe_close(ipc_fd);
                 safe_close(output_fd);
                 return -ENOMEM;
         }
-        io->worker = w;
-        io->n_handles = 1;   /* the lifecycle's hold, as in host_start() */
-        io->manager = m;
-        w->host = io;
-        io->ipc = (Ipc) { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
-                          .on_close = on_ipc_closed, .who = w->who, .userdata = io };
-        io->output = (Output) { .on_close = on_output_closed, .userdata = io };
         /* They were opened up for execve(): no worker may inherit them. */
         (void) fd_cloexec(ipc_fd, true);
         (void) fd_cloexec(output_fd, true);
-        if (ipc_fd >= 0) {
-                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0)
-                        io->n_handles++;
-                else
-                        log_warning("%s: cannot watch its IPC channel", w->who);
-        }
-        if (output_fd >= 0) {
-                if (output_start(&io->output, m->loop, output_fd, c->name, w->id, worker_pid(w)) >= 0)
-                        io->n_handles++;
-                else
-                        log_warning("%s: cannot read its output", w->who);
-        }
+        io_attach(m, w, io, ipc_fd, output_fd, worker_pid(w));
         return 0;
 }
 
