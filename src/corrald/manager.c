@@ -733,7 +733,8 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         int r;
 
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF, .start_config = config_ref(config) };
+                         .notify.fd = -EBADF, .start_config = config_ref(config),
+                         .message_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */

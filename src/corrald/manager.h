@@ -67,6 +67,7 @@ typedef struct Manager {
         char *kept[MESSAGES_KEPT]; /* the last messages for the master, as JSON objects, oldest at kept_head */
         unsigned kept_head, n_kept;
         uint64_t n_messages;       /* messages for the master, ever */
+        RateLimit message_log;     /* those messages in the log, all workers together */
         uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
         ControlConn *followers[MESSAGES_FOLLOWERS_MAX]; /* `messages -f` clients (references) */
         unsigned n_followers;
