@@ -5,7 +5,8 @@
  * further input is not read (requests are strictly sequential), and while
  * more than CONTROL_WRITE_HIGH of replies wait for the client to read them,
  * no further request is taken either (its input stays in the kernel, and
- * SO_SNDBUF keeps what the kernel holds of unread replies small), so a
+ * SO_SNDBUF keeps what the kernel holds of unread replies small, but for
+ * room for one large reply while it is written), so a
  * client that sends and never reads costs at most one line buffer, that
  * much output and one reply. At most CONTROL_BATCH pipelined requests of
  * one client are taken per loop iteration, so the others never wait long. Streamed output (progress, followed
@@ -37,6 +38,11 @@
 #define CONTROL_WRITE_HIGH (4 * 1024)
 /* SO_SNDBUF of a connection: what the kernel holds of unread replies. */
 #define CONTROL_SNDBUF (4 * 1024)
+/* ... raised, while one reply larger than that is being written, to fit
+ * it, up to this (and net.core.wmem_max): libuv writes a stream once per
+ * loop iteration, so a 540 KB status (4096 workers) written 8 KiB at a
+ * time took 67 iterations, seconds while the loop was busy spawning. */
+#define CONTROL_SNDBUF_MAX (1024 * 1024)
 #define CONTROL_CONNS_MAX 64
 #define CONTROL_IDLE_MS 10000
 #define CONTROL_PARTIAL_MS 5000
@@ -59,6 +65,7 @@ struct ControlConn {
         pid_t pid;
         uint64_t active_usec;       /* last request read or reply taken by the client */
         uint64_t partial_usec;      /* when the unfinished line in buf began, or 0 */
+        int sndbuf;                 /* the SO_SNDBUF we set last */
         ControlConn *prev, *next;   /* the server's list of open connections */
 };
 
@@ -159,6 +166,15 @@ static void server_wake(ControlServer *s) {
         s->idle_active = s->idle_ready;
 }
 
+static void conn_set_sndbuf(ControlConn *c, int sndbuf) {
+        uv_os_fd_t fd;
+        if (sndbuf == c->sndbuf || uv_fileno((uv_handle_t *) &c->pipe, &fd) < 0)
+                return;
+        /* Best effort: the kernel caps it at net.core.wmem_max, and doubles it. */
+        (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        c->sndbuf = sndbuf;
+}
+
 static void on_write_done(uv_write_t *req, int status) {
         WriteReq *w = (WriteReq *) req;
         ControlConn *c = w->conn;
@@ -166,6 +182,11 @@ static void on_write_done(uv_write_t *req, int status) {
         if (status < 0 || c->closed)
                 return;
         c->active_usec = now_usec();
+        /* The kernel took every reply: small again, so that a client that
+         * stops reading holds little there (a raised buffer's bytes still
+         * in flight stay; nothing more is written until they drain). */
+        if (conn_queued(c) == 0)
+                conn_set_sndbuf(c, CONTROL_SNDBUF);
         /* The client read enough of its replies: take its next request. */
         if (!c->busy && !c->dispatching && conn_queued(c) <= CONTROL_WRITE_HIGH)
                 conn_dispatch(c);
@@ -198,6 +219,10 @@ static void conn_send(ControlConn *c, cJSON *obj) {
         w->data[n] = '\n';
         free(text);
         w->conn = c;
+        /* A large reply goes out in one or two loop iterations, not one per
+         * CONTROL_SNDBUF: see CONTROL_SNDBUF_MAX. */
+        if (n + 1 > CONTROL_SNDBUF)
+                conn_set_sndbuf(c, (int) MAX(MIN(n + 1, (size_t) CONTROL_SNDBUF_MAX), (size_t) c->sndbuf));
         uv_buf_t b = uv_buf_init(w->data, (unsigned) n + 1);
         if (uv_write(&w->req, (uv_stream_t *) &c->pipe, &b, 1, on_write_done) < 0) {
                 free(w);
@@ -491,6 +516,7 @@ static void conn_start(ControlConn *c) {
          * before we stop reading it (the kernel doubles the value). */
         int sndbuf = CONTROL_SNDBUF;
         (void) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
+        c->sndbuf = sndbuf;
         if (cred.uid != 0 && cred.uid != geteuid()) {
                 log_notice("control: refused a client with uid %u (pid %d)", (unsigned) cred.uid, (int) cred.pid);
                 cJSON *o = cJSON_CreateObject();

@@ -152,10 +152,12 @@ static void on_busy(uv_idle_t *h) {
         uv_idle_stop(h);
 }
 
-/* Start the first worker of up to SPAWN_BATCH new slots. */
+/* Start the first worker of up to SPAWN_BATCH new slots, for at most
+ * SPAWN_BATCH_USEC (at least one). */
 static void start_batch(Manager *m) {
         unsigned done = 0;
-        while (m->n_unstarted > 0 && done < SPAWN_BATCH && !m->pool.stopping) {
+        uint64_t until = now_usec() + SPAWN_BATCH_USEC;
+        while (m->n_unstarted > 0 && done < SPAWN_BATCH && !m->pool.stopping && (done == 0 || now_usec() < until)) {
                 Slot *s = m->slots[m->n_slots - m->n_unstarted--];
                 if (slot_state(s) == SLOT_EMPTY) {
                         slot_dispatch(s, SLOT_EV_START, NULL, 0);
@@ -723,7 +725,8 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         int r;
 
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF, .start_config = config_ref(config) };
+                         .notify.fd = -EBADF, .start_config = config_ref(config),
+                         .message_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */

@@ -3,8 +3,9 @@
  * A worker's line for "all", "others" or a slot is forwarded to those
  * slots' current workers with "from" set to the sender's slot, its data
  * copied as the worker wrote it (ipc-msg.c checked it is one JSON value).
- * A line for the master is logged (CORRAL_EVENT=message, at a bounded rate
- * per worker), kept (the last MESSAGES_KEPT) for `corralctl messages`.
+ * A line for the master is counted, logged (CORRAL_EVENT=message, at a rate
+ * bounded for the instance as a whole, not per worker) and kept (the last
+ * MESSAGES_KEPT) for `corralctl messages`.
  * Delivery never blocks: each channel queues a bounded amount and drops
  * (and counts) the rest (ipc.c). */
 #include <stdio.h>
@@ -39,13 +40,18 @@ static void keep(Manager *m, const Worker *w, const IpcMessage *msg) {
         m->kept[i] = e;
 }
 
-static void log_message(Worker *w, const IpcMessage *msg) {
+static void log_message(Manager *m, Worker *w, const IpcMessage *msg) {
         unsigned suppressed;
-        bool ok = ratelimit_below(&w->notices, now_usec(), &suppressed);
+        bool ok = ratelimit_below(&m->message_log, now_usec(), &suppressed);
         LogFields f = { .event = "message", .worker_id = (int) w->id, .pid = worker_pid(w),
                         .generation = w->generation, .exit_status = -1 };
-        if (suppressed)
-                log_emit(LOG_NOTICE, &f, "%s: suppressed %u messages", w->who, suppressed);
+        if (suppressed) {
+                /* The budget is the instance's: the notice is about every
+                 * worker, so it carries no worker's fields. */
+                LogFields n = { .event = "message", .worker_id = -1, .exit_status = -1 };
+                log_emit(LOG_NOTICE, &n, "suppressed %u messages of workers to the master (log rate limit; "
+                         "corralctl messages keeps the last ones)", suppressed);
+        }
         if (!ok)
                 return;
         char esc[512], raw[200];
@@ -118,7 +124,7 @@ int manager_follow_messages(Manager *m, ControlConn *c) {
 void manager_on_message(Manager *m, Worker *w, const IpcMessage *msg) {
         if (msg->peer == IPC_PEER_MASTER) {
                 m->n_messages++;
-                log_message(w, msg);
+                log_message(m, w, msg);
                 keep(m, w, msg);
                 if (m->n_followers)
                         stream(m, m->kept[(m->kept_head + m->n_kept - 1) % MESSAGES_KEPT]);

@@ -151,7 +151,8 @@ static LogFields worker_fields(const Worker *w, const char *event) {
 
 int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config) {
         *p = (Pool) { .ops = ops, .ops_data = ops_data, .now = now, .config = config_ref(config), .generation = 1,
-                      .changed = true };
+                      .changed = true,
+                      .errno_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
         return failure_window_init(&p->failures, config->restart_limit, config->restart_window_ms * USEC_PER_MSEC);
 }
 
@@ -303,8 +304,7 @@ static Worker *spawn(Slot *s, WorkerRole role) {
                 return NULL;
         }
         *w = (Worker) { .slot = s, .config = config_ref(c), .id = s->id, .generation = p->generation,
-                        .state = WORKER_STARTING, .role = role, .plan = role == WORKER_INCOMING ? p->plan : 0,
-                        .notices = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+                        .state = WORKER_STARTING, .role = role, .plan = role == WORKER_INCOMING ? p->plan : 0 };
         snprintf(w->who, sizeof(w->who), "worker %u", s->id);
 
         pid_t pid = p->ops->start(p->ops_data, w, &stage);
@@ -678,10 +678,12 @@ void slot_on_notify(Worker *w, const NotifyMsg *msg) {
                 snprintf(w->status, sizeof(w->status), "%s", msg->status);
         if (msg->errno_value >= 0) {
                 unsigned suppressed;
-                bool ok = ratelimit_below(&w->notices, p->now(), &suppressed);
+                bool ok = ratelimit_below(&p->errno_log, p->now(), &suppressed);
                 LogFields f = worker_fields(w, NULL);
                 if (suppressed)
-                        log_emit(LOG_NOTICE, &f, "%s: suppressed %u ERRNO= reports", w->who, suppressed);
+                        /* The budget is the instance's: no worker's fields. */
+                        log_emit(LOG_NOTICE, NULL, "suppressed %u ERRNO= reports of workers (log rate limit)",
+                                 suppressed);
                 if (ok) {
                         errno = msg->errno_value;
                         log_emit(LOG_NOTICE, &f, "%s reports ERRNO=%d (%m)", w->who, msg->errno_value);
@@ -816,8 +818,7 @@ Worker *slot_adopt_worker(Slot *s, const Worker *from, Config *config) {
                         .said_stopping = from->said_stopping, .counted = from->counted,
                         .failure = restore_failure(from->failure), .start_usec = from->start_usec,
                         .ready_usec = from->ready_usec, .handed = from->handed, .closed = from->closed,
-                        .reports_closes = from->reports_closes,
-                        .notices = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+                        .reports_closes = from->reports_closes };
         snprintf(w->status, sizeof(w->status), "%s", from->status);
         snprintf(w->who, sizeof(w->who), "worker %u (pid %d)", s->id, (int) w->pid);
         set_deadline(p, &w->deadline, from->deadline);

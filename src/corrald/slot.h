@@ -101,6 +101,7 @@ typedef struct Pool {
         unsigned plan;             /* tags the replacements started now (the owner's rollout serial) */
         Slot *slots;               /* every slot, removed ones included */
         uint64_t earliest;         /* lowered whenever a deadline is set: the owner re-arms its timer */
+        RateLimit errno_log;       /* every worker's ERRNO= reports in the log */
 } Pool;
 
 /* Takes a reference to config. Returns 0 or -ENOMEM. */

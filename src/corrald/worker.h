@@ -15,8 +15,11 @@
 #include "notify-msg.h"
 #include "policy.h"
 
-/* What one worker may make the master log per interval (ERRNO= reports),
- * like journald's RateLimitBurst=; the rest is counted and summarised. */
+/* What the workers of an instance, all together, may make the master log
+ * per interval, for each kind of line (ERRNO= reports in Pool.errno_log,
+ * messages to the master in Manager.message_log), like journald's
+ * RateLimitBurst=; the rest is counted and summarised. Per instance, not
+ * per worker: N flooding workers must not buy N times the journal. */
 #define WORKER_NOTICE_BURST 1000
 #define WORKER_NOTICE_INTERVAL_USEC (10 * 1000000ULL)
 
@@ -57,7 +60,6 @@ struct Worker {
         char status[NOTIFY_STATUS_MAX];
         char who[32];              /* "worker 2 (pid 1234)" */
         char how[80];              /* set when reaped: "exited with status 1" */
-        RateLimit notices;         /* its ERRNO= reports and messages in the log */
         /* Hand-off (balance round-robin/least-conn): written by handoff.c
          * and by its close reports (workers.c), not by slot.c. */
         uint64_t handed;           /* connections handed to it */

@@ -30,6 +30,7 @@
 #include <corral.h>
 #include <errno.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uv.h>
@@ -134,7 +135,12 @@ static inline void corral_uv__read(uv_stream_t *s, ssize_t nread, const uv_buf_t
                 if (corral_parse_message(cu->line, cu->len, &msg) < 0) {
                         cu->dropped++;
                 } else if (cu->on_message) {
-                        ((char *) msg.data)[msg.data_len] = 0;
+                        /* Terminate data in place only when it lies in our
+                         * line: a line without "data" gets the library's
+                         * own "null", which is not ours to write. */
+                        if ((uintptr_t) msg.data >= (uintptr_t) cu->line &&
+                            (uintptr_t) msg.data < (uintptr_t) cu->line + cu->len)
+                                ((char *) msg.data)[msg.data_len] = 0;
                         cu->on_message(cu, &msg);
                 }
                 cu->len = 0;

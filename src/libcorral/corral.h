@@ -122,7 +122,8 @@ unsigned long corral_messages_dropped(void);
 /* Parse one message line of the channel (without its newline) as the
  * master writes it, for code that reads the channel itself, such as
  * <corral-uv.h>. data points into line (not NUL-terminated; use
- * data_len). Returns 0 or -EINVAL. */
+ * data_len), except for a line without "data": then it is a static,
+ * NUL-terminated "null". Returns 0 or -EINVAL. */
 int corral_parse_message(const char *line, size_t len, CorralMessage *ret);
 
 #ifdef __cplusplus

@@ -82,6 +82,13 @@ static struct Channel {
         unsigned closed_pending;
 } ch;
 
+/* The data of a message line without "data": null. Callers of
+ * corral_parse_message() terminate data in place; older copies of
+ * <corral-uv.h>, compiled into applications, do so unconditionally and
+ * used to write that NUL into a string literal (a crash). A writable
+ * array that already holds the NUL keeps such binaries alive. */
+static char absent_data[] = "null";
+
 /* ---- environment and notify -------------------------------------------- */
 
 static int env_uint(const char *name) {
@@ -319,17 +326,16 @@ static ItemKind parse_one(Item *ret) {
                 drop_attachments(pos, pos + len + 1);
                 ch.start += len + 1;
 
-                IpcMessage m;
-                if (ipc_msg_parse_master_line(p, len, &m, NULL) < 0 || m.type != IPC_MSG_MESSAGE) {
+                if (corral_parse_message(p, len, &ret->msg) < 0) {
                         ch.dropped++;
                         continue;
                 }
-                /* data lies inside the line: terminate it in place. */
-                char *data = (char *) m.data;
-                data[m.data_len] = 0;
+                /* Terminate data in place when it lies inside the line (the
+                 * byte after it, a ',' or '}', is the line's own); an
+                 * absent "data" is absent_data, already terminated. */
+                if (ret->msg.data != absent_data)
+                        ((char *) ret->msg.data)[ret->msg.data_len] = 0;
                 ret->kind = ITEM_MESSAGE;
-                ret->msg = (CorralMessage) { .from = m.peer == IPC_PEER_SLOT ? (int) m.slot : CORRAL_CTL,
-                                             .data = data, .data_len = m.data_len };
                 return ITEM_MESSAGE;
         }
         return ITEM_NONE;
@@ -467,8 +473,11 @@ int corral_parse_message(const char *line, size_t len, CorralMessage *ret) {
         IpcMessage m;
         if (ipc_msg_parse_master_line(line, len, &m, NULL) < 0 || m.type != IPC_MSG_MESSAGE)
                 return -EINVAL;
-        *ret = (CorralMessage) { .from = m.peer == IPC_PEER_SLOT ? (int) m.slot : CORRAL_CTL, .data = m.data,
-                                 .data_len = m.data_len };
+        /* A line without "data" (data = null, docs/protocol.md) gets the
+         * parser's static "null", which is not inside the line. */
+        bool inside = (uintptr_t) m.data >= (uintptr_t) line && (uintptr_t) m.data < (uintptr_t) line + len;
+        *ret = (CorralMessage) { .from = m.peer == IPC_PEER_SLOT ? (int) m.slot : CORRAL_CTL,
+                                 .data = inside ? m.data : absent_data, .data_len = inside ? m.data_len : 4 };
         return 0;
 }
 

@@ -47,6 +47,47 @@ static bool is_hex(char c) {
         return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
+/* The value of the 4 hex digits at p (p[0..4) readable), or -1. */
+static int hex4(const char *p) {
+        int v = 0;
+        for (int i = 0; i < 4; i++) {
+                char c = p[i];
+                if (!is_hex(c))
+                        return -1;
+                v = v * 16 + (is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10);
+        }
+        return v;
+}
+
+/* A \u escape, s->p at its backslash: 1 with s->p past it (past both
+ * halves of a surrogate pair), 0 when the text ends inside it, or -EINVAL.
+ *
+ * A lone surrogate (\uD800-\uDFFF not in a high-low pair) is refused:
+ * RFC 8259 §8.2 leaves its meaning unpredictable, I-JSON (RFC 7493 §2.1)
+ * forbids it, and cJSON, which the master and corralctl parse messages
+ * with, rejects it. Accepting here made such a message vanish from
+ * `corralctl messages` instead of being counted as malformed. The checks
+ * are cJSON's (utf16_literal_to_utf8()). */
+static int scan_u_escape(Scanner *s) {
+        if (s->end - s->p < 6)
+                return 0;
+        int hi = hex4(s->p + 2);
+        if (hi < 0)
+                return fail(s, "invalid \\u escape in a string");
+        if (hi >= 0xDC00 && hi <= 0xDFFF)
+                return fail(s, "lone surrogate in a \\u escape (a low half without a high one)");
+        if (hi < 0xD800 || hi > 0xDBFF) {
+                s->p += 6;
+                return 1;
+        }
+        const char *q = s->p + 6;
+        int lo = s->end - q >= 6 && q[0] == '\\' && q[1] == 'u' ? hex4(q + 2) : -1;
+        if (lo < 0xDC00 || lo > 0xDFFF)
+                return fail(s, "lone surrogate in a \\u escape (a high half without a low one)");
+        s->p += 12;
+        return 1;
+}
+
 /* A string, s->p at its opening quote; the span excludes the quotes. */
 static int scan_string(Scanner *s, Span *ret) {
         const char *start = ++s->p;
@@ -65,12 +106,9 @@ static int scan_string(Scanner *s, Span *ret) {
                                 break;
                         char e = s->p[1];
                         if (e == 'u') {
-                                if (s->end - s->p < 6)
-                                        break;
-                                for (int i = 2; i < 6; i++)
-                                        if (!is_hex(s->p[i]))
-                                                return fail(s, "invalid \\u escape in a string");
-                                s->p += 6;
+                                int r = scan_u_escape(s);
+                                if (r <= 0)
+                                        return r < 0 ? r : fail(s, "unterminated string");
                                 continue;
                         }
                         if (!strchr("\"\\/bfnrt", e) || e == 0)

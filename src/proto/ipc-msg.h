@@ -25,7 +25,8 @@
  *
  * The validator is a strict RFC 8259 scanner (no trailing commas, no
  * comments, no control characters in strings, nesting at most
- * IPC_JSON_DEPTH_MAX). It does not validate UTF-8, as cJSON does not.
+ * IPC_JSON_DEPTH_MAX) that also refuses lone surrogates in \u escapes
+ * (RFC 7493), as cJSON does. It does not validate UTF-8, as cJSON does not.
  * Pure: no I/O, no allocation, no logging. */
 #pragma once
 

@@ -183,6 +183,38 @@ def messages_between_workers_and_to_the_master():
         finish(c, n)
 
 
+LONE_SURROGATE = r'''
+import os, socket, time
+ipc = socket.socket(fileno=int(os.environ["CORRAL_IPC_FD"]))
+addr = os.environ["NOTIFY_SOCKET"]
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", "\0" + addr[1:] if addr.startswith("@") else addr)
+ipc.sendall(b'{"type":"message","data":"\\uDFFF"}\n{"type":"message","data":["\\ud83d\\ude00"]}\n')
+while True:
+    time.sleep(3600)
+'''
+
+
+@case
+def a_lone_surrogate_is_refused_and_counted_not_lost():
+    # Found by libFuzzer: the scanner took "\uDFFF", cJSON does not, and
+    # the message vanished from `messages` without a count or a word.
+    path = os.path.join(TMP, "lone.py")
+    with open(path, "w") as f:
+        f.write(LONE_SURROGATE)
+    c, n = start("round-robin", workers=1, listen=["127.0.0.1:%d" % free_port()], exec_=[PY, path])
+    try:
+        # The surrogate pair after it is read, so the line before it was too.
+        r = wait_for(lambda: (lambda r: r if r["total"] >= 1 else None)(request(c, {"command": "messages"})), 10,
+                     "the valid message")
+        eq([m["data"] for m in r["messages"]], [["\U0001f600"]], "only the valid message is kept")
+        eq(r["total"], 1, "messages counted")
+        eq(status(c)["slots"][0]["messages_malformed"], 1, "the lone surrogate counted as malformed")
+        c.assert_logged(r"malformed IPC line dropped \(lone surrogate")
+    finally:
+        finish(c, n)
+
+
 @case
 def message_flood_drops_and_counts_but_hand_offs_keep_flowing():
     port = free_port()

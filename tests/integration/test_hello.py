@@ -14,7 +14,8 @@ import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
-from corral import CORRALCTL, Corrald, NotifySocket, HELLO, free_port, http_get, proc_environ, finish  # noqa: E402
+from corral import (CORRALCTL, PY, SRC, Corrald, NotifySocket, HELLO, free_port, http_get, proc_environ,  # noqa: E402
+                    finish)
 
 TMP = tempfile.mkdtemp(prefix="corral-hello-")
 
@@ -78,6 +79,36 @@ def round_robin_hands_off_to_hello_in_turn():
         # Messages reach the worker, which logs them.
         ctl(c, "send", "all", '{"hello":"workers"}')
         c.wait_line(r'corral-hello: message from corralctl: \{"hello":"workers"\}', count=2)
+    finally:
+        finish(c, n)
+
+
+@case
+def message_without_data_reaches_hello_which_survives():
+    # Slot 1 runs the protocol example after writing a message without
+    # "data" (data = null, SPEC §6) for the others on its channel; slot 0
+    # is corral-hello, which libcorral used to crash on such a message.
+    port = free_port()
+    wrapper = os.path.join(TMP, "no-data.sh")
+    with open(wrapper, "w") as f:
+        f.write('#!/bin/bash\n'
+                'if [ "$CORRAL_WORKER_ID" = 0 ]; then exec "%s"; fi\n'
+                'printf \'{"type":"message","to":"others"}\\n\' >&"$CORRAL_IPC_FD" || exit 1\n'
+                'exec %s %s\n' % (HELLO, PY, os.path.join(SRC, "examples", "python-worker.py")))
+    os.chmod(wrapper, 0o755)
+    n = NotifySocket()
+    c = Corrald(["-b", "round-robin", "-w", "2", "-l", "127.0.0.1:%d" % port], exec_=[wrapper], notify=n)
+    try:
+        n.wait("READY", "1")
+        hello = slots(c)[0]["pid"]
+        c.wait_line(r"corral-hello: message from worker 1: null")
+        # The example's own greeting comes after it on the same channel:
+        # once hello logged that too, it has read past the null one.
+        c.wait_line(r'corral-hello: message from worker 1: \{"hello":"1"\}')
+        seen = [http_get(port)[1]["x-worker"] for _ in range(2)]
+        eq(sorted(seen), ["0", "1"], "both workers serve")
+        s0 = slots(c)[0]
+        eq((s0["pid"], s0["state"], s0["restarts"]), (hello, "ready", 0), "corral-hello kept its pid")
     finally:
         finish(c, n)
 

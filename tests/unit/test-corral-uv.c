@@ -60,9 +60,14 @@ static void on_connection(CorralUv *cu, uv_stream_t *client, unsigned listener) 
         assert_int_eq(uv_read_start(client, alloc_cb, conn_read), 0);
 }
 
+static char no_data_message[128];
+
 static void on_message(CorralUv *cu, const CorralMessage *msg) {
         n_messages++;
         snprintf(last_message, sizeof(last_message), "%d:%s", msg->from, msg->data);
+        if (n_messages == 2)
+                snprintf(no_data_message, sizeof(no_data_message), "%d:%.*s", msg->from, (int) msg->data_len,
+                         msg->data);
 }
 
 static void on_stopped(CorralUv *cu) {
@@ -128,6 +133,9 @@ static void test_handoffs_and_messages(void **state) {
 
         line(sv[0], "{\"type\":\"message\",\"from\":\"ctl\",\"data\":{\"hello\":1}}\n");
         handoff(sv[0], tcp_server, 0);
+        /* No "data" means null: <corral-uv.h> used to write a NUL into the
+         * library's string literal "null" for it (a segfault). */
+        line(sv[0], "{\"type\":\"message\",\"from\":\"ctl\"}\n");
         line(sv[0], "garbage\n{\"type\":\"message\",\"from\":3,\"data\":\"x\"}\n");
         handoff(sv[0], unix_pair[1], 2);
         close(tcp_server);
@@ -136,7 +144,7 @@ static void test_handoffs_and_messages(void **state) {
         assert_int_eq(loop_write(unix_pair[0], "world", 5), 0);
 
         uint64_t deadline = now_usec() + DEADLINE_USEC;
-        while (!(n_conns == 2 && conns[0].len >= 5 && conns[1].len >= 5 && n_messages == 2)) {
+        while (!(n_conns == 2 && conns[0].len >= 5 && conns[1].len >= 5 && n_messages == 3)) {
                 if (now_usec() > deadline)
                         fail_msg("timed out: %u connections, %u messages", n_conns, n_messages);
                 uv_run(&loop, UV_RUN_NOWAIT);
@@ -147,6 +155,7 @@ static void test_handoffs_and_messages(void **state) {
         assert_int_eq(conns[1].type, UV_NAMED_PIPE);
         assert_int_eq(conns[1].listener, 2);
         assert_string_equal(conns[1].got, "world");
+        assert_string_equal(no_data_message, "-4:null");
         assert_string_equal(last_message, "3:\"x\"");
         /* g,a,r,b,a,g,e: stray bytes. */
         assert_int_eq(cu->dropped, 7);

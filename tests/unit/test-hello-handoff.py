@@ -137,6 +137,32 @@ def stop_serves_what_was_handed_off_before_sigterm():
 
 
 @case
+def message_without_data_is_null_and_the_worker_survives():
+    # docs/protocol.md: no "data" means data = null. libcorral and
+    # <corral-uv.h> used to write a NUL into the string literal "null"
+    # for such a line, and corral-hello died of SIGSEGV.
+    m = FakeMaster([HELLO], slot=0)
+    try:
+        m.wait_notify("READY")
+        m.ipc.sendall(b'{"type":"message","from":"ctl"}\n{"type":"message","from":1}\n')
+        client, server = tcp_pair()
+        m.handoff(server, 0)
+        client.sendall(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+        status, headers, _ = response(client)
+        eq((status, headers["x-worker-pid"]), ("HTTP/1.1 200 OK", str(m.proc.pid)), "still serving after the messages")
+        client.close()
+        closed_reports(m, 1)
+        eq(m.proc.poll(), None, "the worker is alive")
+        m.proc.send_signal(signal.SIGTERM)
+        eq(m.proc.wait(TIMEOUT), 0, "exit status after SIGTERM")
+        err = m.proc.stderr.read().decode()
+        assert "message from corralctl: null" in err, err
+        assert "message from worker 1: null" in err, err
+    finally:
+        m.close()
+
+
+@case
 def master_gone_ends_the_worker():
     m = FakeMaster([HELLO])
     try:

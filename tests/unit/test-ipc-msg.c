@@ -203,6 +203,16 @@ static void test_garbage(void **state) {
         worker_bad("{\"type\":\"message\",\"data\":\"\\u12g4\"}", "invalid \\u escape");
         worker_bad("{\"type\":\"message\",\"data\":\"\\u12\"}", "");
         worker_bad("{\"type\":\"message\",\"data\":\"abc}", "unterminated string");
+        /* Lone surrogates (found by libFuzzer): cJSON refuses them, so the
+         * master could not show such a message in `corralctl messages`. */
+        worker_bad("{\"type\":\"message\",\"data\":\"\\uDFFF\"}", "lone surrogate");
+        worker_bad("{\"type\":\"message\",\"data\":\"\\uD800\"}", "lone surrogate");
+        worker_bad("{\"type\":\"message\",\"data\":[\"\\udbff\\u0041\"]}", "lone surrogate");
+        worker_bad("{\"type\":\"message\",\"data\":{\"\\uDC00\":1}}", "lone surrogate");
+        worker_bad("{\"type\":\"message\",\"data\":\"\\uD800\\\"}", "");
+        master_bad("{\"type\":\"message\",\"data\":\"\\uDFFF\"}", "lone surrogate");
+        IpcMessage pair = worker_ok("{\"type\":\"message\",\"data\":\"\\ud83d\\ude00!\"}");
+        assert_data(&pair, "\"\\ud83d\\ude00!\"");
         worker_bad("{\"type\":\"message\",\"data\":tru}", "invalid JSON value");
         worker_bad("{\"type\":\"message\",\"data\":NaN}", "invalid JSON value");
         worker_bad("{\"type\":\"message\",\"data\":-}", "invalid number");
@@ -371,6 +381,10 @@ static void test_validate_agrees_with_cjson(void **state) {
                 "[]", "{}", "[1,[2,[3]]]", "{\"a\":{\"b\":[]}}", " 1 ", "\"\\/\"",
                 "", " ", "-", "tru", "nul", "[1,]", "{\"a\"}", "{,}", "[", "]",
                 "\"abc", "\"\\q\"", "{\"a\":1,}", "1 2", "{} {}", "'a'", "[1 2]", "{\"a\" 1}", "{1:2}",
+                /* Surrogates: a pair is one character; a lone half is refused by both. */
+                "\"\\ud83d\\ude00\"", "\"\\uD800\\uDC00\"", "\"\\uDBFF\\uDFFF\"", "\"\\uDFFF\"", "\"\\uDC00\"",
+                "\"\\uD800\"", "\"\\uDBFFx\"", "\"\\uD800\\u0041\"", "\"\\uD800\\uD800\"", "\"\\uD800\\n\"",
+                "\"\\uD800\\uDC0\"", "\"\\ude00\\ud83d\"", "[\"\\uDFFF\"]", "{\"\\uD800\":1}", "\"\\uD7FF\\uE000\"",
         };
         for (size_t i = 0; i < ELEMENTSOF(corpus); i++) {
                 const char *t = corpus[i];

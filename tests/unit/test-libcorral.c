@@ -225,6 +225,47 @@ static void test_handler(void **state) {
         corral_set_message_handler(NULL, NULL);
 }
 
+/* A line without "data" means data = null (docs/protocol.md). The
+ * library used to terminate data in place, writing into the parser's
+ * string literal "null": a segfault. */
+static void test_message_without_data(void **state) {
+        Fixture *f = *state;
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\"}");
+        master_handoff(f, 1);
+        master_line(f, "{\"type\":\"message\",\"from\":7}");
+        master_line(f, "{\"type\":\"message\"}");
+        /* Read while looking for a hand-off: kept, copied. */
+        accept_expect(f, 1);
+        recv_expect(CORRAL_CTL, "null");
+        recv_expect(7, "null");
+        recv_expect(CORRAL_CTL, "null");
+
+        /* Read by corral_recv_message() itself, and handed to a handler. */
+        master_line(f, "{\"type\":\"message\",\"from\":3}");
+        recv_expect(3, "null");
+        handler_calls = 0;
+        corral_set_message_handler(handler, &handler_calls);
+        master_line(f, "{\"from\":5,\"type\":\"message\"}");
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);
+        assert_int_eq(handler_calls, 1);
+        assert_string_equal(handler_last, "5:null");
+        corral_set_message_handler(NULL, NULL);
+        assert_int_eq(corral_messages_dropped(), 0);
+
+        /* corral_parse_message() on a line in read-only memory. */
+        static const char line[] = "{\"type\":\"message\",\"from\":2}";
+        CorralMessage m;
+        assert_int_eq(corral_parse_message(line, strlen(line), &m), 0);
+        assert_int_eq(m.from, 2);
+        assert_int_eq(m.data_len, 4);
+        assert_string_equal(m.data, "null");
+        /* With data, it points into the line. */
+        static const char with[] = "{\"type\":\"message\",\"data\":null}";
+        assert_int_eq(corral_parse_message(with, strlen(with), &m), 0);
+        assert_ptr_equal(m.data, with + strlen(with) - 5);
+        assert_int_eq(m.data_len, 4);
+}
+
 static void test_long_lines(void **state) {
         Fixture *f = *state;
         char *line = malloc(IPC_LINE_MAX + 2);
@@ -464,6 +505,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_no_channel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_interleaved, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_handler, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_message_without_data, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_long_lines, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_garbage, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fds_inside_a_long_line, setup, teardown),

@@ -3,6 +3,7 @@
  * drives every deadline, and each test asserts the slot's state, the
  * outcomes queued and the deadlines after each event (issue 9). */
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/wait.h>
@@ -19,7 +20,20 @@
 
 /* ---- stubs for what slot.c and rollout.c log and reply ------------------ */
 
+/* What was logged about ERRNO= reports: the log budget's test looks. */
+static unsigned n_errno_logged;
+static char last_suppressed[256];
+
 void log_emit(int prio, const LogFields *f, const char *fmt, ...) {
+        char line[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(line, sizeof(line), fmt, ap);
+        va_end(ap);
+        if (strstr(line, "reports ERRNO="))
+                n_errno_logged++;
+        else if (strstr(line, "suppressed"))
+                snprintf(last_suppressed, sizeof(last_suppressed), "%s", line);
 }
 void control_reply_progress(ControlConn *c, const char *fmt, ...) {
 }
@@ -285,6 +299,27 @@ static void test_watchdog_then_stop_timeout(void **state) {
         assert_true(last_kill(f)->group);
         slot_dispatch(s, SLOT_EV_EXIT, w, W_EXITCODE(0, SIGKILL));
         assert_state(s, SLOT_BACKOFF);
+}
+
+/* ERRNO= reports are logged within one budget for the instance (issue 19):
+ * three workers reporting 1000 each used to log 3000 lines. */
+static void test_errno_log_budget_is_the_instances(void **state) {
+        Fixture *f = *state;
+        NotifyMsg report = { .errno_value = 5 };
+        n_errno_logged = 0;
+        last_suppressed[0] = 0;
+        for (unsigned i = 0; i < 3; i++)
+                slot_dispatch(f->slots[i], SLOT_EV_START, NULL, 0);
+        for (unsigned k = 0; k < WORKER_NOTICE_BURST; k++)
+                for (unsigned i = 0; i < 3; i++)
+                        slot_on_notify(slot_current(f->slots[i]), &report);
+        assert_int_eq(n_errno_logged, WORKER_NOTICE_BURST);
+        assert_string_equal(last_suppressed, "");
+        /* The next interval says how many were left out, once. */
+        fake_now += WORKER_NOTICE_INTERVAL_USEC;
+        slot_on_notify(slot_current(f->slots[1]), &report);
+        assert_int_eq(n_errno_logged, WORKER_NOTICE_BURST + 1);
+        assert_string_equal(last_suppressed, "suppressed 2000 ERRNO= reports of workers (log rate limit)");
 }
 
 static void test_give_up(void **state) {
@@ -763,6 +798,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_removed_ignores_everything_but_exits, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_restore_adopts_and_keeps_deadlines, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_adopted_worker_lives_on, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_errno_log_budget_is_the_instances, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_1, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_surge_2, setup3, teardown),
                 cmocka_unit_test_setup_teardown(test_plan_fails_and_ignores_other_plans, setup3, teardown),
