@@ -59,6 +59,7 @@ struct ControlConn {
         bool busy;            /* a request is in progress */
         bool dispatching;     /* inside conn_dispatch() */
         bool starved;         /* has buffered requests, waits for the next iteration */
+        bool eof;             /* the client half-closed: close once its replies are written */
         char *buf;
         size_t len;
         uid_t uid;
@@ -179,7 +180,15 @@ static void on_write_done(uv_write_t *req, int status) {
         WriteReq *w = (WriteReq *) req;
         ControlConn *c = w->conn;
         free(w);
-        if (status < 0 || c->closed)
+        if (c->closed)
+                return;
+        /* A client that closed without reading (EPIPE), or a half-closed
+         * one that has read every reply: nothing else will close it. */
+        if (status < 0 || (c->eof && conn_queued(c) == 0)) {
+                conn_close(c);
+                return;
+        }
+        if (c->eof)
                 return;
         c->active_usec = now_usec();
         /* The kernel took every reply: small again, so that a client that
@@ -370,6 +379,16 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
                  * without any newline is an oversize line. */
                 if (c->closed || c->len <= CONTROL_LINE_MAX || memchr(c->buf, '\n', c->len))
                         return;
+        } else if (n == UV_EOF && conn_queued(c) > 0) {
+                /* A client that sends its requests and half-closes (`printf
+                 * ... | socat - UNIX-CONNECT:...`) still reads: closing now
+                 * would discard the replies libuv has queued. Reading only
+                 * goes on once every complete line was handled, so nothing
+                 * but a partial line is left unanswered. on_write_done()
+                 * closes; the sweep closes one that never reads. */
+                c->eof = true;
+                uv_read_stop(st);
+                return;
         } else if (n != UV_ENOBUFS) {
                 conn_close(c);
                 return;

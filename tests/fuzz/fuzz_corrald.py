@@ -26,8 +26,11 @@ After each phase: corrald alive, `corralctl status --json` answers within 2 s
 with ok:true and 2 ready workers, no sanitizer text in its log; fd count and
 RSS before/after. At the end SIGTERM -> exit 0 without a LeakSanitizer report.
 
-Usage: fuzz_corrald.py [--seconds N] [--seed S] [--build DIR] [--keep]
+Usage: fuzz_corrald.py [--seconds N] [--seed S] [--build DIR] [--keep] [--tap]
 Exit status: 0 no finding, 1 findings (listed in the summary), 2 setup error.
+--tap (meson test, tests/fuzz/meson.build): the log becomes TAP comments,
+and each phase, plus the final SIGTERM, is one TAP case that fails on a
+finding of its own.
 Only the standard library is used; run with /usr/bin/python3.
 """
 import argparse
@@ -1316,14 +1319,75 @@ def check_master(m, findings, phase, n=2):
 
 
 def main():
-    global T0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=80, help="total fuzzing time (default 80)")
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--build", default=os.path.join(SRC, "build-sanitize"))
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--phases", default="control,notify,ipc,config,cli")
+    ap.add_argument("--tap", action="store_true", help="TAP output: one case per phase and one for the exit")
     a = ap.parse_args()
+    a.build = os.path.abspath(a.build)
+    if a.tap:
+        return tap_main(a)
+    return run(a)
+
+
+class _TapComments:
+    """stdout for --tap: every line the driver prints becomes a TAP comment,
+    so that only tap_main() writes test lines."""
+
+    def __init__(self, out):
+        self.out = out
+        self.bol = True
+
+    def write(self, text):
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if self.bol and (line or i < len(lines) - 1):
+                self.out.write("# " if line else "#")
+            self.out.write(line)
+            if i < len(lines) - 1:
+                self.out.write("\n")
+                self.bol = True
+            elif line:
+                self.bol = False
+        return len(text)
+
+    def flush(self):
+        self.out.flush()
+
+
+def tap_main(a):
+    real = sys.stdout
+    sys.stdout = _TapComments(real)
+    try:
+        rc, findings = run(a, return_findings=True)
+    finally:
+        sys.stdout.flush()
+        sys.stdout = real
+    if rc == 2:
+        print("1..1\nnot ok 1 - fuzz_corrald: setup failed (see the comments above)")
+        return 1
+    cases = a.phases.split(",") + ["exit"]
+    print("1..%d" % len(cases))
+    for i, ph in enumerate(cases, 1):
+        mine = [what for p, what, _ in findings if p == ph]
+        if mine:
+            print("not ok %d - fuzz_corrald: phase %s: %d finding(s)" % (i, ph, len(mine)))
+            for what in mine:
+                for line in what.splitlines():
+                    print("# " + line)
+        else:
+            print("ok %d - fuzz_corrald: phase %s, no finding" % (i, ph))
+    other = [f for f in findings if f[0] not in cases]
+    for p, what, _ in other:
+        print("# finding outside a phase [%s] %s" % (p, what))
+    return 1 if rc != 0 else 0
+
+
+def run(a, return_findings=False):
+    global T0
     seed = a.seed if a.seed is not None else random.randrange(1 << 31)
     rng = random.Random(seed)
     corrald = os.path.join(a.build, "src/corrald/corrald")
@@ -1331,8 +1395,8 @@ def main():
     hello = os.path.join(a.build, "src/hello/corral-hello")
     for b in (corrald, corralctl, hello):
         if not os.access(b, os.X_OK):
-            print("missing binary %s" % b, file=sys.stderr)
-            return 2
+            print("missing binary %s" % b)
+            return (2, []) if return_findings else 2
     tmp = tempfile.mkdtemp(prefix="corral-fuzz-")
     os.chmod(tmp, 0o755)
     findings = Findings(tmp)
@@ -1357,8 +1421,8 @@ def main():
         for m in [main_m] + ([ipc_m] if ipc_m else []):
             ok, info = m.wait_healthy(within=30)
             if not ok:
-                print("setup: %s not healthy: %s\n%s" % (m.name, info, m.log_text()[-2000:]), file=sys.stderr)
-                return 2
+                print("setup: %s not healthy: %s\n%s" % (m.name, info, m.log_text()[-2000:]))
+                return (2, []) if return_findings else 2
         for ph in phases:
             m = ipc_m if ph == "ipc" else main_m
             f0, r0 = fd_count(m.pid), rss_kb(m.pid)
@@ -1424,7 +1488,8 @@ def main():
         print("artifacts (logs, inputs): %s" % tmp)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if findings.items else 0
+    rc = 1 if findings.items else 0
+    return (rc, findings.items) if return_findings else rc
 
 
 if __name__ == "__main__":
