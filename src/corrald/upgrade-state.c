@@ -232,7 +232,7 @@ static cJSON *write_field(const Field *f, const void *base) {
         case FT_U64_ARRAY:
         case FT_FD_ARRAY:
         case FT_RECORDS: {
-                const char *items = *CAT(base, f->offset, const char *);
+                const char *items = *CAT(base, f->offset, char *);
                 unsigned n = *CAT(base, f->count_offset, unsigned);
                 cJSON *a = cJSON_CreateArray();
                 for (unsigned k = 0; a && k < n; k++) {
@@ -448,13 +448,15 @@ static int read_field(Reader *r, const char *path, const cJSON *v, const Field *
 }
 
 static int read_record(Reader *r, const char *path, const cJSON *o, const Record *rec, void *base) {
+        /* Defaults first: a record left half read still names no fd 0. */
+        for (size_t i = 0; i < rec->n_fields; i++)
+                set_default(&rec->fields[i], base);
         if (!cJSON_IsObject(o))
                 return bad(r, path, "expected an object, got %s", json_type(o));
         for (size_t i = 0; i < rec->n_fields; i++) {
                 const Field *f = &rec->fields[i];
                 char p[256];
                 snprintf(p, sizeof(p), "%.200s%s%.40s", path, path[0] ? "." : "", f->name);
-                set_default(f, base);
                 if (r->envelope && !(f->flags & F_ENVELOPE))
                         continue;
                 const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, f->name);
@@ -466,7 +468,9 @@ static int read_record(Reader *r, const char *path, const cJSON *o, const Record
                 int k = read_field(r, p, v, f, base);
                 /* The envelope takes what checks out of the instance; a bad
                  * record in an array is skipped by read_array(). */
-                if (k < 0 && k != -ENOMEM && r->envelope && !path[0] && f->type != FT_RECORDS) {
+                if (k < 0 && k != -ENOMEM && r->envelope && !path[0]) {
+                        /* An array that is none, or too long, was not
+                         * allocated: it reads as empty. */
                         set_default(f, base);
                         continue;
                 }

@@ -33,7 +33,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
         }
         FUZZ_CHECK(r == 0 && c && !error, "r=%d", r);
         FUZZ_CHECK(c->exec && c->exec[0], "no command");
-        FUZZ_CHECK(c->workers <= CONFIG_WORKERS_MAX, "workers %u", c->workers);
+        FUZZ_CHECK(c->workers <= CORRAL_WORKERS_MAX, "workers %u", c->workers);
         FUZZ_CHECK(c->name && c->source && strcmp(c->source, text) == 0, "name or source missing");
         for (unsigned i = 0; i < c->n_listen; i++)
                 FUZZ_CHECK(memchr(c->listen[i].display, 0, sizeof(c->listen[i].display)), "listen %u", i);

@@ -30,6 +30,7 @@
 #include "ipc-msg.h"
 #include "log.h"
 #include "manager.h"
+#include "upgrade.h"
 
 #define N_SLOTS 4
 #define HANG_MS 5000
@@ -69,7 +70,7 @@ void manager_restart(Manager *m, int slot, ControlConn *client) {
         control_reply_ok(client, NULL);
 }
 int manager_scale(Manager *m, unsigned n) {
-        FUZZ_CHECK(n >= 1 && n <= CONFIG_WORKERS_MAX, "scale to %u", n);
+        FUZZ_CHECK(n >= 1 && n <= CORRAL_WORKERS_MAX, "scale to %u", n);
         return 0;
 }
 unsigned manager_fds_per_worker(void) {
@@ -88,7 +89,7 @@ unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t 
 int manager_follow_messages(Manager *m, ControlConn *c) {
         return -EBUSY;
 }
-void manager_upgrade(Manager *m, ControlConn *client) {
+void upgrade_request(Manager *m, ControlConn *client) {
         control_reply_error(client, "no upgrade in a fuzzer");
 }
 

@@ -438,6 +438,16 @@ static void test_envelope_keeps_what_checks_out(void **state) {
         assert_int_eq(s.control_fd, 4);
         upgrade_state_done(&s);
 
+        /* Found by fuzz-upgrade-state: an array that is none, early on,
+         * left every fd after it at 0 (stdin, which a fall back closes). */
+        static const char early[] = "{\"format\":\"corrald-state\",\"version\":2,\"clients\":0,\"notify_fd\":9}";
+        assert_int_eq(upgrade_state_parse_envelope(early, strlen(early), &s), 0);
+        assert_int_eq(s.notify_fd, 9);
+        assert_int_eq(s.control_fd, -1);
+        assert_int_eq(s.reply_fd, -1);
+        assert_int_eq(s.n_clients, 0);
+        upgrade_state_done(&s);
+
         assert_int_eq(upgrade_state_parse_envelope("{\"format\":\"other\"}", 18, &s), -EBADMSG);
         assert_int_eq(upgrade_state_parse_envelope("nope", 4, &s), -EBADMSG);
 }
