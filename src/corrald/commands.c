@@ -39,9 +39,9 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         add_number_or_null(o, "connections", handing ? (double) handoff_open(w) : 0, handing && w->reports_closes);
         add_number_or_null(o, "handed", handing ? (double) w->handed : 0, handing);
         if (w && w->host) {
-                cJSON_AddNumberToObject(o, "messages_dropped", (double) worker_ipc((Worker *) w)->dropped);
+                cJSON_AddNumberToObject(o, "messages_dropped", (double) (w->ipc ? w->ipc->dropped : 0));
                 /* SPEC §6: malformed lines are counted; this is where the count shows. */
-                cJSON_AddNumberToObject(o, "messages_malformed", (double) worker_ipc((Worker *) w)->malformed);
+                cJSON_AddNumberToObject(o, "messages_malformed", (double) (w->ipc ? w->ipc->malformed : 0));
         }
         if (w && w->status[0])
                 cJSON_AddStringToObject(o, "status", w->status);

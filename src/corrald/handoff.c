@@ -14,7 +14,6 @@
 #include "handoff.h"
 #include "ipc.h"
 #include "log.h"
-#include "manager.h"
 #include "util.h"
 
 /* How soon a held connection is offered again when no worker took it. */
@@ -43,7 +42,7 @@ static void resume_accepting(Handoff *h) {
 
 /* Offer fd to the worker of one slot. Returns 0 when it took it. */
 static int offer(Handoff *h, Worker *w, int fd, uint8_t index) {
-        int r = ipc_send_fd(worker_ipc(w), fd, index);
+        int r = ipc_send_fd(w->ipc, fd, index);
         if (r < 0)
                 return r;
         w->handed++;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "commands.h"
 #include "config.h"
 #include "fd-util.h"
 #include "log.h"
@@ -205,7 +206,7 @@ int main(int argc, char *argv[]) {
 
         uv_loop_t *loop = uv_default_loop();
         Manager m;
-        r = manager_start(&m, loop, config, &o);
+        r = manager_start(&m, loop, config, &o, commands_dispatch);
         if (r < 0) {
                 manager_close(&m);
                 uv_run(loop, UV_RUN_DEFAULT);

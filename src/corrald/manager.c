@@ -13,7 +13,6 @@
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 
-#include "commands.h"
 #include "fd-util.h"
 #include "log.h"
 #include "manager.h"
@@ -619,8 +618,8 @@ static void on_sigusr2(uv_signal_t *h, int signum) {
         upgrade_request(m, NULL);
 }
 
-/* Every signal the manager handles, once: the upgrade blocks the same set
- * across execve(). */
+/* Every signal the manager handles, once: m->handled_signals, which the
+ * upgrade blocks across execve(), is built from it. */
 static const struct {
         int signum;
         uv_signal_cb cb;
@@ -629,11 +628,6 @@ static const struct {
         { SIGTTIN, on_sigttin }, { SIGTTOU, on_sigttin }, { SIGUSR2, on_sigusr2 },
 };
 
-void manager_handled_signals(sigset_t *ret) {
-        sigemptyset(ret);
-        for (size_t i = 0; i < ELEMENTSOF(signal_table); i++)
-                sigaddset(ret, signal_table[i].signum);
-}
 
 static void recycle_slot(Manager *m, unsigned i);
 
@@ -720,7 +714,7 @@ void manager_close(Manager *m) {
         handoff_stop(&m->handoff);
 }
 
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o) {
+int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands) {
         char *error = NULL;
         int r;
 
@@ -730,9 +724,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
+        sigemptyset(&m->handled_signals);
         for (size_t i = 0; i < ELEMENTSOF(m->signals); i++) {
                 uv_signal_init(loop, &m->signals[i]);
                 m->signals[i].data = m;
+                sigaddset(&m->handled_signals, signal_table[i].signum);
         }
         uv_timer_t *timers[] = { &m->watchdog, &m->recycle, &m->deadline };
         for (size_t i = 0; i < ELEMENTSOF(timers); i++) {
@@ -780,9 +776,9 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         if (!control)
                 log_notice("no control socket: set XDG_RUNTIME_DIR or --control to use corralctl");
         else if (control_fd >= 0 && (r = control_server_adopt(&m->control, loop, control_fd, control,
-                                                                commands_dispatch, m)) < 0)
+                                                                commands, m)) < 0)
                 return r;
-        else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
+        else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands, m)) < 0)
                 return r;
 
         for (size_t i = 0; i < ELEMENTSOF(signal_table); i++)

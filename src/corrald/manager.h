@@ -59,6 +59,7 @@ typedef struct Manager {
         char status[256];          /* last STATUS= sent */
 
         uv_signal_t signals[MANAGER_N_SIGNALS]; /* one per entry of manager.c's signal table */
+        sigset_t handled_signals;  /* the same signals: an upgrade blocks them across execve() */
         uv_timer_t watchdog;       /* pings systemd's watchdog */
         uv_timer_t recycle;        /* checks RSS against recycle.max_rss_mb */
         uv_timer_t deadline;       /* the Pool's earliest deadline */
@@ -88,9 +89,10 @@ typedef struct Manager {
 #define SPAWN_BATCH_USEC 2000
 
 /* Set up everything (listeners, notify socket, signals) and queue the first
- * generation's spawns. Takes a reference to config. Returns 0 or a negative
+ * generation's spawns; control requests go to `commands` (commands.c's
+ * dispatcher, given by main()). Takes a reference to config. Returns 0 or a negative
  * errno after logging what failed. */
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o);
+int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands);
 
 /* Ask every worker to stop; the loop ends when the last one has exited and
  * every handle is closed. exit_code is what main() should return. */
@@ -126,9 +128,6 @@ int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *r
 void manager_reload(Manager *m, ControlConn *client);
 void manager_restart(Manager *m, int slot, ControlConn *client);
 
-/* The set of signals the manager handles: an upgrade blocks them across
- * execve(), when no handler is installed. */
-void manager_handled_signals(sigset_t *ret);
 
 /* Reap every worker that exited (after reading what the notify socket
  * holds), by pid. */
@@ -146,8 +145,6 @@ extern const SlotOps manager_slot_ops;
  * Returns 0 or -ENOMEM. */
 int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output);
 int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd);
-/* The IPC channel of a worker, for sending it a message. */
-struct Ipc *worker_ipc(Worker *w);
 
 /* messages.c: worker messages (SPEC §6) — routed between workers, and
  * those for the master logged, kept (the last MESSAGES_KEPT) and streamed

@@ -65,7 +65,7 @@ static void log_message(Manager *m, Worker *w, const IpcMessage *msg) {
 /* Send a formatted line to slot i's current worker; returns its pid, or 0. */
 static pid_t deliver(Manager *m, unsigned i, const char *line) {
         Worker *w = slot_current(m->slots[i]);
-        return w && w->pid > 0 && ipc_send_line(worker_ipc(w), line) >= 0 ? w->pid : 0;
+        return w && w->pid > 0 && ipc_send_line(w->ipc, line) >= 0 ? w->pid : 0;
 }
 
 static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, unsigned to_slot, const char *data,

@@ -82,13 +82,6 @@ static uint64_t request_usec;          /* when the upgrade in progress was asked
 static ControlConn *waiters[UPGRADE_WAITERS_MAX];
 static unsigned n_waiters;
 
-/* The signals the manager handles (manager_handled_signals()): blocked
- * across execve() so that none arrives while no handler is installed
- * (their default actions would end the instance); the new corrald
- * unblocks them once its handlers run. */
-static void handled_signals(sigset_t *set) {
-        manager_handled_signals(set);
-}
 
 /* ---- the new process: reading and checking ------------------------------ */
 
@@ -439,8 +432,8 @@ static void restore_worker(Manager *m, UpgradeWorker *uw) {
                 return;
         }
         (void) worker_io_adopt(m, w, TAKE_FD(uw->ipc_fd), TAKE_FD(uw->output_fd));
-        if (uw->ipc_tail && w->host) {
-                int r = ipc_resume_line(worker_ipc(w), uw->ipc_tail, strlen(uw->ipc_tail));
+        if (uw->ipc_tail && w->ipc) {
+                int r = ipc_resume_line(w->ipc, uw->ipc_tail, strlen(uw->ipc_tail));
                 if (r < 0)
                         log_warning("%s: cannot finish the message line the previous corrald half sent: %s",
                                     w->who, strerror(-r));
@@ -520,9 +513,7 @@ int upgrade_restore(Manager *m) {
         free(given_text);
         given_text = NULL;
 
-        sigset_t set;
-        handled_signals(&set);
-        (void) sigprocmask(SIG_UNBLOCK, &set, NULL);
+        (void) sigprocmask(SIG_UNBLOCK, &m->handled_signals, NULL);
         return 0;
 }
 
@@ -564,9 +555,7 @@ void upgrade_stop_orphans(Manager *m) {
         upgrade_state_done(&given);
         free(given_text);
         given_text = NULL;
-        sigset_t set;
-        handled_signals(&set);
-        (void) sigprocmask(SIG_UNBLOCK, &set, NULL);
+        (void) sigprocmask(SIG_UNBLOCK, &m->handled_signals, NULL);
 }
 
 void upgrade_reap_strays(void) {
@@ -718,7 +707,7 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 size_t tail_len = 0;
                 (void) worker_io_fds(w, &ipc, &out);
                 if (ipc >= 0)
-                        tail_len = ipc_unsent_tail(worker_ipc(w), &tail);
+                        tail_len = ipc_unsent_tail(w->ipc, &tail);
                 s->workers[s->n_workers++] = (UpgradeWorker) {
                         .slot = w->id,
                         .pid = w->pid,
@@ -855,9 +844,12 @@ static void exec_now(Manager *m) {
 
         (void) fd_cloexec(memfd, false);
         carried_cloexec(&c, false);
-        sigset_t set, old;
-        handled_signals(&set);
-        (void) sigprocmask(SIG_BLOCK, &set, &old);
+        /* The signals the manager handles: blocked across execve() so that
+         * none arrives while no handler is installed (their default
+         * actions would end the instance); the new corrald unblocks them
+         * once its handlers run. */
+        sigset_t old;
+        (void) sigprocmask(SIG_BLOCK, &m->handled_signals, &old);
 
         execve(path, saved_argv, env);
 

@@ -2,7 +2,7 @@
  *
  * A Worker belongs to exactly one Slot from spawn until it has exited and
  * been released. slot.c is the only writer of every field below except
- * `host`, which belongs to the host that started the process (workers.c in
+ * `host` and `ipc`, which belong to the host that started the process (workers.c in
  * corrald, a fake in the unit tests). Everyone else reads. */
 #pragma once
 
@@ -24,6 +24,7 @@
 #define WORKER_NOTICE_INTERVAL_USEC (10 * 1000000ULL)
 
 typedef struct Slot Slot;
+struct Ipc;
 typedef struct Worker Worker;
 
 typedef enum WorkerState {
@@ -66,6 +67,8 @@ struct Worker {
         uint64_t closed;           /* connections it reported closed */
         bool reports_closes;       /* it has sent a close report: least-conn can weigh it */
         void *host;                /* the host's per-worker data (I/O handles) */
+        struct Ipc *ipc;           /* the host's channel to it (CORRAL_IPC_FD), or NULL: messages and
+                                    * hand-offs are sent on it */
         LIST_FIELDS(Worker, all);  /* Pool.workers */
         LIST_FIELDS(Worker, leaving); /* Slot.leaving */
 };

@@ -24,11 +24,6 @@ typedef struct WorkerIo {
         unsigned n_handles;        /* open handles + the lifecycle's hold; freed at 0 */
 } WorkerIo;
 
-Ipc *worker_ipc(Worker *w) {
-        WorkerIo *io = w->host;
-        return &io->ipc;
-}
-
 static void io_handle_closed(WorkerIo *io) {
         if (--io->n_handles > 0)
                 return;
@@ -69,6 +64,7 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int outpu
                 .output = { .on_close = on_output_closed, .userdata = io },
         };
         w->host = io;
+        w->ipc = &io->ipc;
         if (ipc_fd >= 0) {
                 if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0)
                         io->n_handles++;

@@ -59,9 +59,6 @@ Worker *slot_current(const Slot *s) {
 const char *worker_state_to_string(WorkerState s) {
         return "stub";
 }
-struct Ipc *worker_ipc(Worker *w) {
-        abort();        /* only reached through a Worker, and there is none */
-}
 void manager_reload(Manager *m, ControlConn *client) {
         control_reply_ok(client, NULL);
 }
