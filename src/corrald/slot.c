@@ -40,6 +40,7 @@ struct Slot {
         Worker *leaving;           /* list */
         unsigned consecutive_failures;
         unsigned restarts;
+        uint64_t last_failure;     /* when its last failure was, 0 = none yet */
         uint64_t deadline;         /* BACKOFF: when to respawn */
         bool emptied;              /* OUTCOME_EMPTIED was queued */
         LIST_FIELDS(Slot, all);
@@ -335,10 +336,13 @@ static Worker *spawn(Slot *s, WorkerRole role) {
 
 /* ---- failures ----------------------------------------------------------- */
 
-/* Whether w had been ready for a whole restart.window_ms: its failure
- * earns the slot a fresh start (SPEC §2: no delay for that one). */
-static bool served_a_window(const Slot *s, const Worker *w, uint64_t now) {
-        return w && w->ready_usec && now - w->ready_usec >= s->pool->config->restart_window_ms * USEC_PER_MSEC;
+/* Whether the failure of w is the first of a crash after serving (SPEC
+ * §2): w had become ready, and the slot had no other failure within
+ * restart.window_ms. It is replaced at once, as every peer does; the next
+ * failure within the window waits backoff_ms[0], doubling from there. */
+static bool first_failure_after_ready(const Slot *s, const Worker *w, uint64_t now) {
+        return w && w->ready_usec &&
+               (!s->last_failure || now - s->last_failure > s->pool->config->restart_window_ms * USEC_PER_MSEC);
 }
 
 /* The "suicide signal" (STOPPING=1) replaces a worker at once and is no
@@ -356,8 +360,9 @@ static bool leaves_healthy(const Slot *s, const Worker *w, uint64_t now) {
 static int64_t account_failure(Slot *s, const Worker *w, const char *what) {
         Pool *p = s->pool;
         uint64_t now = p->now();
-        bool fresh = served_a_window(s, w, now);
+        bool fresh = first_failure_after_ready(s, w, now);
 
+        s->last_failure = now;
         if (!p->gave_up && failure_window_record(&p->failures, now)) {
                 p->gave_up = true;
                 snprintf(p->giveup_reason, sizeof(p->giveup_reason), "more than %u failure%s within %llu ms",
@@ -781,14 +786,20 @@ unsigned slot_consecutive_failures(const Slot *s) {
         return s->consecutive_failures;
 }
 
+uint64_t slot_last_failure(const Slot *s) {
+        return s->last_failure;
+}
+
 uint64_t slot_deadline(const Slot *s) {
         return s->deadline;
 }
 
-void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t deadline) {
+void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t last_failure,
+                  uint64_t deadline) {
         s->state = state < _SLOT_STATE_MAX ? state : SLOT_EMPTY;
         s->restarts = restarts;
         s->consecutive_failures = consecutive_failures;
+        s->last_failure = last_failure;
         set_deadline(s->pool, &s->deadline, s->state == SLOT_BACKOFF ? deadline : 0);
 }
 

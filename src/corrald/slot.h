@@ -147,9 +147,12 @@ Worker *slot_incoming(const Slot *s);
  * putting it back without spawning. These and slot_dispatch() are the only
  * writers of slot and worker lifecycle fields. */
 unsigned slot_consecutive_failures(const Slot *s);
+uint64_t slot_last_failure(const Slot *s);
 uint64_t slot_deadline(const Slot *s);
-/* Set a restored slot's state, counters and respawn deadline (BACKOFF). */
-void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t deadline);
+/* Set a restored slot's state, counters, last failure time and respawn
+ * deadline (BACKOFF). */
+void slot_restore(Slot *s, SlotState state, unsigned restarts, unsigned consecutive_failures, uint64_t last_failure,
+                  uint64_t deadline);
 /* Adopt a running process as a worker of s: copies pid, generation, state,
  * role, stop_sent/said_stopping/counted, failure (a copy of one of the
  * lifecycle's own reasons, or a generic one), start/ready times, deadline,

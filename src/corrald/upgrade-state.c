@@ -104,6 +104,7 @@ static const Field slot_fields[] = {
         { "state", FT_ENUM, offsetof(UpgradeSlot, state), 0, ENUM(slot_state_names) },
         NUM(FT_UINT, UpgradeSlot, restarts, 0, UINT_MAX, 0),
         NUM(FT_UINT, UpgradeSlot, consecutive_failures, 0, UINT_MAX, 0),
+        NUM(FT_U64, UpgradeSlot, last_failure, 0, JSON_INT_MAX, F_SINCE_2),
         NUM(FT_U64, UpgradeSlot, deadline, 0, JSON_INT_MAX, 0),
 };
 

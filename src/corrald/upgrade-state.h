@@ -53,6 +53,7 @@ typedef struct UpgradeSlot {
         SlotState state;
         unsigned restarts;
         unsigned consecutive_failures;
+        uint64_t last_failure;   /* 0: none (or a version 1 state) */
         uint64_t deadline;
 } UpgradeSlot;
 

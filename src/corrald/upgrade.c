@@ -466,7 +466,8 @@ int upgrade_restore(Manager *m) {
         m->n_slots = s->n_slots;
         for (unsigned i = 0; i < s->n_slots; i++) {
                 const UpgradeSlot *sl = &s->slots[i];
-                slot_restore(m->slots[sl->id], sl->state, sl->restarts, sl->consecutive_failures, sl->deadline);
+                slot_restore(m->slots[sl->id], sl->state, sl->restarts, sl->consecutive_failures, sl->last_failure,
+                             sl->deadline);
         }
         for (unsigned i = 0; i < s->n_workers; i++)
                 restore_worker(m, &s->workers[i]);
@@ -696,6 +697,7 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                         .state = slot_state(sl),
                         .restarts = slot_restarts(sl),
                         .consecutive_failures = slot_consecutive_failures(sl),
+                        .last_failure = slot_last_failure(sl),
                         .deadline = slot_deadline(sl),
                 };
         }

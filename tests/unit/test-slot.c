@@ -217,6 +217,14 @@ static void test_crash_backs_off_then_doubles(void **state) {
         static const uint64_t delays[] = { 100, 200, 400 };
 
         slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        /* The first crash after READY=1 is replaced at once (SPEC §2)... */
+        ready(s, slot_current(s));
+        fake_now += 1 * MS;
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(f->host.n_spawned, 2);
+        fake_now += 4000 * MS;
+        /* ...the next ones within restart.window_ms of the last back off. */
         for (unsigned i = 0; i < ELEMENTSOF(delays); i++) {
                 Worker *w = slot_current(s);
                 ready(s, w);
@@ -224,7 +232,7 @@ static void test_crash_backs_off_then_doubles(void **state) {
                 exits(w, 1);
                 assert_state(s, SLOT_BACKOFF);
                 assert_null(slot_current(s));
-                assert_int_eq(slot_restarts(s), i + 1);
+                assert_int_eq(slot_restarts(s), i + 2);
                 /* Not yet: one microsecond before the backoff ends. */
                 uint64_t due = fake_now + delays[i] * MS;
                 assert_u64_eq(pool_on_time(&f->pool, due - 1), due);
@@ -232,10 +240,12 @@ static void test_crash_backs_off_then_doubles(void **state) {
                 fake_now = due;
                 (void) pool_on_time(&f->pool, fake_now);
                 assert_state(s, SLOT_STARTING);
-                fake_now += 3000 * MS;   /* keep the failures outside the window */
+                /* Within the window of the last failure, but never more
+                 * than restart.limit (3) in one: the instance goes on. */
+                fake_now += 4000 * MS;
         }
-        assert_int_eq(f->host.n_spawned, 4);
-        assert_int_eq(f->host.n_released, 3);
+        assert_int_eq(f->host.n_spawned, 5);
+        assert_int_eq(f->host.n_released, 4);
         assert_string_equal(outcomes(f, NULL), "");
 }
 
@@ -244,17 +254,35 @@ static void test_crash_after_a_healthy_run_respawns_at_once(void **state) {
         Slot *s = f->slots[0];
         slot_dispatch(s, SLOT_EV_START, NULL, 0);
         ready(s, slot_current(s));
-        fake_now += 10000 * MS;   /* ready for a whole restart.window_ms */
+        fake_now += 3000 * MS;   /* any time after READY=1: no other failure of the slot yet */
         exits(slot_current(s), 1);
         /* No backoff: the replacement is spawned in the same event. */
         assert_state(s, SLOT_STARTING);
         assert_int_eq(f->host.n_spawned, 2);
         assert_int_eq(slot_current(s)->pid, 101);
-        /* Its next failure backs off from min again. */
+        /* Its next failure within the window backs off from min, even
+         * after READY=1. */
+        ready(s, slot_current(s));
         fake_now += 1 * MS;
         exits(slot_current(s), 1);
         assert_state(s, SLOT_BACKOFF);
         assert_u64_eq(pool_on_time(&f->pool, fake_now), fake_now + 100 * MS);
+        fake_now += 100 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        assert_state(s, SLOT_STARTING);
+        /* A failure before READY=1 always waits min at least, even once
+         * the window since the last one has passed. */
+        fake_now += 10001 * MS;
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_BACKOFF);
+        /* And a crash after serving, a window after the last failure, is
+         * replaced at once again. */
+        fake_now += 10000 * MS;
+        (void) pool_on_time(&f->pool, fake_now);
+        ready(s, slot_current(s));
+        fake_now += 10001 * MS;
+        exits(slot_current(s), 1);
+        assert_state(s, SLOT_STARTING);
 }
 
 static void test_ready_timeout_kills_and_counts(void **state) {
@@ -298,7 +326,10 @@ static void test_watchdog_then_stop_timeout(void **state) {
         assert_int_eq(last_kill(f)->sig, SIGKILL);
         assert_true(last_kill(f)->group);
         slot_dispatch(s, SLOT_EV_EXIT, w, W_EXITCODE(0, SIGKILL));
-        assert_state(s, SLOT_BACKOFF);
+        /* A failure, the slot's first after READY=1: replaced at once. */
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(f->host.n_spawned, 2);
 }
 
 /* ERRNO= reports are logged within one budget for the instance (issue 19):
@@ -390,18 +421,28 @@ static void test_stopping_too_soon_counts(void **state) {
         fake_now += 10 * MS;
         NotifyMsg bye = { .stopping = true, .errno_value = -1 };
         slot_on_notify(old, &bye);
-        assert_state(s, SLOT_BACKOFF);
+        /* A failure; the slot's first after READY=1, so its replacement
+         * starts at once (SPEC §2). */
         assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
+        assert_state(s, SLOT_STARTING);
+        assert_int_eq(f->host.n_spawned, 2);
         /* Its exit 1 afterwards is not counted twice. */
         exits(old, 1);
         assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 1);
-        /* Never ready at all: the same. */
-        fake_now += 100 * MS;
+        /* The replacement leaves too soon as well: within the window of
+         * the last failure, it waits out the backoff. */
+        ready(s, slot_current(s));
+        fake_now += 10 * MS;
+        slot_on_notify(slot_current(s), &bye);
+        assert_state(s, SLOT_BACKOFF);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 2);
+        /* Never ready at all: a failure, and the backoff. */
+        fake_now += 200 * MS;
         (void) pool_on_time(&f->pool, fake_now);
         assert_state(s, SLOT_STARTING);
         slot_on_notify(slot_current(s), &bye);
         assert_state(s, SLOT_BACKOFF);
-        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 2);
+        assert_int_eq(failure_window_count(&f->pool.failures, fake_now), 3);
 }
 
 /* ---- replacement --------------------------------------------------------- */
@@ -536,8 +577,8 @@ static void test_remove_drains_then_empties(void **state) {
 static void test_backoff_slot_held_by_a_plan(void **state) {
         Fixture *f = *state;
         Slot *s = f->slots[0];
-        start_ready(f, s);
-        exits(slot_current(s), 1);
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        exits(slot_current(s), 1);   /* before READY=1: a backoff */
         assert_state(s, SLOT_BACKOFF);
         slot_dispatch(s, SLOT_EV_HOLD, NULL, 0);
         assert_state(s, SLOT_EMPTY);
@@ -582,8 +623,8 @@ static void test_current_leaves_while_replacing(void **state) {
 static void test_start_or_replace_from_backoff_and_failed(void **state) {
         Fixture *f = *state;
         Slot *s = f->slots[0];
-        start_ready(f, s);
-        exits(slot_current(s), 1);
+        slot_dispatch(s, SLOT_EV_START, NULL, 0);
+        exits(slot_current(s), 1);   /* before READY=1: a backoff */
         assert_state(s, SLOT_BACKOFF);
         /* A restart of a slot in backoff starts at once and drops the respawn. */
         slot_dispatch(s, SLOT_EV_START, NULL, 0);
@@ -649,7 +690,7 @@ static void test_restore_adopts_and_keeps_deadlines(void **state) {
 
         /* Slot 0 was in backoff: its respawn deadline is kept. */
         Slot *s = f->slots[0];
-        slot_restore(s, SLOT_BACKOFF, 4, 2, fake_now + 300 * MS);
+        slot_restore(s, SLOT_BACKOFF, 4, 2, fake_now, fake_now + 300 * MS);
         assert_state(s, SLOT_BACKOFF);
         assert_int_eq(slot_restarts(s), 4);
         assert_int_eq(slot_consecutive_failures(s), 2);
@@ -665,7 +706,7 @@ static void test_restore_adopts_and_keeps_deadlines(void **state) {
 static void test_adopted_worker_lives_on(void **state) {
         Fixture *f = *state;
         Slot *s = f->slots[0];
-        slot_restore(s, SLOT_READY, 1, 0, 0);
+        slot_restore(s, SLOT_READY, 1, 0, 0, 0);
         Worker from = { .pid = 4242, .generation = 3, .state = WORKER_READY, .role = WORKER_CURRENT,
                         .start_usec = fake_now - 5000 * MS, .ready_usec = fake_now - 4000 * MS,
                         .deadline = 0, .handed = 9, .closed = 7, .reports_closes = true,
