@@ -109,18 +109,7 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
 }
 
 static void refuse_fds(Ipc *ipc, struct msghdr *mh) {
-        unsigned n = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < k; i++) {
-                        int fd;
-                        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                        safe_close(fd);
-                        n++;
-                }
-        }
+        size_t n = cmsg_close_all(mh);
         if (mh->msg_flags & MSG_CTRUNC)
                 n++;    /* at least one more, which the kernel closed for us */
         if (n > 0) {

@@ -34,16 +34,6 @@ _printf_(2, 3) static void drop(NotifyServer *s, const char *fmt, ...) {
         s->last_warn_usec = now;
 }
 
-static void close_passed_fds(struct msghdr *mh) {
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c))
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS) {
-                        int *fds = (int *) CMSG_DATA(c);
-                        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                        for (size_t i = 0; i < n; i++)
-                                safe_close(fds[i]);
-                }
-}
-
 /* Returns 1 when a datagram was processed, 0 when none is pending. */
 static int receive_one(NotifyServer *s) {
         char buf[NOTIFY_BUFFER_MAX + 1];
@@ -75,11 +65,7 @@ static int receive_one(NotifyServer *s) {
                     c->cmsg_len == CMSG_LEN(sizeof(struct ucred)))
                         cred = (struct ucred *) CMSG_DATA(c);
 
-        bool had_fds = false;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
-                if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
-                        had_fds = true;
-        close_passed_fds(&mh);
+        bool had_fds = cmsg_close_all(&mh) > 0;
 
         if (!cred || cred->pid <= 0)
                 drop(s, "no sender credentials");
