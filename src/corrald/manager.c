@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 
+#include "closer.h"
 #include "commands.h"
 #include "fd-util.h"
 #include "log.h"
@@ -726,6 +727,7 @@ void manager_close(Manager *m) {
         notify_server_stop(&m->notify);
         control_server_stop(&m->control);
         handoff_stop(&m->handoff);
+        closer_stop();
 }
 
 int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o) {

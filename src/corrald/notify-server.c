@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "closer.h"
 #include "fd-util.h"
 #include "log.h"
 #include "notify-server.h"
@@ -14,7 +15,9 @@
 /* sd_notify() messages are small; systemd itself accepts up to its page
  * size. Anything larger than this is dropped as truncated. */
 #define NOTIFY_BUFFER_MAX 4096
-#define NOTIFY_FDS_MAX 16
+/* As many fds as one datagram can carry, so that the kernel never has to
+ * release some itself (MSG_CTRUNC), in our task, on the loop. */
+#define NOTIFY_FDS_MAX CLOSER_MSG_FDS_MAX
 
 /* Dropped datagrams are logged at most once per second, with a count, so a
  * stranger spraying the socket cannot flood the journal through us. */
@@ -34,7 +37,17 @@ _printf_(2, 3) static void drop(NotifyServer *s, const char *fmt, ...) {
         s->last_warn_usec = now;
 }
 
-/* Returns 1 when a datagram was processed, 0 when none is pending. */
+static void on_readable(uv_poll_t *h, int status, int events);
+
+static void on_closer_ready(CloserWaiter *w) {
+        NotifyServer *s = w->userdata;
+        if (s->fd >= 0)
+                (void) uv_poll_start(&s->poll, UV_READABLE, on_readable);
+}
+
+/* Returns 1 when a datagram was processed, 0 when none is pending or the
+ * closer has no room for what it might carry (then reading stops until it
+ * has). */
 static int receive_one(NotifyServer *s) {
         char buf[NOTIFY_BUFFER_MAX + 1];
         union {
@@ -49,6 +62,12 @@ static int receive_one(NotifyServer *s) {
                 .msg_controllen = sizeof(control),
         };
         struct ucred *cred = NULL;
+
+        if (!closer_ready()) {
+                uv_poll_stop(&s->poll);
+                closer_wait(&s->closer_waiter);
+                return 0;
+        }
 
         /* MSG_CMSG_CLOEXEC: passed fds must not leak into a worker forked
          * before we get to close them. MSG_TRUNC reports the real length. */
@@ -65,7 +84,10 @@ static int receive_one(NotifyServer *s) {
                     c->cmsg_len == CMSG_LEN(sizeof(struct ucred)))
                         cred = (struct ucred *) CMSG_DATA(c);
 
-        bool had_fds = cmsg_close_all(&mh) > 0;
+        /* Whoever sent them, the fds go to the closer: even a worker's may
+         * be a socket whose close lingers, and the last reference may be
+         * ours. */
+        bool had_fds = cmsg_close_all_with(&mh, closer_close) > 0;
 
         if (!cred || cred->pid <= 0)
                 drop(s, "no sender credentials");
@@ -80,7 +102,7 @@ static int receive_one(NotifyServer *s) {
                              (int) cred->pid);
                 else {
                         if (had_fds)
-                                log_debug("notify socket: closed file descriptors sent by pid %d", (int) cred->pid);
+                                log_debug("notify socket: refused file descriptors sent by pid %d", (int) cred->pid);
                         s->callback(s->userdata, cred->pid, &msg);
                 }
         }
@@ -125,7 +147,8 @@ int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd_, NotifyCallbac
         int one = 1, bufsize = 1024 * 1024;
         _cleanup_close_ int fd = fd_;
 
-        *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata };
+        *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata,
+                              .closer_waiter = { .resume = on_closer_ready, .userdata = s } };
         (void) fd_cloexec(fd, true);
         (void) fd_nonblock(fd, true);
         socklen_t salen = sizeof(sa);
@@ -152,7 +175,10 @@ int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd_, NotifyCallbac
 void notify_server_stop(NotifyServer *s) {
         if (s->fd < 0)
                 return;
+        closer_unwait(&s->closer_waiter);
         uv_poll_stop(&s->poll);
         uv_close((uv_handle_t *) &s->poll, NULL);
-        s->fd = safe_close(s->fd);
+        /* Datagrams still queued may carry fds; closing the socket
+         * releases them in the closing task. */
+        s->fd = closer_close(s->fd);
 }

@@ -4,12 +4,15 @@
  * the kernel (autobind), so nobody can take it before us. Each datagram is
  * checked (credentials present, not truncated, no NUL, parseable) and
  * handed to the callback with the sender's pid; the callback decides
- * whether that pid is a current worker. fds sent along are closed at once. */
+ * whether that pid is a current worker. fds sent along are handed to the
+ * closer thread (closer.h), never closed on the loop; while it has no
+ * room, the socket is not read. */
 #pragma once
 
 #include <sys/types.h>
 #include <uv.h>
 
+#include "closer.h"
 #include "notify-msg.h"
 
 typedef void (*NotifyCallback)(void *userdata, pid_t pid, const NotifyMsg *msg);
@@ -22,6 +25,7 @@ typedef struct NotifyServer {
         void *userdata;
         uint64_t n_dropped;
         uint64_t last_warn_usec;
+        CloserWaiter closer_waiter;   /* reading waits for the closer (closer.h) */
 } NotifyServer;
 
 /* Create, bind (autobind: s->path gets the kernel's name) and start
