@@ -782,11 +782,6 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                          balance_to_string(config->balance));
         }
 
-        r = notify_fd >= 0 ? notify_server_adopt(&m->notify, loop, notify_fd, on_notify, m)
-                           : notify_server_start(&m->notify, loop, config->name, on_notify, m);
-        if (r < 0)
-                return log_error_errno(r, "cannot create the notify socket: %m");
-
         _cleanup_free_ char *control = control_socket_path(config->control, config->name);
         if (!control)
                 log_notice("no control socket: set XDG_RUNTIME_DIR or --control to use corralctl");
@@ -795,6 +790,15 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 return r;
         else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands_dispatch, m)) < 0)
                 return r;
+
+        /* After the control socket: the notify socket goes in its
+         * directory, which control_server_start() made and checked. */
+        r = notify_fd >= 0 ? notify_server_adopt(&m->notify, loop, notify_fd, on_notify, m)
+                           : notify_server_start(&m->notify, loop, control, on_notify, m);
+        if (r < 0 && notify_fd >= 0)
+                return log_error_errno(r, "cannot adopt the notify socket: %m");
+        if (r < 0)
+                return r;       /* logged */
 
         uv_signal_start(&m->sig_chld, on_sigchld, SIGCHLD);
         uv_signal_start(&m->sig_term, on_sigterm, SIGTERM);

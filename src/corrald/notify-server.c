@@ -2,7 +2,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -122,24 +124,92 @@ static void on_readable(uv_poll_t *h, int status, int events) {
         notify_server_drain(s);
 }
 
-int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *instance, NotifyCallback cb,
+/* The path of the fallback: a directory of our own, made by mkdtemp()
+ * (mode 0700), under $TMPDIR or /tmp. */
+#define FALLBACK_PREFIX "corral-notify."
+#define FALLBACK_NAME "notify"
+
+static int fallback_path(char *buf, size_t size) {
+        const char *tmp = getenv("TMPDIR");
+        if (!tmp || tmp[0] != '/' || strlen(tmp) + sizeof("/" FALLBACK_PREFIX "XXXXXX/" FALLBACK_NAME) > size)
+                tmp = "/tmp";
+        snprintf(buf, size, "%s/" FALLBACK_PREFIX "XXXXXX", tmp);
+        if (!mkdtemp(buf))
+                return -errno;
+        strcat(buf, "/" FALLBACK_NAME);
+        return 0;
+}
+
+int notify_socket_path(const char *control, char *buf, size_t size) {
+        struct sockaddr_un sa;
+        if (control) {
+                size_t n = strlen(control);
+                if (n > 5 && strcmp(control + n - 5, ".sock") == 0)
+                        n -= 5;
+                if (n + strlen(".notify") < MIN(size, sizeof(sa.sun_path))) {
+                        snprintf(buf, size, "%.*s.notify", (int) n, control);
+                        return 0;
+                }
+                log_notice("notify socket: %.*s.notify would be longer than the %zu bytes a socket path may "
+                           "have; using a directory of our own instead", (int) n, control,
+                           sizeof(sa.sun_path) - 1);
+        }
+        return fallback_path(buf, MIN(size, sizeof(sa.sun_path)));
+}
+
+/* Remove a stale socket at path (one a dead corrald left): only a socket,
+ * and only if nobody receives on it. Returns 0 when path is free, or a
+ * negative errno after logging why not. */
+static int clear_path(const char *path, const struct sockaddr_un *sa) {
+        struct stat st;
+        if (lstat(path, &st) == -1)
+                return errno == ENOENT ? 0 : log_error_errno(-errno, "notify socket %s: %m", path);
+        if (!S_ISSOCK(st.st_mode))
+                return log_error_errno(-EEXIST, "notify socket %s: a file that is not a socket is there; "
+                                       "refusing to replace it", path);
+        _cleanup_close_ int probe = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (probe >= 0 && connect(probe, (const struct sockaddr *) sa, sizeof(*sa)) == 0)
+                return log_error_errno(-EADDRINUSE, "notify socket %s: another corrald receives on it", path);
+        if (unlink(path) == -1 && errno != ENOENT)
+                return log_error_errno(-errno, "cannot remove the stale notify socket %s: %m", path);
+        return 0;
+}
+
+int notify_server_start(NotifyServer *s, uv_loop_t *loop, const char *control, NotifyCallback cb,
                         void *userdata) {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        int r;
 
         *s = (NotifyServer) { .fd = -EBADF, .callback = cb, .userdata = userdata };
+        /* A filesystem socket, not an abstract one: anyone may send to an
+         * abstract name (it is in /proc/net/unix for all to read), but
+         * sending to a socket file takes write permission on it (unix(7)).
+         * Mode 0600 leaves only our own uid (and root): a stranger gets
+         * EACCES and can hand us neither datagrams nor fds (SPEC §3). Its
+         * directory is the control socket's, which control.c has made and
+         * checked already. */
+        r = notify_socket_path(control, sa.sun_path, sizeof(sa.sun_path));
+        if (r < 0)
+                return log_error_errno(r, "cannot make a directory for the notify socket: %m");
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
         if (fd < 0)
-                return -errno;
-
-        /* Kernel autobind (unix(7)): binding with an address of just
-         * sun_family makes the kernel pick an unused abstract name of five
-         * hex digits. A name we chose ourselves ("@corral/NAME/PID/notify",
-         * as before) is predictable, and any local user could bind it first
-         * and keep us from starting. The sender check is by SCM_CREDENTIALS,
-         * not by the name. The name is read back for NOTIFY_SOCKET. */
-        if (bind(fd, (struct sockaddr *) &sa, sizeof(sa_family_t)) == -1)
-                return -errno;
-        return notify_server_adopt(s, loop, TAKE_FD(fd), cb, userdata);
+                return log_error_errno(-errno, "notify socket: %m");
+        if ((r = clear_path(sa.sun_path, &sa)) < 0)
+                return r;
+        /* 0600 from the start: the umask leaves no window in which the
+         * socket is more open. We are single-threaded here (the closer
+         * thread does not create files). */
+        mode_t old = umask(0177);
+        r = bind(fd, (struct sockaddr *) &sa, sizeof(sa)) == -1 ? -errno : 0;
+        umask(old);
+        if (r < 0)
+                return log_error_errno(r, "cannot bind the notify socket %s: %m", sa.sun_path);
+        r = notify_server_adopt(s, loop, TAKE_FD(fd), cb, userdata);
+        if (r < 0) {
+                (void) unlink(sa.sun_path);
+                return log_error_errno(r, "notify socket %s: %m", sa.sun_path);
+        }
+        return 0;
 }
 
 int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd_, NotifyCallback cb, void *userdata) {
@@ -155,11 +225,23 @@ int notify_server_adopt(NotifyServer *s, uv_loop_t *loop, int fd_, NotifyCallbac
         if (getsockname(fd, (struct sockaddr *) &sa, &salen) == -1)
                 return -errno;
         size_t len = salen > offsetof(struct sockaddr_un, sun_path) ? salen - offsetof(struct sockaddr_un, sun_path) : 0;
-        if (len < 2 || sa.sun_path[0] != 0 || len >= sizeof(s->path) || memchr(sa.sun_path + 1, 0, len - 1))
+        if (len >= 2 && sa.sun_path[0] == '/') {
+                /* A socket file (ours): the kernel may or may not count the
+                 * terminating NUL in salen. */
+                size_t n = strnlen(sa.sun_path, len);
+                if (n >= sizeof(s->path))
+                        return -EADDRNOTAVAIL;
+                memcpy(s->path, sa.sun_path, n);
+                s->path[n] = 0;
+        } else if (len >= 2 && sa.sun_path[0] == 0 && len < sizeof(s->path) && !memchr(sa.sun_path + 1, 0, len - 1)) {
+                /* An abstract name: older corralds bound one, and an
+                 * upgrade from such a corrald hands it over. Its workers
+                 * know only that name, so it is kept until the next start. */
+                s->path[0] = '@';
+                memcpy(s->path + 1, sa.sun_path + 1, len - 1);
+                s->path[len] = 0;
+        } else
                 return -EADDRNOTAVAIL;
-        s->path[0] = '@';
-        memcpy(s->path + 1, sa.sun_path + 1, len - 1);
-        s->path[len] = 0;
         if (setsockopt(fd, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) == -1)
                 return -errno;
         (void) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsize, sizeof(bufsize));
@@ -181,4 +263,19 @@ void notify_server_stop(NotifyServer *s) {
         /* Datagrams still queued may carry fds; closing the socket
          * releases them in the closing task. */
         s->fd = closer_close(s->fd);
+        /* A clean exit. (An upgrade never gets here: it carries the socket
+         * across execve() and the next corrald adopts it, path and all.) */
+        if (s->path[0] == '/') {
+                (void) unlink(s->path);
+                /* The fallback directory was ours alone; rmdir() leaves it
+                 * if anything else is in it. */
+                char *slash = strrchr(s->path, '/');
+                if (slash && strcmp(slash + 1, FALLBACK_NAME) == 0) {
+                        *slash = 0;
+                        const char *base = strrchr(s->path, '/');
+                        if (base && strncmp(base + 1, FALLBACK_PREFIX, strlen(FALLBACK_PREFIX)) == 0)
+                                (void) rmdir(s->path);
+                }
+                s->path[0] = 0;
+        }
 }
