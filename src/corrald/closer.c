@@ -127,8 +127,7 @@ int closer_start(uv_loop_t *loop) {
 
         if (uv_poll_init(loop, &c.poll, c.wfd) == 0) {
                 c.poll_ready = true;
-                /* Waiting for room never keeps the loop alive by itself. */
-                uv_unref((uv_handle_t *) &c.poll);
+                uv_unref((uv_handle_t *) &c.poll);      /* see update_poll() */
         }
         return 0;
 }
@@ -186,6 +185,15 @@ static void on_writable(uv_poll_t *h, int status, int events) {
 
 static void update_poll(void) {
         bool want = c.poll_ready && (c.waiters || c.n_overflow > 0);
+        if (!c.poll_ready)
+                return;
+        /* A reader waiting for us is work in progress and keeps the loop
+         * alive (its own handle is stopped meanwhile); fds in the overflow
+         * alone are not: at exit, the kernel closes them. */
+        if (c.waiters)
+                uv_ref((uv_handle_t *) &c.poll);
+        else
+                uv_unref((uv_handle_t *) &c.poll);
         if (want == c.poll_active)
                 return;
         c.poll_active = want;
