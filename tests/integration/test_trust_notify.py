@@ -65,12 +65,13 @@ def lingering(port):
 
 kept = []
 
-def send_with(sock, data, socks, addr=None):
-    """sendmsg data with socks attached, then drop our copies at once, so
-    that the receiver holds the last reference. Returns 0 or the errno.
-    Sockets that could not be sent are kept: closing them here would
-    linger; os._exit() at the end drops them without lingering (the kernel
-    does not linger for an exiting task, inet_release())."""
+def send_with(sock, data, socks, addr=None, close=True):
+    """sendmsg data with socks attached, then (close=True) drop our copies
+    at once, so that the receiver most likely holds the last reference
+    (if it was quicker, our own close lingers instead). Returns 0 or the
+    errno. Sockets that could not be sent are kept: closing them here
+    would linger; os._exit() at the end drops them without lingering (the
+    kernel does not linger for an exiting task, inet_release())."""
     anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno() for s in socks]))]
     try:
         if addr is None:
@@ -80,8 +81,11 @@ def send_with(sock, data, socks, addr=None):
     except OSError as e:
         kept.extend(socks)
         return e.errno
-    for s in socks:
-        s.close()
+    if close:
+        for s in socks:
+            s.close()
+    else:
+        kept.extend(socks)
     return 0
 '''
 
@@ -101,24 +105,33 @@ print(json.dumps(out), flush=True)
 os._exit(0)
 '''
 
-# A worker: slot 0 attacks once (both channels), writes a marker, then
-# becomes corral-hello like the others. CORRAL_IPC_FD stays open across
+# A worker: slot 0 attacks once (both channels, from a child), writes a
+# marker, then becomes corral-hello like the others. CORRAL_IPC_FD stays open across
 # the exec (it is not CLOEXEC).
 WORKER = WEAPON + r'''
 import sys
 marker, port, hello = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 if os.environ.get("CORRAL_WORKER_ID") == "0" and not os.path.exists(marker):
-    ipc = socket.socket(fileno=os.dup(int(os.environ["CORRAL_IPC_FD"])))
-    r1 = send_with(ipc, b'{"type":"message","data":"linger"}\n', [lingering(port), lingering(port)])
-    ipc.close()
-    path = os.environ["NOTIFY_SOCKET"]
-    addr = "\0" + path[1:] if path.startswith("@") else path
-    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    r2 = send_with(d, b"STATUS=linger attack", [lingering(port), lingering(port)], addr)
-    d.close()
-    with open(marker + ".tmp", "w") as f:
-        f.write("%d %d" % (r1, r2))
-    os.rename(marker + ".tmp", marker)
+    # A child of the worker (its notify datagrams count as the worker's)
+    # sends and drops its copies at once, with nothing in between that
+    # could let the master run first, so that the master most likely holds
+    # the last reference. Should the master have been quicker, the child's
+    # own close lingers, which delays only the child and its report (the
+    # marker); the worker itself goes on at once.
+    if os.fork() == 0:
+        try:
+            ipc = socket.socket(fileno=int(os.environ["CORRAL_IPC_FD"]))
+            path = os.environ["NOTIFY_SOCKET"]
+            addr = "\0" + path[1:] if path.startswith("@") else path
+            d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            a, b, c, e = lingering(port), lingering(port), lingering(port), lingering(port)
+            r1 = send_with(ipc, b'{"type":"message","data":"linger"}\n', [a, b])
+            r2 = send_with(d, b"STATUS=linger attack", [c, e], addr)
+            with open(marker + ".tmp", "w") as f:
+                f.write("%d %d" % (r1, r2))
+            os.rename(marker + ".tmp", marker)
+        finally:
+            os._exit(0)
 os.execv(hello, [hello])
 '''
 
@@ -247,7 +260,8 @@ def worker_lingering_fds_are_closed_off_the_loop():
     try:
         # Slot 0 attacks before it becomes corral-hello; the watch starts
         # as soon as its fds are on their way.
-        wait_for(lambda: os.path.exists(marker), 30, "the worker's attack")
+        # Up to 2 x 20 s if the attacker's own closes came last and lingered.
+        wait_for(lambda: os.path.exists(marker), 60, "the worker's attack")
         eq(open(marker).read(), "0 0", "the worker's sends (IPC, notify)")
         worst_status, worst_get, failures = watch(c, port)
         diag("worker: worst status %.3fs, worst request %.3fs" % (worst_status, worst_get))
@@ -281,6 +295,49 @@ def list_does_not_show_the_notify_socket():
     finally:
         finish(c, n)
         os.rmdir(rd)
+
+
+@case
+def the_notify_socket_survives_an_upgrade():
+    """The upgrade carries the socket across execve(): the file stays (not
+    unlinked), the new corrald reads its path back, and a worker started
+    after the upgrade gets the same NOTIFY_SOCKET and becomes ready."""
+    c, n, _ = start("trust-upgrade", 1, [HELLO])
+    try:
+        path = worker_notify_socket(c)
+        old = slot(wait_status(c, lambda s: slot(s, 0)["state"] == "ready", 10, "slot 0 ready"), 0)["pid"]
+        p = ctl(c, "upgrade")
+        eq(p.returncode, 0, "corralctl upgrade: %s%s" % (p.stdout, p.stderr))
+        assert stat.S_ISSOCK(os.lstat(path).st_mode), "the notify socket is gone after the upgrade"
+        p = ctl(c, "restart", "0")
+        eq(p.returncode, 0, "corralctl restart 0: %s%s" % (p.stdout, p.stderr))
+        s = wait_status(c, lambda s: slot(s, 0)["pid"] != old and slot(s, 0)["state"] == "ready", 20,
+                        "a new slot 0 ready")
+        eq(proc_environ(slot(s, 0)["pid"])["NOTIFY_SOCKET"], path, "NOTIFY_SOCKET after the upgrade")
+    finally:
+        finish(c, n)
+    assert not os.path.lexists(path), "the notify socket is left behind after a clean exit"
+
+
+@case
+def unprivileged_without_a_runtime_directory_uses_a_private_directory():
+    """Embedded mode as a normal user with no XDG_RUNTIME_DIR: no control
+    socket, so the notify socket goes in a mkdtemp() directory of its own
+    (0700), and both go away on exit."""
+    w = ("import os, socket, time; p = os.environ['NOTIFY_SOCKET']; print('NOTIFY_SOCKET=' + p, flush=True);"
+         "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', p); time.sleep(600)")
+    c = Corrald(["-n", "trust-fallback", "-w", "1"], [PY, "-c", w], user=NOBODY, own_control=False,
+                env={"XDG_RUNTIME_DIR": "", "RUNTIME_DIRECTORY": "", "TMPDIR": ""})
+    try:
+        path = c.wait_line(r"NOTIFY_SOCKET=(/tmp/corral-notify\.[A-Za-z0-9]{6}/notify)$").group(1)
+        c.wait_line(r"worker 0 \(pid \d+\) is ready")
+        st, dst = os.lstat(path), os.lstat(os.path.dirname(path))
+        eq((stat.S_ISSOCK(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid), (True, 0o600, NOBODY), "the socket")
+        eq((stat.S_IMODE(dst.st_mode), dst.st_uid), (0o700, NOBODY), "its directory")
+        eq(c.stop(), 0, "corrald's exit status\n" + c.output())
+        assert not os.path.lexists(os.path.dirname(path)), "%s is left behind" % os.path.dirname(path)
+    finally:
+        c.kill()
 
 
 if __name__ == "__main__":
