@@ -1,7 +1,10 @@
-/* File-descriptor helpers: closing that tolerates -EBADF, flag setters. */
+/* File-descriptor helpers: closing that tolerates -EBADF, flag setters,
+ * the fds of SCM_RIGHTS messages, the sweep before exec. */
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <sys/socket.h>
 #include "macros.h"
 
 /* Close fd if it is valid; always returns -EBADF so callers can write
@@ -21,6 +24,33 @@ int fd_nonblock(int fd, bool nonblock);
  * the result. For use between fork() and exec(); async-signal-safe.
  * Returns 0 or -errno. */
 int fd_move_to(int fd, int target);
+
+/* Mark every fd >= first FD_CLOEXEC, so that an exec() keeps only those
+ * below it: close_range(CLOSE_RANGE_CLOEXEC) (Linux 5.11), else
+ * fd_cloexec_from_proc(), else fd_cloexec_to_limit(). For use between
+ * fork() and exec(): async-signal-safe, no malloc. Returns 0 or -errno. */
+int fd_cloexec_from(int first);
+
+/* The fallbacks, separately for the tests. _from_proc() reads
+ * /proc/self/fd with getdents64() into a buffer on the stack (-ENOENT and
+ * the like without /proc); _to_limit() tries every number up to the soft
+ * RLIMIT_NOFILE, which no open fd can exceed while the limit only ever
+ * grows (corrald raises it, never lowers it while running). */
+int fd_cloexec_from_proc(int first);
+int fd_cloexec_to_limit(int first);
+
+/* Close every fd carried in mh's SCM_RIGHTS messages with close_fd
+ * (safe_close when NULL) and mark their entries -EBADF; entries already
+ * taken or closed (negative) are skipped. Returns how many were closed. Does not log. As systemd's cmsg_close_all(). */
+size_t cmsg_close_all_with(struct msghdr *mh, int (*close_fd)(int fd));
+static inline size_t cmsg_close_all(struct msghdr *mh) {
+        return cmsg_close_all_with(mh, NULL);
+}
+
+/* Take the first fd of mh's SCM_RIGHTS messages out (its entry becomes
+ * -EBADF, so that cmsg_close_all() then closes only the others). Returns
+ * the fd, owned by the caller, or -EBADF when there is none. */
+int cmsg_take_first_fd(struct msghdr *mh);
 
 /* Write the whole buffer, retrying on EINTR; for blocking fds only.
  * Returns 0 or -errno. */

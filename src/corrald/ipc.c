@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "closer.h"
 #include "fd-util.h"
 #include "ipc.h"
 #include "log.h"
@@ -26,9 +27,10 @@
 /* Reads per wakeup: bounded so one chatty worker cannot hold the loop. */
 #define IPC_READS_PER_WAKEUP 8
 #define IPC_CHUNK 16384
-/* SCM_RIGHTS fds accepted per recvmsg(); the kernel drops (closes) any
- * that do not fit and sets MSG_CTRUNC. */
-#define IPC_FDS_PER_READ 16
+/* SCM_RIGHTS fds accepted per recvmsg(): as many as one sendmsg() can
+ * attach. Any that did not fit would be released by the kernel in our
+ * task, that is on the loop, where their close may block (closer.h). */
+#define IPC_FDS_PER_READ CLOSER_MSG_FDS_MAX
 
 _printf_(2, 3) static void log_bad_input(Ipc *ipc, const char *fmt, ...) {
         unsigned suppressed = 0;
@@ -49,11 +51,20 @@ _printf_(2, 3) static void log_bad_input(Ipc *ipc, const char *fmt, ...) {
 static void on_poll(uv_poll_t *h, int status, int events);
 
 static void update_events(Ipc *ipc) {
-        int want = UV_READABLE | (ipc_queued(ipc) > 0 ? UV_WRITABLE : 0);
+        int want = (ipc->read_paused ? 0 : UV_READABLE) | (ipc_queued(ipc) > 0 ? UV_WRITABLE : 0);
         if (!ipc->open || want == ipc->events)
                 return;
         ipc->events = want;
-        uv_poll_start(&ipc->poll, want, on_poll);
+        if (want == 0)
+                uv_poll_stop(&ipc->poll);
+        else
+                uv_poll_start(&ipc->poll, want, on_poll);
+}
+
+static void on_closer_ready(CloserWaiter *w) {
+        Ipc *ipc = w->userdata;
+        ipc->read_paused = false;
+        update_events(ipc);
 }
 
 size_t ipc_queued(const Ipc *ipc) {
@@ -108,21 +119,12 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
                 ipc->on_line(ipc, line);
 }
 
+/* The worker's fds go to the closer: the last reference may be ours, and
+ * the close of, say, a lingering socket would block the loop. */
 static void refuse_fds(Ipc *ipc, struct msghdr *mh) {
-        unsigned n = 0;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < k; i++) {
-                        int fd;
-                        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                        safe_close(fd);
-                        n++;
-                }
-        }
+        size_t n = cmsg_close_all_with(mh, closer_close);
         if (mh->msg_flags & MSG_CTRUNC)
-                n++;    /* at least one more, which the kernel closed for us */
+                n++;    /* at least one more, which the kernel closed for us (we ran out of fds) */
         if (n > 0) {
                 ipc->fds_refused += n;
                 log_bad_input(ipc, "sent file descriptors on its IPC channel; closed them");
@@ -166,6 +168,17 @@ static void on_readable(Ipc *ipc) {
                 struct iovec iov = { chunk, sizeof(chunk) };
                 struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
                                      .msg_control = &control, .msg_controllen = sizeof(control) };
+
+                /* Any read may bring fds: read only while the closer can
+                 * take as many as one read can bring. Otherwise the input
+                 * waits in the kernel (and the worker's writes block or
+                 * fail with EAGAIN) until the closer has caught up. */
+                if (!closer_ready()) {
+                        ipc->read_paused = true;
+                        update_events(ipc);
+                        closer_wait(&ipc->closer_waiter);
+                        return;
+                }
 
                 /* MSG_CMSG_CLOEXEC: an fd the worker sends must not leak into
                  * a worker we fork before we close it (it is closed below,
@@ -383,6 +396,8 @@ int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd) {
         ipc->out_head = ipc->out_len = ipc->out_cap = 0;
         ipc->mid_line = false;
         ipc->dropped = ipc->malformed = ipc->fds_refused = 0;
+        ipc->read_paused = false;
+        ipc->closer_waiter = (CloserWaiter) { .resume = on_closer_ready, .userdata = ipc };
         ipc->log_limit = RATELIMIT_INIT(IPC_LOG_INTERVAL_USEC, IPC_LOG_BURST);
         if ((r = fd_nonblock(fd, true)) < 0)
                 goto fail;
@@ -406,7 +421,10 @@ fail:
 
 static void on_closed(uv_handle_t *h) {
         Ipc *ipc = h->data;
-        ipc->fd = safe_close(ipc->fd);
+        /* Our end may still hold lines with fds the worker attached and we
+         * did not read: closing it releases them, so it is the closer's
+         * to close too. */
+        ipc->fd = closer_close(ipc->fd);
         free(ipc->buf);
         ipc->buf = NULL;
         free(ipc->out);
@@ -420,6 +438,7 @@ void ipc_close(Ipc *ipc) {
         if (!ipc->open)
                 return;
         ipc->open = false;
+        closer_unwait(&ipc->closer_waiter);
         uv_poll_stop(&ipc->poll);
         uv_close((uv_handle_t *) &ipc->poll, on_closed);
 }

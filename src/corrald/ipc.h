@@ -13,7 +13,9 @@
  *     succeeds or fails at once, so the caller can try another worker.
  *   - A malformed or oversize incoming line is dropped, counted in
  *     `malformed` and logged at a bounded rate; fds a worker attaches to
- *     its writes are closed at once (counted in `fds_refused`).
+ *     its writes are refused (counted in `fds_refused`) and closed by the
+ *     closer thread, never on the loop (closer.h). While the closer has
+ *     no room, the channel is not read.
  *   - The channel closes only on EOF or a socket error (the worker is
  *     gone), or when the owner calls ipc_close().
  *
@@ -26,6 +28,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "closer.h"
 #include "ipc-msg.h"
 #include "policy.h"
 
@@ -55,6 +58,8 @@ struct Ipc {
         int fd;
         bool open;               /* the poll handle is initialised and not closed */
         int events;              /* what the poll handle watches now */
+        bool read_paused;        /* waits for the closer to have room (closer_waiter) */
+        CloserWaiter closer_waiter;
 
         char *buf;               /* partial incoming line, IPC_LINE_MAX + 1 */
         size_t len;

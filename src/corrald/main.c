@@ -9,6 +9,7 @@
 #include <string.h>
 #include <uv.h>
 
+#include "closer.h"
 #include "commands.h"
 #include "config.h"
 #include "fd-util.h"
@@ -205,6 +206,14 @@ int main(int argc, char *argv[]) {
         signal(SIGPIPE, SIG_IGN);
 
         uv_loop_t *loop = uv_default_loop();
+        /* Before any fd from a worker can arrive: fds others pass us are
+         * closed by this thread, never on the loop (closer.h). Without it
+         * any worker could freeze us, so it is not optional. */
+        r = closer_start(loop);
+        if (r < 0) {
+                log_error("cannot start the thread that closes passed file descriptors: %s", strerror(-r));
+                return 1;
+        }
         Manager m;
         r = manager_start(&m, loop, config, &o, commands_dispatch);
         if (r < 0) {

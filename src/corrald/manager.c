@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
 
+#include "closer.h"
 #include "fd-util.h"
 #include "log.h"
 #include "manager.h"
@@ -712,6 +713,7 @@ void manager_close(Manager *m) {
         notify_server_stop(&m->notify);
         control_server_stop(&m->control);
         handoff_stop(&m->handoff);
+        closer_stop();
 }
 
 int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands) {
@@ -767,11 +769,6 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                          balance_to_string(config->balance));
         }
 
-        r = notify_fd >= 0 ? notify_server_adopt(&m->notify, loop, notify_fd, on_notify, m)
-                           : notify_server_start(&m->notify, loop, config->name, on_notify, m);
-        if (r < 0)
-                return log_error_errno(r, "cannot create the notify socket: %m");
-
         _cleanup_free_ char *control = control_socket_path(config->control, config->name);
         if (!control)
                 log_notice("no control socket: set XDG_RUNTIME_DIR or --control to use corralctl");
@@ -780,6 +777,15 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 return r;
         else if (control_fd < 0 && (r = control_server_start(&m->control, loop, control, commands, m)) < 0)
                 return r;
+
+        /* After the control socket: the notify socket goes in its
+         * directory, which control_server_start() made and checked. */
+        r = notify_fd >= 0 ? notify_server_adopt(&m->notify, loop, notify_fd, on_notify, m)
+                           : notify_server_start(&m->notify, loop, control, on_notify, m);
+        if (r < 0 && notify_fd >= 0)
+                return log_error_errno(r, "cannot adopt the notify socket: %m");
+        if (r < 0)
+                return r;       /* logged */
 
         for (size_t i = 0; i < ELEMENTSOF(signal_table); i++)
                 uv_signal_start(&m->signals[i], signal_table[i].cb, signal_table[i].signum);

@@ -18,7 +18,6 @@
  * waits), and that worker's output then stays corrald's own. The header is
  * written while still non-blocking; it fits an empty socket buffer. */
 #include <fcntl.h>
-#include <linux/close_range.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -274,11 +273,14 @@ _noreturn_ static void child(const SpawnParams *p, const SpawnJournal *journal, 
 
         /* Anything above our set that is not CLOEXEC came from whoever
          * started corrald; mark it CLOEXEC so the worker sees exactly 0-2,
-         * its listeners and the IPC socket (close_range(2), Linux 5.11). */
-        if (close_range((unsigned) high, ~0U, CLOSE_RANGE_CLOEXEC) == -1)
-                for (int fd = high; fd < 4096; fd++)
-                        if (fd != err_pipe)
-                                (void) fd_cloexec(fd, true);
+         * its listeners and the IPC socket. Without close_range(2) (Linux
+         * 5.11) every open fd is visited, not just those below some
+         * number: corrald raised RLIMIT_NOFILE to the hard limit, so its
+         * fds go far above 4096. (err_pipe is CLOEXEC already; it stays
+         * open until the exec.) */
+        int r = fd_cloexec_from(high);
+        if (r < 0)
+                child_fail(err_pipe, "setup", -r);
 
         if (listen_pid)
                 fill_pid(listen_pid, getpid());

@@ -31,6 +31,7 @@
 
 #include "corral-internal.h"
 #include "corral.h"
+#include "fd-util.h"
 #include "ipc-msg.h"
 #include "macros.h"
 
@@ -174,25 +175,6 @@ static int channel_init(void) {
         return fd;
 }
 
-static void close_fds_in(struct msghdr *mh, int *ret_first) {
-        *ret_first = -1;
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c; c = CMSG_NXTHDR(mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t k = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                for (size_t i = 0; i < k; i++) {
-                        int fd;
-                        memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-                        if (*ret_first < 0)
-                                *ret_first = fd;
-                        else {
-                                close(fd);      /* one fd per hand-off; extra ones are not ours to keep */
-                                ch.dropped++;
-                        }
-                }
-        }
-}
-
 static void drop_attachments(uint64_t from, uint64_t to);
 
 /* Read once. Returns 1 when bytes were added, 0 at EOF (ch.eof set),
@@ -229,9 +211,11 @@ static int read_more(int fd, bool block) {
                 }
                 if (n == -1)
                         return -errno;
-                int first = -1;
-                if (mh.msg_controllen > 0)
-                        close_fds_in(&mh, &first);
+                /* One fd per hand-off; extra ones are not ours to keep.
+                 * A plain close() is right here: we are the worker, and
+                 * our master sends only accepted connections. */
+                int first = cmsg_take_first_fd(&mh);
+                ch.dropped += cmsg_close_all(&mh);
                 if (n == 0) {
                         if (first >= 0)
                                 close(first);

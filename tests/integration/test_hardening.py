@@ -63,7 +63,9 @@ def notify_socket_name_cannot_be_squatted():
             n.wait("READY", "1")
             assert c.master_pid() in range(nxt + 1, nxt + 300), "corrald's pid %d was squatted" % c.master_pid()
             env = proc_environ(c.workers()[0])
-            assert re.fullmatch(r"@[0-9a-f]{5}", env["NOTIFY_SOCKET"]), env["NOTIFY_SOCKET"]
+            # Not an abstract name at all any more: a socket file beside
+            # the control socket (issue 19, item 2).
+            eq(env["NOTIFY_SOCKET"], c.control[:-len(".sock")] + ".notify", "NOTIFY_SOCKET")
         finally:
             finish(c, n)
     finally:
@@ -253,7 +255,7 @@ def control_characters_from_workers_are_escaped_on_stderr():
     """#11.9: STATUS= text with ESC/BEL/CR reached the terminal raw."""
     w = ("import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); p=os.environ['NOTIFY_SOCKET'];"
          "os.write(int(os.environ['CORRAL_IPC_FD']), b'{\"type\":\"message\",\"data\":\"evil\\x1b[2J\\x07\\rX\"}\\n');"
-         "s.sendto(b'READY=1\\nSTATUS=evil\\x1b[2J\\x07\\rX', '\\0'+p[1:]);"
+         "s.sendto(b'READY=1\\nSTATUS=evil\\x1b[2J\\x07\\rX', p);"
          "import time; time.sleep(3600)")
     c, n = run(["-w", "1", "-n", "esc"], [sys.executable, "-c", w], env={"CORRAL_DEBUG": "1"})
     try:
@@ -613,7 +615,7 @@ def everything_at_once_status_answers_and_workers_serve():
         ns.setblocking(False)
         for i in range(20000):
             try:
-                ns.sendto(b"STATUS=flood %d" % i, "\0" + notify[1:])
+                ns.sendto(b"STATUS=flood %d" % i, notify)
             except BlockingIOError:
                 pass
         ns.close()

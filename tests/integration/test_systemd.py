@@ -309,6 +309,13 @@ def template_runs_node_python_and_shell_workers(sb):
         # DynamicUser=: corrald and its workers do not run as root.
         uid = sb.run(["sh", "-c", "grep ^Uid: /proc/%d/status" % sb.main_pid(u)]).stdout.split()[1]
         assert uid != "0", "%s runs as root" % u
+        # The workers' notify socket: a file beside the control socket in
+        # the RuntimeDirectory, the dynamic user's alone (issue 19, item 2).
+        inst = u[len("corral@"):-len(".service")]
+        path = "/run/corral/%s.notify" % inst
+        eq(sb.run(["stat", "-c", "%F %a %u", path]).stdout.split(), ["socket", "600", uid], "stat " + path)
+        env = sb.run(["sh", "-c", "tr '\\0' '\\n' < /proc/%d/environ" % workers_of(sb, u)[0]]).stdout
+        assert "NOTIFY_SOCKET=%s\n" % path in env, "%s worker environment: %r" % (u, env)
     for inst, want in (("node", "node "), ("py", "Hello World")):
         r = sb.run(CURL + ["--unix-socket", "/run/corral/%s.http.sock" % inst, "http://x/"], check=False)
         eq((r.returncode, r.stdout.startswith(want)), (0, True), "%s worker answers: %r %r" % (inst, r.stdout, r.stderr))

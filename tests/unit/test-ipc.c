@@ -8,6 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -15,6 +19,7 @@
 
 #include "test-helpers.h"
 
+#include "closer.h"
 #include "fd-util.h"
 #include "ipc.h"
 #include "util.h"
@@ -228,12 +233,13 @@ static void test_attached_fds_are_closed(void **state) {
 
         const char *line = "{\"type\":\"message\",\"data\":1}\n";
         send_with_fds(f->worker, line, strlen(line), fds, 3);
-        /* More than the master's control buffer takes: the kernel drops the rest. */
+        /* The master's control buffer takes as many as one sendmsg() can
+         * attach, so the kernel never has to release any in our task. */
         send_with_fds(f->worker, line, strlen(line), fds, ELEMENTSOF(fds));
         for (unsigned i = 0; i < ELEMENTSOF(fds); i++)
                 safe_close(fds[i]);
         RUN_UNTIL(f, f->n_messages == 2);
-        assert_true(f->ipc.fds_refused >= 3 + 16);
+        assert_int_eq(f->ipc.fds_refused, 3 + ELEMENTSOF(fds));
         /* Every fd the master received is gone again. */
         assert_int_eq(count_fds(), before);
         assert_true(f->ipc.open);
@@ -384,6 +390,105 @@ static void test_full_queue_drops_and_stays_open(void **state) {
         assert_true(f->ipc.open);
 }
 
+/* A TCP connection whose close() lingers: unsent data, a peer (a listener
+ * that never accepts, tiny receive buffer) with a zero window, SO_LINGER
+ * {1, 30}. *ret_listener ends it: closing the listener resets it. */
+static int lingering_socket(int *ret_listener) {
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        socklen_t salen = sizeof(sa);
+        int small = 4096;
+        int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(l >= 0);
+        assert_int_eq(setsockopt(l, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+        assert_int_eq(bind(l, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_eq(listen(l, 4), 0);
+        assert_int_eq(getsockname(l, (struct sockaddr *) &sa, &salen), 0);
+
+        int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(s >= 0);
+        assert_int_eq(setsockopt(s, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        assert_int_eq(connect(s, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        assert_int_eq(fd_nonblock(s, true), 0);
+        static char junk[65536];
+        while (send(s, junk, sizeof(junk), MSG_NOSIGNAL) > 0)
+                ;
+        assert_int_eq(errno, EAGAIN);
+        struct linger lg = { .l_onoff = 1, .l_linger = 30 };
+        assert_int_eq(setsockopt(s, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        int unsent = 0;
+        assert_int_eq(ioctl(s, TIOCOUTQ, &unsent), 0);
+        assert_true(unsent > 0);
+        *ret_listener = l;
+        return s;
+}
+
+/* The closer thread stuck in a lingering close: its pipe fills, the
+ * channel stops being read (nothing is closed on the loop), and once the
+ * close ends everything queued is closed and the channel is read again.
+ * Runs last: the closer, once started, stays for the process. */
+static void test_closer_backpressure(void **state) {
+        Fixture *f = *state;
+        unsigned max = 0;
+
+        /* As corrald does: the pipe's size follows the fd limit. */
+        assert_int_eq(rlimit_nofile_raise(), 0);
+        assert_int_eq(fd_budget(&max, NULL), 0);
+        unsigned before = count_fds();
+        assert_int_eq(closer_start(&f->loop), 0);
+        unsigned base = count_fds();    /* + the pipe: both ends stay open */
+
+        int listener, ling = lingering_socket(&listener);
+        uint64_t t0 = now_usec();
+        closer_close(ling);             /* ours was the only reference: the thread now waits */
+        assert_true(now_usec() - t0 < USEC_PER_SEC);
+
+        unsigned queued = 0;
+        while (closer_ready()) {
+                if (queued + base + 64 >= max) {
+                        /* The fd limit is lower than the pipe. */
+                        safe_close(listener);
+                        closer_stop();
+                        skip();
+                }
+                int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                assert_true(fd >= 0);
+                closer_close(fd);
+                queued++;
+        }
+        assert_true(queued >= CLOSER_MSG_FDS_MAX);
+
+        /* The worker's fds wait in the kernel: the channel is not read. */
+        int fds[3];
+        for (unsigned i = 0; i < ELEMENTSOF(fds); i++)
+                assert_true((fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0);
+        const char *line = "{\"type\":\"message\",\"data\":1}\n";
+        send_with_fds(f->worker, line, strlen(line), fds, ELEMENTSOF(fds));
+        for (unsigned i = 0; i < ELEMENTSOF(fds); i++)
+                safe_close(fds[i]);
+        RUN_UNTIL(f, f->ipc.read_paused);
+        for (unsigned i = 0; i < 10; i++)
+                uv_run(&f->loop, UV_RUN_NOWAIT);
+        assert_int_eq(f->n_messages, 0);
+
+        /* Lone fds past a full pipe wait in the overflow, not on the loop. */
+        for (unsigned i = 0; i < 10; i++)
+                closer_close(open("/dev/null", O_RDONLY | O_CLOEXEC));
+        assert_int_eq(closer_closed_on_loop(), 0);
+
+        /* End the linger: the listener's close resets the connection. */
+        safe_close(listener);
+        RUN_UNTIL(f, closer_ready());
+        RUN_UNTIL(f, !f->ipc.read_paused);
+        RUN_UNTIL(f, f->n_messages == 1);
+        assert_int_eq(f->ipc.fds_refused, ELEMENTSOF(fds));
+        assert_false(f->ipc.read_paused);
+        RUN_UNTIL(f, count_fds() == base);
+        assert_int_eq(closer_closed_on_loop(), 0);
+        assert_true(closer_queued() >= queued + 1 + 10 + ELEMENTSOF(fds));
+        closer_stop();
+        assert_int_eq(base, before + 2);
+}
+
 static void test_send_errors(void **state) {
         Fixture *f = *state;
         char *big = malloc(IPC_LINE_MAX + 2);
@@ -417,6 +522,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_full_queue_drops_and_stays_open, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_send_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_worker_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_closer_backpressure, setup, teardown),
         };
         return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);
 }

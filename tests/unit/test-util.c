@@ -1,5 +1,6 @@
 /* test-util: signal names, parse_u64, string vectors, format_duration,
- * the fd limit and budget. */
+ * the fd limit and budget, the CLOEXEC sweep before exec and the fds of
+ * SCM_RIGHTS messages. */
 #include <errno.h>
 #include <signal.h>
 #include <stdint.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "test-helpers.h"
@@ -280,6 +282,148 @@ static void test_fd_budget_counts_open_fds(void **state) {
         assert_int_equal(after, before);
 }
 
+/* ---- the sweep before exec ----------------------------------------------- */
+
+static bool is_cloexec(int fd) {
+        int flags = fcntl(fd, F_GETFD);
+        assert_true(flags >= 0);
+        return flags & FD_CLOEXEC;
+}
+
+/* fds without FD_CLOEXEC at 40 (below the sweep), 100, 4100 (above the
+ * 4096 where the old fallback stopped) and near the top of the limit. */
+static void sweep_case(int (*sweep)(int first), const char *what) {
+        struct rlimit orig, rl;
+        assert_int_equal(getrlimit(RLIMIT_NOFILE, &orig), 0);
+        if (orig.rlim_max < 8192)
+                skip();
+        rl = (struct rlimit) { .rlim_cur = orig.rlim_max > 200000 ? 200000 : orig.rlim_max, .rlim_max = orig.rlim_max };
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+
+        int base = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        assert_true(base >= 0);
+        int fds[] = { 40, 100, 4100, (int) rl.rlim_cur - 1 };
+        for (size_t i = 0; i < ELEMENTSOF(fds); i++) {
+                assert_int_eq(dup2(base, fds[i]), fds[i]);      /* dup2: not CLOEXEC */
+                assert_false(is_cloexec(fds[i]));
+        }
+        assert_int_eq(sweep(50), 0);
+        if (is_cloexec(fds[0]))
+                fail_msg("%s: fd 40, below the sweep, was marked", what);
+        for (size_t i = 1; i < ELEMENTSOF(fds); i++)
+                if (!is_cloexec(fds[i]))
+                        fail_msg("%s: fd %d was left without FD_CLOEXEC", what, fds[i]);
+        /* Marked, not closed: the exec does the closing. */
+        for (size_t i = 0; i < ELEMENTSOF(fds); i++)
+                assert_int_eq(close(fds[i]), 0);
+        safe_close(base);
+        assert_int_equal(setrlimit(RLIMIT_NOFILE, &orig), 0);
+}
+
+static void test_fd_cloexec_from_proc(void **state) {
+        sweep_case(fd_cloexec_from_proc, "fd_cloexec_from_proc");
+}
+
+static void test_fd_cloexec_to_limit(void **state) {
+        sweep_case(fd_cloexec_to_limit, "fd_cloexec_to_limit");
+}
+
+static void test_fd_cloexec_from(void **state) {
+        sweep_case(fd_cloexec_from, "fd_cloexec_from");
+}
+
+/* ---- SCM_RIGHTS ---------------------------------------------------------- */
+
+/* Send `n` copies of /dev/null in one SCM_RIGHTS message over a socketpair
+ * and receive them into *mh (control in `control`). */
+static void receive_fds(int n, struct msghdr *mh, void *control, size_t control_len, int pair[2]) {
+        static char byte = 'x', got;
+        static struct iovec iov_out = { &byte, 1 }, iov_in = { &got, 1 };
+        int fds[8];
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(fds))];
+        } out = {};
+
+        assert_true(n > 0 && n <= 8);
+        assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+        for (int i = 0; i < n; i++)
+                assert_true((fds[i] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0);
+        struct msghdr m = { .msg_iov = &iov_out, .msg_iovlen = 1, .msg_control = &out,
+                            .msg_controllen = CMSG_SPACE(sizeof(int) * n) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+        memcpy(CMSG_DATA(c), fds, sizeof(int) * n);
+        assert_int_eq(sendmsg(pair[0], &m, 0), 1);
+        for (int i = 0; i < n; i++)
+                safe_close(fds[i]);
+        *mh = (struct msghdr) { .msg_iov = &iov_in, .msg_iovlen = 1, .msg_control = control,
+                                .msg_controllen = control_len };
+        assert_int_eq(recvmsg(pair[1], mh, MSG_CMSG_CLOEXEC), 1);
+}
+
+static unsigned closed_by_hook;
+static int counting_close(int fd) {
+        closed_by_hook++;
+        return safe_close(fd);
+}
+
+static void test_cmsg_close_all(void **state) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } control;
+        struct msghdr mh;
+        int pair[2];
+
+        unsigned before = count_fds();
+        receive_fds(3, &mh, &control, sizeof(control), pair);
+        assert_int_eq(count_fds(), before + 2 + 3);
+        assert_int_eq(cmsg_close_all(&mh), 3);
+        assert_int_eq(count_fds(), before + 2);
+        safe_close(pair[0]);
+        safe_close(pair[1]);
+
+        /* The hook gets each one; a message without fds closes nothing. */
+        receive_fds(2, &mh, &control, sizeof(control), pair);
+        closed_by_hook = 0;
+        assert_int_eq(cmsg_close_all_with(&mh, counting_close), 2);
+        assert_int_eq(closed_by_hook, 2);
+        assert_int_eq(count_fds(), before + 2);
+        mh.msg_controllen = 0;
+        assert_int_eq(cmsg_close_all(&mh), 0);
+        safe_close(pair[0]);
+        safe_close(pair[1]);
+        assert_int_eq(count_fds(), before);
+}
+
+static void test_cmsg_take_first_fd(void **state) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int) * 8)];
+        } control;
+        struct msghdr mh;
+        int pair[2];
+
+        unsigned before = count_fds();
+        receive_fds(3, &mh, &control, sizeof(control), pair);
+        int first = cmsg_take_first_fd(&mh);
+        assert_true(first >= 0);
+        assert_true(is_cloexec(first));         /* MSG_CMSG_CLOEXEC */
+        assert_int_eq(cmsg_close_all(&mh), 2);  /* the others, not the one taken */
+        assert_int_eq(fcntl(first, F_GETFD) >= 0, 1);
+        assert_int_eq(cmsg_take_first_fd(&mh) < 0, 1);  /* still there, but taken */
+        safe_close(first);
+        safe_close(pair[0]);
+        safe_close(pair[1]);
+        assert_int_eq(count_fds(), before);
+        mh.msg_control = NULL;
+        mh.msg_controllen = 0;
+        assert_int_eq(cmsg_take_first_fd(&mh), -EBADF);
+}
+
 static void test_now_usec(void **state) {
         uint64_t a = now_usec(), b = now_usec();
         assert_true(a > 0);
@@ -300,6 +444,11 @@ int main(void) {
                 cmocka_unit_test(test_now_usec),
                 cmocka_unit_test(test_rlimit_nofile_raise_restore),
                 cmocka_unit_test(test_fd_budget_counts_open_fds),
+                cmocka_unit_test(test_fd_cloexec_from_proc),
+                cmocka_unit_test(test_fd_cloexec_to_limit),
+                cmocka_unit_test(test_fd_cloexec_from),
+                cmocka_unit_test(test_cmsg_close_all),
+                cmocka_unit_test(test_cmsg_take_first_fd),
         };
         return cmocka_run_group_tests_name("util", tests, NULL, NULL);
 }
