@@ -89,10 +89,10 @@ int config_build(const ConfigOverrides *o, Config **ret, char **ret_error);
  * with a malloc'd "command line: --KEY: ..." in *ret_error, or -ENOMEM. */
 int config_check_overrides(const ConfigOverrides *o, char **ret_error);
 
-/* Whether this version of corrald can run c: the schema is the whole of
- * SPEC §2, but "round-robin" and "least-conn" balance are not implemented
- * yet. Returns 0, or -EOPNOTSUPP with a malloc'd message in *ret_error
- * ("FILE: balance: ..."). */
+/* Whether this version of corrald can run c: the place where a key that is
+ * parsed but cannot run yet is refused. Every key of SPEC §2 runs today,
+ * so it returns 0; else -EOPNOTSUPP with a malloc'd message in *ret_error
+ * ("FILE: KEY: ..."). */
 int config_check_supported(const Config *c, char **ret_error);
 
 Config *config_ref(Config *c);

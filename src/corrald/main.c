@@ -29,7 +29,7 @@ static void help(void) {
                "  -w, --workers N|auto    number of workers (default: auto = online CPUs)\n"
                "  -l, --listen ADDR       HOST:PORT, [V6]:PORT, PORT or unix:/path, optionally\n"
                "                          NAME=ADDR; repeatable; ignored when socket-activated\n"
-               "  -b, --balance MODE      shared (round-robin and least-conn are not implemented yet)\n"
+               "  -b, --balance MODE      shared, round-robin or least-conn (default: shared)\n"
                "  -n, --name NAME         instance name (default: config file name, or corral)\n"
                "      --control PATH      control socket path\n"
                "      --log TARGET        auto, journal or stderr (default: auto)\n"
