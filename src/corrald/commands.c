@@ -38,6 +38,11 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         bool handing = w && handoff;
         add_number_or_null(o, "connections", handing ? (double) handoff_open(w) : 0, handing && w->reports_closes);
         add_number_or_null(o, "handed", handing ? (double) w->handed : 0, handing);
+        /* Hand-offs it has not read (SPEC §5: at most IPC_INFLIGHT_MAX), and
+         * whether it gets none for now, having left them unread. */
+        add_number_or_null(o, "unread", handing && w->ipc ? (double) ipc_inflight(w->ipc) : 0, handing && w->ipc);
+        if (handing)
+                cJSON_AddBoolToObject(o, "stalled", w->stalled_until && now_usec() < w->stalled_until);
         if (w && w->host) {
                 cJSON_AddNumberToObject(o, "messages_dropped", (double) (w->ipc ? w->ipc->dropped : 0));
                 /* SPEC §6: malformed lines are counted; this is where the count shows. */
@@ -168,7 +173,7 @@ static void cmd_scale(Manager *m, ControlConn *c, const cJSON *req) {
         if (r == -EMFILE) {
                 control_reply_error(c, "cannot scale to %g workers: the open-file limit is %u, %u are open, and "
                                     "each worker needs %u more (plus %d spare); raise LimitNOFILE=",
-                                    target, max, open, manager_fds_per_worker(), SCALE_FD_RESERVE);
+                                    target, max, open, manager_fds_per_worker(m), SCALE_FD_RESERVE);
                 return;
         }
         cJSON *o = cJSON_CreateObject();

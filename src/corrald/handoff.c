@@ -1,12 +1,13 @@
 /* handoff: see handoff.h.
  *
- * Invariants: at most one accepted connection is held (pending_fd); while
- * it is held, or accepting is paused for EMFILE, the listener polls are
- * stopped. The accepted fd is blocking and CLOEXEC: the worker owns its
+ * Invariants: while connections are held (held_fd), or accepting is
+ * paused for EMFILE, the listener polls are stopped; held connections are
+ * at most one accepted, plus what was taken back from workers. The accepted fd is blocking and CLOEXEC: the worker owns its
  * mode, and the master never reads or writes it. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -32,7 +33,7 @@ static void pause_accepting(Handoff *h) {
 static void on_readable(uv_poll_t *p, int status, int events);
 
 static void resume_accepting(Handoff *h) {
-        if (h->active || !h->started || h->pending_fd >= 0 || h->accept_paused)
+        if (h->active || !h->started || h->n_held > 0 || h->accept_paused)
                 return;
         h->active = true;
         for (unsigned i = 0; i < h->n_listeners; i++)
@@ -40,8 +41,12 @@ static void resume_accepting(Handoff *h) {
                         log_error("cannot watch listener %u for connections", i);
 }
 
+static void on_stall_check(uv_timer_t *t);
+
 /* Offer fd to the worker of one slot. Returns 0 when it took it. */
 static int offer(Handoff *h, Worker *w, int fd, uint8_t index) {
+        if (w->stalled_until && now_usec() < w->stalled_until)
+                return -EBUSY;
         int r = ipc_send_fd(w->ipc, fd, index);
         if (r < 0)
                 return r;
@@ -120,16 +125,83 @@ static void on_retry(uv_timer_t *t) {
         Handoff *h = t->data;
         h->accept_paused = false;
         handoff_kick(h);
-        /* Still held: nobody can take it yet; keep offering. */
-        if (h->pending_fd >= 0)
+        /* Still held: nobody can take them yet; keep offering. */
+        if (h->n_held > 0)
                 (void) uv_timer_start(&h->retry, on_retry, RETRY_MS, 0);
 }
 
-static void hold(Handoff *h, int fd, uint8_t index) {
-        h->pending_fd = fd;
-        h->pending_index = index;
+/* Hold fd until a worker can take it: at the back (accepted now) or at the
+ * front (taken back: it waited longer). Returns false when out of memory
+ * (fd is closed then: lost, counted and logged). */
+static bool hold(Handoff *h, int fd, uint8_t index, bool front) {
+        if (h->n_held == h->cap_held) {
+                unsigned cap = h->cap_held ? h->cap_held * 2 : 16;
+                int *f = realloc(h->held_fd, cap * sizeof(int));
+                if (f)
+                        h->held_fd = f;
+                uint8_t *i = f ? realloc(h->held_index, cap) : NULL;
+                if (i)
+                        h->held_index = i;
+                if (!f || !i) {
+                        safe_close(fd);
+                        h->n_lost++;
+                        log_limited(h, "out of memory holding a connection: it is lost");
+                        return false;
+                }
+                h->cap_held = cap;
+        }
+        unsigned at = front ? 0 : h->n_held;
+        if (front) {
+                memmove(h->held_fd + 1, h->held_fd, h->n_held * sizeof(int));
+                memmove(h->held_index + 1, h->held_index, h->n_held);
+        }
+        h->held_fd[at] = fd;
+        h->held_index[at] = index;
+        h->n_held++;
         pause_accepting(h);
-        (void) uv_timer_start(&h->retry, on_retry, RETRY_MS, 0);
+        if (!uv_is_active((uv_handle_t *) &h->retry))
+                (void) uv_timer_start(&h->retry, on_retry, front ? 0 : RETRY_MS, 0);
+        return true;
+}
+
+void handoff_requeue(Handoff *h, int fd, uint8_t listener_index) {
+        if (!h->started) {
+                /* Stopping: no worker will take it. */
+                safe_close(fd);
+                h->n_lost++;
+                return;
+        }
+        h->n_taken_back++;
+        (void) hold(h, fd, listener_index, true);
+}
+
+static void on_taken_back(void *userdata, int fd, uint8_t listener_index) {
+        handoff_requeue(userdata, fd, listener_index);
+}
+
+/* Workers that left a hand-off unread for HANDOFF_STALL_MS: take their
+ * connections back and give them none for a while. Every
+ * HANDOFF_STALL_MS / 4; O(slots), and a FIONREAD only for a worker with
+ * hand-offs it may not have read. */
+static void on_stall_check(uv_timer_t *t) {
+        Handoff *h = t->data;
+        uint64_t now = now_usec();
+        for (unsigned i = 0; i < h->n_slots; i++) {
+                Worker *w = slot_ready_worker(h->slots[i]);
+                if (!w || !w->ipc || !w->ipc->n_inflight || ipc_inflight(w->ipc) == 0)
+                        continue;
+                if (now - ipc_oldest_unread(w->ipc) < HANDOFF_STALL_MS * USEC_PER_MSEC)
+                        continue;
+                unsigned n = ipc_take_back(w->ipc, on_taken_back, h);
+                /* They were never its: least-conn must not count them open. */
+                w->handed -= MIN((uint64_t) n, w->handed - w->closed);
+                uint64_t pause = MIN((uint64_t) HANDOFF_STALL_MS << MIN(w->stalls, 5), HANDOFF_STALL_PAUSE_MAX_MS);
+                w->stalls++;
+                w->stalled_until = now + pause * USEC_PER_MSEC;
+                log_limited(h, "%s left %u connection%s unread for %d ms: they go to other workers, and it gets "
+                            "none for %llu ms", w->who, n, n == 1 ? "" : "s", HANDOFF_STALL_MS,
+                            (unsigned long long) pause);
+        }
 }
 
 static void on_readable(uv_poll_t *p, int status, int events) {
@@ -168,7 +240,7 @@ static void on_readable(uv_poll_t *p, int status, int events) {
                         }
                 }
                 if (!deliver(h, fd, l->index)) {
-                        hold(h, fd, l->index);
+                        (void) hold(h, fd, l->index, false);
                         return;
                 }
         }
@@ -177,12 +249,19 @@ static void on_readable(uv_poll_t *p, int status, int events) {
 void handoff_kick(Handoff *h) {
         if (!h->started)
                 return;
-        if (h->pending_fd >= 0) {
-                if (!deliver(h, h->pending_fd, h->pending_index))
-                        return;
-                h->pending_fd = -EBADF;
-                uv_timer_stop(&h->retry);
+        unsigned done = 0;
+        while (done < h->n_held && deliver(h, h->held_fd[done], h->held_index[done]))
+                done++;
+        if (done > 0) {
+                memmove(h->held_fd, h->held_fd + done, (h->n_held - done) * sizeof(int));
+                memmove(h->held_index, h->held_index + done, h->n_held - done);
+                h->n_held -= done;
         }
+        if (h->n_held > 0)
+                return;
+        /* The timer also ends an EMFILE pause: leave it to that. */
+        if (!h->accept_paused)
+                uv_timer_stop(&h->retry);
         resume_accepting(h);
 }
 
@@ -204,13 +283,18 @@ int handoff_start(Handoff *h, uv_loop_t *loop, const ListenerSet *ls) {
                 return -E2BIG;
         }
         h->loop = loop;
-        h->pending_fd = -EBADF;
+        h->n_held = 0;
         h->log_limit = RATELIMIT_INIT(10 * USEC_PER_SEC, 5);
         h->listeners = calloc(ls->n ? ls->n : 1, sizeof(HandoffListener));
         if (!h->listeners)
                 return log_error_errno(-ENOMEM, "hand-off: %m");
         uv_timer_init(loop, &h->retry);
         h->retry.data = h;
+        uv_timer_init(loop, &h->stall);
+        h->stall.data = h;
+        /* Unreferenced: it never keeps a stopping corrald's loop alive. */
+        uv_unref((uv_handle_t *) &h->stall);
+        (void) uv_timer_start(&h->stall, on_stall_check, HANDOFF_STALL_MS / 4, HANDOFF_STALL_MS / 4);
         for (unsigned i = 0; i < ls->n; i++) {
                 HandoffListener *l = &h->listeners[i];
                 *l = (HandoffListener) { .handoff = h, .index = (uint8_t) i, .fd = ls->items[i].fd };
@@ -245,9 +329,17 @@ void handoff_stop(Handoff *h) {
                 return;
         pause_accepting(h);
         h->started = false;
-        h->pending_fd = safe_close(h->pending_fd);
+        for (unsigned i = 0; i < h->n_held; i++)
+                safe_close(h->held_fd[i]);
+        h->n_held = h->cap_held = 0;
+        free(h->held_fd);
+        free(h->held_index);
+        h->held_fd = NULL;
+        h->held_index = NULL;
         if (!uv_is_closing((uv_handle_t *) &h->retry))
                 uv_close((uv_handle_t *) &h->retry, NULL);
+        if (!uv_is_closing((uv_handle_t *) &h->stall))
+                uv_close((uv_handle_t *) &h->stall, NULL);
         if (h->n_listeners == 0) {
                 free(h->listeners);
                 h->listeners = NULL;

@@ -6,13 +6,16 @@
  * the next one in turn (round-robin), or the one with the fewest open
  * handed-off connections, ties in turn (least-conn; until a worker sends
  * its first close report every connection handed to it counts as open,
- * and one that never reports takes turns). A hand-off that
- * fails (channel full, worker gone) goes to the next worker. When no
- * worker can take a connection, the one accepted waits in the master (at
- * most one) and accepting pauses, so further connections wait in the
- * kernel's backlog, not in the master; it is retried on a short timer and
- * whenever the owner calls handoff_kick(). EMFILE/ENFILE on accept pause
- * accepting for a while instead of spinning. Logs at a bounded rate. */
+ * and one that never reports takes turns). A hand-off that fails (channel
+ * full, IPC_INFLIGHT_MAX hand-offs unread, worker gone) goes to the next
+ * worker. When no worker can take a connection, it is held in the master
+ * and accepting pauses, so further connections wait in the kernel's
+ * backlog, not in the master; held ones are retried on a short timer and
+ * whenever the owner calls handoff_kick(). Connections a worker never read
+ * come back (handoff_requeue(), from the host when the worker is gone, or
+ * from here when one stays unread for HANDOFF_STALL_MS) and are held
+ * first. EMFILE/ENFILE on accept pause accepting for a while instead of
+ * spinning. Logs at a bounded rate. */
 #pragma once
 
 #include <stdbool.h>
@@ -30,6 +33,11 @@
 /* Hand-offs without a single close report after which least-conn takes a
  * worker not to report at all (and lets it take turns). */
 #define HANDOFF_SILENT_AFTER 64
+/* A worker that leaves a hand-off unread this long is stalled (stopped,
+ * blocked, or it closed its channel): its unread connections are taken
+ * back and it gets none for a while, doubling. */
+#define HANDOFF_STALL_MS 1000
+#define HANDOFF_STALL_PAUSE_MAX_MS 30000
 
 typedef struct Handoff Handoff;
 
@@ -51,12 +59,14 @@ struct Handoff {
         bool active;               /* accepting (not paused, not stopped) */
         bool accept_paused;        /* after EMFILE/ENFILE, until the retry timer */
         bool started;
-        int pending_fd;            /* accepted, no worker took it yet; -EBADF if none */
-        uint8_t pending_index;
+        int *held_fd;              /* accepted or taken back, no worker took them yet, oldest first */
+        uint8_t *held_index;
+        unsigned n_held, cap_held;
         uv_timer_t retry;
+        uv_timer_t stall;          /* looks at workers at the bound */
         unsigned cursor;           /* where the next round starts */
         bool recycle_due;          /* some worker reached max_requests: the owner checks */
-        uint64_t n_handed, n_retried, n_accept_errors;
+        uint64_t n_handed, n_retried, n_accept_errors, n_taken_back, n_lost;
         RateLimit log_limit;
 };
 
@@ -72,6 +82,15 @@ void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const 
 
 /* A worker may have become able to take connections: retry now. */
 void handoff_kick(Handoff *h);
+
+/* A connection handed to a worker that never read it (takes fd): it goes
+ * to another worker before any new one. While stopping it is closed. */
+void handoff_requeue(Handoff *h, int fd, uint8_t listener_index);
+
+/* Connections held by the master now. */
+static inline unsigned handoff_held(const Handoff *h) {
+        return h->n_held;
+}
 
 /* The number of connections a worker has open, as far as we know. */
 static inline uint64_t handoff_open(const Worker *w) {

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -219,6 +220,7 @@ static int flush_until(Ipc *ipc, size_t limit) {
                         return r;
                 }
                 ipc->out_head += (size_t) w;
+                ipc->sent += (uint64_t) w;
                 ipc->mid_line = ipc->out[ipc->out_head - 1] != '\n';
         }
         if (ipc->out_head == ipc->out_len)
@@ -287,6 +289,8 @@ int ipc_send_line(Ipc *ipc, const char *line) {
                 while (w == -1 && errno == EINTR);
                 if (w == -1 && errno != EAGAIN)
                         return -errno;
+                if (w > 0)
+                        ipc->sent += (uint64_t) w;
                 if (w == (ssize_t) n + 1)
                         return 0;
                 size_t done = w > 0 ? (size_t) w : 0;
@@ -342,11 +346,76 @@ int ipc_resume_line(Ipc *ipc, const char *tail, size_t len) {
         return 0;
 }
 
+void ipc_keep_peer(Ipc *ipc, int fd) {
+        closer_close(ipc->peer_fd);
+        ipc->peer_fd = fd;
+        ipc->sent = 0;
+        ipc->inflight_head = ipc->n_inflight = 0;
+        /* What the worker has not read yet (a peer adopted across an
+         * upgrade) counts as sent: its hand-offs are not known, so the
+         * bound starts afresh. */
+        int unread = 0;
+        if (fd >= 0 && ioctl(fd, FIONREAD, &unread) == 0 && unread > 0)
+                ipc->sent = (uint64_t) unread;
+}
+
+unsigned ipc_inflight(Ipc *ipc) {
+        int unread;
+        if (ipc->peer_fd < 0 || ipc->n_inflight == 0 || ioctl(ipc->peer_fd, FIONREAD, &unread) == -1)
+                return ipc->n_inflight;
+        /* The worker has read everything up to sent - unread: each hand-off
+         * that ends there or before is read. */
+        uint64_t consumed = ipc->sent - MIN((uint64_t) MAX(unread, 0), ipc->sent);
+        while (ipc->n_inflight > 0 && ipc->inflight[ipc->inflight_head] <= consumed) {
+                ipc->inflight_head = (ipc->inflight_head + 1) % IPC_INFLIGHT_MAX;
+                ipc->n_inflight--;
+        }
+        return ipc->n_inflight;
+}
+
+unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata) {
+        unsigned n = 0;
+        if (ipc->peer_fd < 0)
+                return 0;
+        for (;;) {
+                char buf[4096];
+                union {
+                        struct cmsghdr align;
+                        char buf[CMSG_SPACE(4 * sizeof(int))];
+                } control;
+                struct iovec iov = { buf, sizeof(buf) };
+                struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                                     .msg_control = &control, .msg_controllen = sizeof(control) };
+                ssize_t r = recvmsg(ipc->peer_fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+                if (r == -1 && errno == EINTR)
+                        continue;
+                if (r <= 0)
+                        break;
+                /* Only hand-offs carry an fd, and the kernel ends a read
+                 * with the segment that carries fds (unix(7): messages with
+                 * ancillary data are not merged): the fd is the last byte's,
+                 * whose value is its listener. The rest are lines. */
+                int fd = cmsg_take_first_fd(&mh);
+                (void) cmsg_close_all(&mh);
+                if (fd >= 0) {
+                        cb(userdata, fd, (uint8_t) buf[r - 1]);
+                        n++;
+                }
+                if (memchr(buf, '\n', (size_t) r - (fd >= 0)))
+                        ipc->dropped++;
+        }
+        ipc->inflight_head = ipc->n_inflight = 0;
+        return n;
+}
+
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         if (!ipc->open)
                 return -ENOTCONN;
         if (listener_index > IPC_LISTENER_INDEX_MAX)
                 return -EINVAL;
+        /* At the bound, ask the kernel how far the worker has read. */
+        if (ipc->n_inflight >= IPC_INFLIGHT_MAX && ipc_inflight(ipc) >= IPC_INFLIGHT_MAX)
+                return -EBUSY;
 
         if (ipc->mid_line) {
                 /* Finish the partly written line first: a hand-off byte in
@@ -382,6 +451,13 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         if (w == -1)
                 return errno == EWOULDBLOCK ? -EAGAIN : -errno;
         /* A 1-byte write is all or nothing. */
+        ipc->sent++;
+        if (ipc->peer_fd >= 0) {
+                unsigned at = (ipc->inflight_head + ipc->n_inflight) % IPC_INFLIGHT_MAX;
+                ipc->inflight[at] = ipc->sent;
+                ipc->inflight_usec[at] = now_usec();
+                ipc->n_inflight++;
+        }
         return 0;
 }
 
@@ -390,6 +466,9 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
 int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd) {
         int r;
         ipc->fd = fd;
+        ipc->peer_fd = -EBADF;
+        ipc->sent = 0;
+        ipc->inflight_head = ipc->n_inflight = 0;
         ipc->len = 0;
         ipc->discarding = false;
         ipc->out = NULL;
@@ -425,6 +504,9 @@ static void on_closed(uv_handle_t *h) {
          * did not read: closing it releases them, so it is the closer's
          * to close too. */
         ipc->fd = closer_close(ipc->fd);
+        /* The worker's end holds what it did not read: connections not
+         * taken back first are closed with it. */
+        ipc->peer_fd = closer_close(ipc->peer_fd);
         free(ipc->buf);
         ipc->buf = NULL;
         free(ipc->out);

@@ -53,9 +53,27 @@ typedef void (*IpcClosedReportCallback)(Ipc *ipc, unsigned n);
 /* Called once when the handle has been closed. */
 typedef void (*IpcCloseCallback)(Ipc *ipc);
 
+/* Hand-offs a worker may have in its channel unread (SPEC §5): at the
+ * bound it is skipped, so a worker that stalls holds at most this many
+ * connections, which come back when it dies (ipc_take_back()). */
+#define IPC_INFLIGHT_MAX 16
+
+/* A connection taken back from a channel: fd and its listener's index. */
+typedef void (*IpcTakeBackCallback)(void *userdata, int fd, uint8_t listener_index);
+
 struct Ipc {
         uv_poll_t poll;
         int fd;
+        /* Hand-off accounting: the worker's end of the channel, kept by the
+         * master (FIONREAD on it says how much the worker has not read; what
+         * is still there when it dies can be read back), the bytes the
+         * kernel took from us, and where each hand-off the worker may not
+         * have read ends in that count (a ring, oldest first). */
+        int peer_fd;             /* -EBADF: none (shared balance) */
+        uint64_t sent;
+        uint64_t inflight[IPC_INFLIGHT_MAX];
+        uint64_t inflight_usec[IPC_INFLIGHT_MAX];   /* when each was sent (CLOCK_MONOTONIC) */
+        unsigned inflight_head, n_inflight;
         bool open;               /* the poll handle is initialised and not closed */
         int events;              /* what the poll handle watches now */
         bool read_paused;        /* waits for the closer to have room (closer_waiter) */
@@ -98,14 +116,30 @@ int ipc_send_line(Ipc *ipc, const char *line);
  * written only at a line boundary. If a line is partly written, its rest
  * is written first; if that does not go through, the hand-off is not
  * attempted. Returns 0 when the kernel took the fd (the caller then closes
- * its own copy), -EAGAIN when the channel is full now (try another
- * worker), -EPIPE/-ECONNRESET/-ENOTCONN when the worker is gone, -EINVAL
+ * its own copy), -EAGAIN when the channel is full now and -EBUSY when the
+ * worker has IPC_INFLIGHT_MAX hand-offs unread (try another worker), -EPIPE/-ECONNRESET/-ENOTCONN when the worker is gone, -EINVAL
  * for an index above IPC_LISTENER_INDEX_MAX. fd is never closed here.
  * Does not log. */
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index);
 
 /* Bytes waiting in the outgoing queue. */
 size_t ipc_queued(const Ipc *ipc);
+
+/* Keep the worker's end of the channel (takes fd; closed with the
+ * channel), for the hand-off bound and ipc_take_back(). After ipc_start(). */
+void ipc_keep_peer(Ipc *ipc, int fd);
+/* Hand-offs the worker has not read yet, as the kernel says now (0
+ * without the peer). */
+unsigned ipc_inflight(Ipc *ipc);
+/* When the oldest of them was sent (CLOCK_MONOTONIC µs), 0 when none; as
+ * of the last ipc_inflight(). */
+static inline uint64_t ipc_oldest_unread(const Ipc *ipc) {
+        return ipc->n_inflight ? ipc->inflight_usec[ipc->inflight_head] : 0;
+}
+/* Read back everything the worker has not read (the worker is gone, or
+ * stalled): each connection goes to cb, the lines are dropped (counted in
+ * dropped). Returns the number of connections. Does not log. */
+unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata);
 
 /* Upgrade: the rest of a line the worker has partly received (up to and
  * including its newline), which must reach it before anything else; its

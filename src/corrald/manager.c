@@ -113,9 +113,10 @@ static void set_slot_count(Manager *m, unsigned n) {
                 m->n_unstarted += grow_slots(m, n) - old;
 }
 
-unsigned manager_fds_per_worker(void) {
-        /* Its IPC channel, and its output pipe in stderr log mode. */
-        return 1 + (log_get_target() == LOG_TARGET_STDERR);
+unsigned manager_fds_per_worker(const Manager *m) {
+        /* Its IPC channel, the worker's end of it with hand-off, and its
+         * output pipe in stderr log mode. */
+        return 1 + m->handoff.started + (log_get_target() == LOG_TARGET_STDERR);
 }
 
 int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open) {
@@ -131,7 +132,7 @@ int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *r
                 return 0;
         /* Each new worker holds its fds for its life; SCALE_FD_RESERVE more
          * are needed while one spawns, for replacements and for clients. */
-        uint64_t need = (uint64_t) open + (uint64_t) (n - m->n_slots) * manager_fds_per_worker() + SCALE_FD_RESERVE;
+        uint64_t need = (uint64_t) open + (uint64_t) (n - m->n_slots) * manager_fds_per_worker(m) + SCALE_FD_RESERVE;
         return need > max ? -EMFILE : 0;
 }
 
@@ -813,7 +814,7 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         unsigned n = config_worker_count(config), max, open;
         if (manager_fd_room(m, n, &max, &open) < 0) {
                 log_error("%u workers do not fit in the open-file limit of %u (%u open, %u per worker, %d spare); "
-                          "raise LimitNOFILE= or lower workers", n, max, open, manager_fds_per_worker(),
+                          "raise LimitNOFILE= or lower workers", n, max, open, manager_fds_per_worker(m),
                           SCALE_FD_RESERVE);
                 return -EMFILE;
         }

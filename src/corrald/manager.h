@@ -118,7 +118,7 @@ int manager_scale(Manager *m, unsigned n);
 /* File descriptors the master keeps open per worker, and the headroom a
  * scale leaves for spawning, replacements and control clients. */
 #define SCALE_FD_RESERVE 64
-unsigned manager_fds_per_worker(void);
+unsigned manager_fds_per_worker(const Manager *m);
 /* Whether n workers fit in the fd budget: 0 or -EMFILE; the soft limit
  * and the fds open now in *ret_max and *ret_open (may be NULL). */
 int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open);
@@ -140,11 +140,12 @@ unsigned manager_count_ready(const Manager *m);
  * exec through spawn.c, the IPC channel and, in stderr log mode, the
  * output pipe. */
 extern const SlotOps manager_slot_ops;
-/* Upgrade: the fds the master holds for w (-EBADF when none), and giving
- * an adopted worker its I/O again (takes both fds, even on failure).
+/* Upgrade: the fds the master holds for w (-EBADF when none: its channel,
+ * the worker's end of it kept for hand-offs, its output pipe), and giving
+ * an adopted worker its I/O again (takes every fd, even on failure).
  * Returns 0 or -ENOMEM. */
-int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output);
-int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd);
+int worker_io_fds(Worker *w, int *ret_ipc, int *ret_peer, int *ret_output);
+int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_fd);
 
 /* messages.c: worker messages (SPEC §6) — routed between workers, and
  * those for the master logged, kept (the last MESSAGES_KEPT) and streamed

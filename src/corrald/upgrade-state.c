@@ -104,7 +104,7 @@ static const Field slot_fields[] = {
         { "state", FT_ENUM, offsetof(UpgradeSlot, state), 0, ENUM(slot_state_names) },
         NUM(FT_UINT, UpgradeSlot, restarts, 0, UINT_MAX, 0),
         NUM(FT_UINT, UpgradeSlot, consecutive_failures, 0, UINT_MAX, 0),
-        NUM(FT_U64, UpgradeSlot, last_failure, 0, JSON_INT_MAX, F_SINCE_2),
+        NUM(FT_U64, UpgradeSlot, last_failure, 0, JSON_INT_MAX, F_OPTIONAL),
         NUM(FT_U64, UpgradeSlot, deadline, 0, JSON_INT_MAX, 0),
 };
 
@@ -128,6 +128,7 @@ static const Field worker_fields[] = {
         NUM(FT_BOOL, UpgradeWorker, reports_closes, 0, 0, 0),
         NUM(FT_FD, UpgradeWorker, ipc_fd, 0, 0, F_ENVELOPE),
         NUM(FT_FD, UpgradeWorker, output_fd, 0, 0, F_ENVELOPE),
+        NUM(FT_FD, UpgradeWorker, peer_fd, 0, 0, F_ENVELOPE | F_OPTIONAL),
         STR(UpgradeWorker, ipc_tail, 64 * 1024, F_OPTIONAL),
 };
 
@@ -568,7 +569,7 @@ static int check_relations(Reader *r, const UpgradeState *s) {
 
         /* No descriptor may be named twice: one fd adopted by two owners
          * would be closed under the other. */
-        unsigned n_fds = 0, cap = 3 + s->n_waiter_fds + s->n_clients + s->n_listeners + 2 * s->n_workers;
+        unsigned n_fds = 0, cap = 3 + s->n_waiter_fds + s->n_clients + s->n_listeners + 3 * s->n_workers;
         _cleanup_free_ int *fds = malloc(cap * sizeof(int));
         if (!fds)
                 return -ENOMEM;
@@ -584,6 +585,7 @@ static int check_relations(Reader *r, const UpgradeState *s) {
                 ADD(s->listeners[i].fd);
         for (unsigned i = 0; i < s->n_workers; i++) {
                 ADD(s->workers[i].ipc_fd);
+                ADD(s->workers[i].peer_fd);
                 ADD(s->workers[i].output_fd);
         }
 #undef ADD

@@ -70,6 +70,7 @@ typedef struct UpgradeWorker {
         uint64_t handed, closed;
         bool reports_closes;
         int ipc_fd, output_fd;   /* -1: none */
+        int peer_fd;             /* the worker's end of its channel, kept with hand-off; -1: none */
         char *ipc_tail;          /* the rest of a line half sent to the worker, or NULL */
 } UpgradeWorker;
 

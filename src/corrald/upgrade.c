@@ -174,6 +174,7 @@ static int check_fds(UpgradeState *s, bool lenient) {
                 CHECK(&s->listeners[i].fd, FD_LISTENER, "listeners[%u].fd", i);
         for (unsigned i = 0; i < s->n_workers; i++) {
                 CHECK(&s->workers[i].ipc_fd, FD_STREAM, "workers[%u].ipc_fd", i);
+                CHECK(&s->workers[i].peer_fd, FD_STREAM, "workers[%u].peer_fd", i);
                 CHECK(&s->workers[i].output_fd, FD_PIPE, "workers[%u].output_fd", i);
         }
 #undef CHECK
@@ -368,6 +369,7 @@ static int fall_back(Manager *m, const char *why) {
         for (unsigned i = 0; i < env.n_workers; i++) {
                 const UpgradeWorker *w = &env.workers[i];
                 safe_close(w->ipc_fd);
+                safe_close(w->peer_fd);
                 safe_close(w->output_fd);
                 /* Only our own children: a forged pid must stay untouched. */
                 if (is_child_of(w->pid, getpid()))
@@ -428,10 +430,11 @@ static void restore_worker(Manager *m, UpgradeWorker *uw) {
                 (void) kill_process(uw->pid, SIGKILL, true);
                 add_stray(uw->pid, false);
                 safe_close(uw->ipc_fd);
+                safe_close(uw->peer_fd);
                 safe_close(uw->output_fd);
                 return;
         }
-        (void) worker_io_adopt(m, w, TAKE_FD(uw->ipc_fd), TAKE_FD(uw->output_fd));
+        (void) worker_io_adopt(m, w, TAKE_FD(uw->ipc_fd), TAKE_FD(uw->peer_fd), TAKE_FD(uw->output_fd));
         if (uw->ipc_tail && w->ipc) {
                 int r = ipc_resume_line(w->ipc, uw->ipc_tail, strlen(uw->ipc_tail));
                 if (r < 0)
@@ -704,10 +707,10 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
         LIST_FOREACH(all, w, m->pool.workers) {
                 if (w->pid <= 0)
                         continue;
-                int ipc, out;
+                int ipc, peer, out;
                 const char *tail = NULL;
                 size_t tail_len = 0;
-                (void) worker_io_fds(w, &ipc, &out);
+                (void) worker_io_fds(w, &ipc, &peer, &out);
                 if (ipc >= 0)
                         tail_len = ipc_unsent_tail(w->ipc, &tail);
                 s->workers[s->n_workers++] = (UpgradeWorker) {
@@ -728,6 +731,7 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                         .closed = w->closed,
                         .reports_closes = w->reports_closes,
                         .ipc_fd = carry(c, ipc),
+                        .peer_fd = carry(c, peer),
                         .output_fd = carry(c, out),
                         .ipc_tail = tail_len ? strndup(tail, tail_len) : NULL,
                 };
@@ -744,7 +748,7 @@ static int write_state(Manager *m, Carried *c) {
         _cleanup_(upgrade_state_donep) UpgradeState s = {};
 
         *c = (Carried) {};
-        c->more = calloc(m->listeners.n + 2 * m->pool.n_workers + 1, sizeof(int));
+        c->more = calloc(m->listeners.n + 3 * m->pool.n_workers + 1, sizeof(int));
         if (!c->more)
                 return -ENOMEM;
         int r = collect(m, c, &s);
@@ -776,7 +780,7 @@ static const char *refusal(const Manager *m) {
                 return "workers are still being started";
         /* A connection accepted but not yet handed to a worker would be
          * closed by the exec; it is handed on in a moment. */
-        if (m->handoff.started && m->handoff.pending_fd >= 0)
+        if (m->handoff.started && handoff_held(&m->handoff) > 0)
                 return "a connection is waiting for a worker; try again";
         /* Slots scaled away drain outside m->slots; their ids may repeat. */
         LIST_FOREACH(all, w, m->pool.workers)

@@ -48,13 +48,23 @@ static void on_ipc_message(Ipc *ipc, const IpcMessage *msg) {
 static void on_closed_report(Ipc *ipc, unsigned n) {
         WorkerIo *io = ipc->userdata;
         Worker *w = io->worker;
+        /* It cannot have closed more than it was handed: a report that says
+         * so is counted as malformed, and least-conn keeps its count. */
+        if (n > w->handed - w->closed) {
+                ipc->malformed++;
+                if (ratelimit_below(&ipc->log_limit, now_usec(), NULL))
+                        log_warning("%s: reported %u connections closed, with %llu open: ignored", w->who, n,
+                                    (unsigned long long) (w->handed - w->closed));
+                n = (unsigned) (w->handed - w->closed);
+        }
         w->closed += n;
         w->reports_closes = true;
 }
 
 /* Give w its I/O: io (taken) watches the IPC channel and, when there is
- * one, the output pipe (both fds taken, even on failure). */
-static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int output_fd, pid_t pid) {
+ * one, the output pipe; with hand-off, the master keeps the worker's end
+ * of the channel too (peer_fd). Every fd is taken, even on failure. */
+static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_fd, int output_fd, pid_t pid) {
         *io = (WorkerIo) {
                 .manager = m,
                 .worker = w,
@@ -66,11 +76,13 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int outpu
         w->host = io;
         w->ipc = &io->ipc;
         if (ipc_fd >= 0) {
-                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0)
+                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0) {
                         io->n_handles++;
-                else
+                        ipc_keep_peer(&io->ipc, TAKE_FD(peer_fd));
+                } else
                         log_warning("worker %u (pid %d): cannot watch its IPC channel", w->id, (int) pid);
         }
+        safe_close(peer_fd);
         if (output_fd >= 0) {
                 if (output_start(&io->output, m->loop, output_fd, w->config->name, w->id, pid) >= 0)
                         io->n_handles++;
@@ -124,37 +136,43 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 .output_fd = out_w,
         };
         pid_t pid = spawn_worker(&p, ret_stage);
-        safe_close(pair[1]);
         safe_close(out_w);
         if (pid < 0) {
                 safe_close(pair[0]);
+                safe_close(pair[1]);
                 safe_close(out_r);
                 free(io);
                 return pid;
         }
-
-        io_attach(m, w, io, pair[0], piped ? out_r : -EBADF, pid);
+        /* With hand-off, its end stays open here too: what it has not read
+         * can be counted, and taken back when it dies (SPEC §5). */
+        if (!m->handoff.started)
+                pair[1] = safe_close(pair[1]);
+        io_attach(m, w, io, pair[0], pair[1], piped ? out_r : -EBADF, pid);
         return pid;
 }
 
-int worker_io_fds(Worker *w, int *ret_ipc, int *ret_output) {
+int worker_io_fds(Worker *w, int *ret_ipc, int *ret_peer, int *ret_output) {
         WorkerIo *io = w->host;
         *ret_ipc = io && io->ipc.open ? io->ipc.fd : -EBADF;
+        *ret_peer = io && io->ipc.open ? io->ipc.peer_fd : -EBADF;
         *ret_output = io && io->output.open ? io->output.fd : -EBADF;
         return 0;
 }
 
-int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int output_fd) {
+int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_fd) {
         WorkerIo *io = calloc(1, sizeof(WorkerIo));
         if (!io) {
                 safe_close(ipc_fd);
+                safe_close(peer_fd);
                 safe_close(output_fd);
                 return -ENOMEM;
         }
         /* They were opened up for execve(): no worker may inherit them. */
         (void) fd_cloexec(ipc_fd, true);
+        (void) fd_cloexec(peer_fd, true);
         (void) fd_cloexec(output_fd, true);
-        io_attach(m, w, io, ipc_fd, output_fd, worker_pid(w));
+        io_attach(m, w, io, ipc_fd, peer_fd, output_fd, worker_pid(w));
         return 0;
 }
 
@@ -162,11 +180,25 @@ static void host_kill(void *userdata, Worker *w, int sig, bool group) {
         (void) kill_process(w->pid, sig, group);
 }
 
+static void on_taken_back(void *userdata, int fd, uint8_t listener_index) {
+        handoff_requeue(userdata, fd, listener_index);
+}
+
 static void host_release(void *userdata, Worker *w) {
         WorkerIo *io = w->host;
         if (!io) {
                 worker_free(w);
                 return;
+        }
+        /* It is gone: what it never read of its channel is still there, and
+         * goes to another worker (SPEC §5). */
+        unsigned n = ipc_take_back(&io->ipc, on_taken_back, &io->manager->handoff);
+        if (n > 0) {
+                LogFields f = LOG_FIELDS_NONE;
+                f.worker_id = (int) w->id;
+                f.pid = worker_pid(w);
+                log_emit(LOG_INFO, &f, "%s had not read %u connection%s: they go to another worker", w->who, n,
+                         n == 1 ? "" : "s");
         }
         ipc_close(&io->ipc);
         output_close(&io->output);

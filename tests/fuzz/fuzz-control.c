@@ -70,7 +70,7 @@ int manager_scale(Manager *m, unsigned n) {
         FUZZ_CHECK(n >= 1 && n <= CORRAL_WORKERS_MAX, "scale to %u", n);
         return 0;
 }
-unsigned manager_fds_per_worker(void) {
+unsigned manager_fds_per_worker(const Manager *m) {
         return 3;
 }
 int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open) {

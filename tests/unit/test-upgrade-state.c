@@ -73,15 +73,16 @@ static void sample(UpgradeState *s) {
         s->workers[0] = (UpgradeWorker) { .slot = 0, .pid = 100, .generation = 4, .state = WORKER_READY,
                                           .role = WORKER_CURRENT, .start_usec = 10, .ready_usec = 20,
                                           .status = dup("serving"), .handed = 1000, .closed = 998,
-                                          .reports_closes = true, .ipc_fd = 10, .output_fd = 11,
+                                          .reports_closes = true, .ipc_fd = 10, .output_fd = 11, .peer_fd = 17,
                                           .ipc_tail = dup("a half\"sent line}\n") };
         s->workers[1] = (UpgradeWorker) { .slot = 1, .pid = 101, .generation = 3, .state = WORKER_STOPPING,
                                           .role = WORKER_LEAVING, .stop_sent = true, .said_stopping = true,
                                           .counted = true, .failure = dup("did not become ready in time"),
-                                          .deadline = 999, .status = dup(""), .ipc_fd = 12, .output_fd = -1 };
+                                          .deadline = 999, .status = dup(""), .ipc_fd = 12, .output_fd = -1,
+                                          .peer_fd = -1 };
         s->workers[2] = (UpgradeWorker) { .slot = 1, .pid = 102, .generation = 4, .state = WORKER_STARTING,
                                           .role = WORKER_INCOMING, .start_usec = 30, .status = dup(""),
-                                          .ipc_fd = 13, .output_fd = 14 };
+                                          .ipc_fd = 13, .output_fd = 14, .peer_fd = 18 };
         s->n_workers = 3;
 }
 
@@ -177,6 +178,7 @@ static void test_round_trip(void **state) {
                 assert_int_eq(y->reports_closes, x->reports_closes);
                 assert_int_eq(y->ipc_fd, x->ipc_fd);
                 assert_int_eq(y->output_fd, x->output_fd);
+                assert_int_eq(y->peer_fd, x->peer_fd);
                 if (x->ipc_tail)
                         assert_string_equal(y->ipc_tail, x->ipc_tail);
                 else
@@ -208,7 +210,8 @@ static void expect_refused(cJSON *root, const char *path, const char *what) {
 
 static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
-                                             "workers.ipc_tail", "clients.unread" };
+                                             "workers.ipc_tail", "workers.peer_fd", "clients.unread",
+                                             "slots.last_failure" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
@@ -294,6 +297,8 @@ static void test_ranges_and_relations(void **state) {
                 { "workers", "ipc_fd", "2", "workers[0].ipc_fd" },
                 { "workers", "ipc_fd", "-2", "workers[0].ipc_fd" },
                 { "workers", "ipc_fd", "5", "file descriptor 5 is named twice" },
+                { "workers", "peer_fd", "13", "file descriptor 13 is named twice" },
+                { "workers", "peer_fd", "1", "workers[0].peer_fd" },
                 { "workers", "start_usec", "1e300", "workers[0].start_usec" },
                 { "workers", "handed", "-1", "workers[0].handed" },
                 { "workers", "stop_sent", "1", "workers[0].stop_sent" },
