@@ -65,46 +65,85 @@ static bool silent(const Worker *w) {
         return !w->reports_closes && w->handed >= HANDOFF_SILENT_AFTER;
 }
 
+/* Offer fd to the worker of slot i; on success fd is closed here and the
+ * turn moves past i. */
+static bool try_slot(Handoff *h, unsigned i, int fd, uint8_t index) {
+        Worker *w = slot_ready_worker(h->slots[i]);
+        if (!w || offer(h, w, fd, index) < 0) {
+                h->n_retried++;
+                return false;
+        }
+        h->cursor = i + 1;
+        safe_close(fd);
+        return true;
+}
+
+typedef struct Candidate {
+        uint64_t load;
+        unsigned turn;             /* distance from the cursor */
+        unsigned slot;
+} Candidate;
+
+static int compare_candidates(const void *a, const void *b) {
+        const Candidate *x = a, *y = b;
+        if (x->load != y->load)
+                return x->load < y->load ? -1 : 1;
+        return (x->turn > y->turn) - (x->turn < y->turn);
+}
+
 /* Pass fd on to a ready worker: round-robin from the cursor, or the least
- * loaded one. Tries every ready worker once. Returns true when one took
- * it (fd is then closed here). */
+ * loaded one, ties in turn. The first choice costs one or two passes over
+ * the slots; only when it cannot take the connection (its channel full,
+ * at the bound, stalled) are the others tried, once each, in the order of
+ * the same rule: O(n log n), not a new search per attempt. Returns true
+ * when one took it (fd is then closed here). */
 static bool deliver(Handoff *h, int fd, uint8_t index) {
         unsigned n = h->n_slots;
-        bool tried[n ? n : 1];
+        bool least = h->balance == BALANCE_LEAST_CONN;
+        uint64_t min = 0;
+        int first = -1;
 
-        for (unsigned i = 0; i < n; i++)
-                tried[i] = false;
-        for (unsigned attempt = 0; attempt < n; attempt++) {
-                int best = -1;
-                /* least-conn: the lowest load, then the first in turn with it. */
-                uint64_t min = 0;
-                if (h->balance == BALANCE_LEAST_CONN) {
-                        min = UINT64_MAX;
-                        for (unsigned i = 0; i < n; i++) {
-                                Worker *w = tried[i] ? NULL : slot_ready_worker(h->slots[i]);
-                                if (w && !silent(w))
-                                        min = MIN(min, handoff_open(w));
-                        }
-                        if (min == UINT64_MAX)   /* only silent ones: they take turns */
-                                min = 0;
+        if (n == 0)
+                return false;
+        /* least-conn: the lowest load; a silent worker takes turns with it. */
+        if (least) {
+                min = UINT64_MAX;
+                for (unsigned i = 0; i < n; i++) {
+                        Worker *w = slot_ready_worker(h->slots[i]);
+                        if (w && !silent(w))
+                                min = MIN(min, handoff_open(w));
                 }
-                for (unsigned k = 0; k < n && best < 0; k++) {
-                        unsigned i = (h->cursor + k) % n;
-                        Worker *w = tried[i] ? NULL : slot_ready_worker(h->slots[i]);
-                        if (w && (h->balance == BALANCE_ROUND_ROBIN || silent(w) || handoff_open(w) == min))
-                                best = (int) i;
-                }
-                if (best < 0)
-                        return false;
-                tried[best] = true;
-                if (offer(h, slot_ready_worker(h->slots[best]), fd, index) >= 0) {
-                        h->cursor = (unsigned) best + 1;
-                        safe_close(fd);
-                        return true;
-                }
-                h->n_retried++;
+                if (min == UINT64_MAX)
+                        min = 0;
         }
-        return false;
+        for (unsigned k = 0; k < n && first < 0; k++) {
+                unsigned i = (h->cursor + k) % n;
+                Worker *w = slot_ready_worker(h->slots[i]);
+                if (w && (!least || silent(w) || handoff_open(w) == min))
+                        first = (int) i;
+        }
+        if (first < 0)
+                return false;
+        if (try_slot(h, (unsigned) first, fd, index))
+                return true;
+
+        Candidate *c = malloc(n * sizeof(Candidate));
+        unsigned m = 0;
+        if (!c)
+                return false;
+        for (unsigned k = 0; k < n; k++) {
+                unsigned i = (h->cursor + k) % n;
+                Worker *w = i == (unsigned) first ? NULL : slot_ready_worker(h->slots[i]);
+                if (w)
+                        c[m++] = (Candidate) { .load = !least || silent(w) ? min : handoff_open(w), .turn = k,
+                                               .slot = i };
+        }
+        qsort(c, m, sizeof(Candidate), compare_candidates);
+        bool taken = false;
+        for (unsigned k = 0; k < m && !taken; k++)
+                taken = try_slot(h, c[k].slot, fd, index);
+        free(c);
+        return taken;
 }
 
 _printf_(2, 3) static void log_limited(Handoff *h, const char *fmt, ...) {

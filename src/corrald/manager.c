@@ -522,8 +522,10 @@ static void on_prepare(uv_prepare_t *h) {
         }
         if (m->handoff.started && !m->pool.stopping) {
                 check_max_requests(m);
-                /* A held connection goes to a worker that became ready. */
-                handoff_kick(&m->handoff);
+                /* Held connections go to a worker that became ready: only
+                 * after a slot event (else the retry timer offers them). */
+                if (m->pool.changed)
+                        handoff_kick(&m->handoff);
         }
         if (m->pool.stopping && m->pool.n_workers == 0 && !m->pool.slots) {
                 manager_close(m);
