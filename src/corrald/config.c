@@ -231,6 +231,9 @@ static int p_workers(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
                 c->workers = 0;
                 return 0;
         }
+        if (cJSON_IsString(v) && (streq_ptr(v->valuestring, "max") || streq_ptr(v->valuestring, "-1")))
+                return fail(ctx, key, "expected an integer >= 1 or \"auto\", got %s (PM2's \"max\" is corral's "
+                            "\"auto\": one worker per CPU)", GOT(v));
         if (!cJSON_IsNumber(v))
                 return fail(ctx, key, "expected an integer >= 1 or \"auto\", got %s", GOT(v));
         int r = get_int(ctx, key, v, 1, CORRAL_WORKERS_MAX, &n);
@@ -422,6 +425,38 @@ static const Key top_keys[] = {
         {},
 };
 
+/* Keys of a PM2 ecosystem file that people bring along (issue 21): still
+ * refused, with the corral way of saying it. */
+static const struct {
+        const char *key;
+        const char *hint;
+} pm2_keys[] = {
+        { "instances", "instances is PM2's name; corral calls it workers" },
+        { "exec_mode", "PM2's exec_mode: every corral worker is a process; balance says how connections reach them" },
+        { "max_memory_restart", "PM2's max_memory_restart: corral says recycle.max_rss_mb, in MiB" },
+        { "kill_timeout", "PM2's kill_timeout: corral says stop.timeout_ms" },
+        { "wait_ready", "PM2's wait_ready: corral waits for READY=1 by default (ready.mode \"notify\")" },
+        { "listen_timeout", "PM2's listen_timeout: corral says ready.timeout_ms" },
+        { "cron_restart", "PM2's cron_restart: run `corralctl restart all` from a systemd timer (corral.json(5))" },
+        { "max_restarts", "PM2's max_restarts: corral says restart.limit (within restart.window_ms)" },
+        { "restart_delay", "PM2's restart_delay: corral says restart.backoff_ms" },
+        { "autorestart", "PM2's autorestart: corral always restarts, and restart.on_giveup says what happens at the limit" },
+        { "script", "PM2's script: corral says exec, a command line as an array, e.g. [\"node\", \"app.js\"]" },
+        { "args", "PM2's args: put them in exec, after the program" },
+        { "interpreter", "PM2's interpreter: put it first in exec, e.g. [\"node\", \"app.js\"]" },
+        { "env_production", "PM2's env_production: corral has one env; reload after changing it" },
+        { "watch", "PM2's watch: a systemd .path unit can run `systemctl reload` when files change" },
+};
+
+static const char *pm2_hint(const char *prefix, const char *key) {
+        if (prefix[0])
+                return NULL;
+        for (size_t i = 0; i < ELEMENTSOF(pm2_keys); i++)
+                if (strcmp(pm2_keys[i].key, key) == 0)
+                        return pm2_keys[i].hint;
+        return NULL;
+}
+
 static int walk(Ctx *ctx, const char *prefix, const cJSON *obj, const Key *schema, Config *c) {
         const cJSON *e;
         char path[300];
@@ -440,8 +475,10 @@ static int walk(Ctx *ctx, const char *prefix, const cJSON *obj, const Key *schem
                 for (k = schema; k->name; k++)
                         if (strcmp(k->name, e->string) == 0)
                                 break;
-                if (!k->name)
-                        return fail(ctx, path, "unknown key");
+                if (!k->name) {
+                        const char *hint = pm2_hint(prefix, e->string);
+                        return hint ? fail(ctx, path, "unknown key (%s)", hint) : fail(ctx, path, "unknown key");
+                }
 
                 int r;
                 if (k->children) {

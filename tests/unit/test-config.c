@@ -664,6 +664,22 @@ static void test_backoff_errors(void **state) {
 static void test_unknown_keys(void **state) {
         T *t = *state;
         assert_build_error(t, "{" EXEC ", 'wrokers': 4}", "wrokers: unknown key");
+        /* PM2 habits: still refused, with corral's way of saying it. */
+        assert_build_error(t, "{" EXEC ", 'instances': 4}",
+                           "instances: unknown key (instances is PM2's name; corral calls it workers)");
+        assert_build_error(t, "{" EXEC ", 'max_memory_restart': '300M'}",
+                           "max_memory_restart: unknown key (PM2's max_memory_restart: corral says "
+                           "recycle.max_rss_mb, in MiB)");
+        assert_build_error(t, "{" EXEC ", 'kill_timeout': 3000}",
+                           "kill_timeout: unknown key (PM2's kill_timeout: corral says stop.timeout_ms)");
+        assert_build_error(t, "{" EXEC ", 'cron_restart': '0 3 * * *'}",
+                           "cron_restart: unknown key (PM2's cron_restart: run `corralctl restart all` from a "
+                           "systemd timer (corral.json(5)))");
+        assert_build_error(t, "{" EXEC ", 'workers': 'max'}",
+                           "workers: expected an integer >= 1 or \"auto\", got \"max\" (PM2's \"max\" is "
+                           "corral's \"auto\": one worker per CPU)");
+        /* Only at the top level: a nested key of that name is just unknown. */
+        assert_build_error(t, "{" EXEC ", 'stop': {'kill_timeout': 1}}", "stop.kill_timeout: unknown key");
         assert_build_error(t, "{" EXEC ", 'Workers': 4}", "Workers: unknown key");
         assert_build_error(t, "{" EXEC ", 'stop': {'sginal': 'SIGINT'}}", "stop.sginal: unknown key");
         assert_build_error(t, "{" EXEC ", 'restart': {'limit': 3, 'backoff': [1, 2]}}", "restart.backoff: unknown key");
