@@ -174,6 +174,10 @@ int main(int argc, char *argv[]) {
                 free(error);
                 return probe;
         }
+        /* Not for the probe: an upgrade keeps the running workers, whatever
+         * the program on disk is now. */
+        if (r >= 0)
+                r = manager_check_program(config, &error);
         if (check_only) {
                 if (r < 0) {
                         fprintf(stderr, "corrald: %s\n", error ? error : strerror(-r));

@@ -18,6 +18,7 @@
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
+#include "spawn.h"
 #include "upgrade.h"
 #include "util.h"
 
@@ -309,6 +310,14 @@ static bool listen_changed(const Manager *m, const Config *c) {
                 (c->n_listen && memcmp(c->listen, old->listen, c->n_listen * sizeof(ListenAddr)) != 0));
 }
 
+int manager_check_program(const Config *c, char **ret_error) {
+        _cleanup_free_ char *why = NULL;
+        int r = spawn_check_program(c->exec, c->cwd, c->env, &why);
+        if (r == -ENOEXEC && asprintf(ret_error, "%s: %s", c->path ? c->path : "command line", why) < 0)
+                return -ENOMEM;
+        return r;
+}
+
 void manager_reload(Manager *m, ControlConn *client) {
         _cleanup_(config_unrefp) Config *c = NULL;
         char *error = NULL;
@@ -325,6 +334,8 @@ void manager_reload(Manager *m, ControlConn *client) {
         }
         if (r >= 0)
                 r = config_check_supported(c, &error);
+        if (r >= 0)
+                r = manager_check_program(c, &error);
         if (r < 0) {
                 LogFields f = event(m, "reload_failed");
                 log_emit(LOG_ERR, &f, "reload failed, nothing changed: %s", error ? error : strerror(-r));

@@ -123,6 +123,11 @@ unsigned manager_fds_per_worker(const Manager *m);
  * and the fds open now in *ret_max and *ret_open (may be NULL). */
 int manager_fd_room(const Manager *m, unsigned n, unsigned *ret_max, unsigned *ret_open);
 
+/* Whether c's exec is a program that can run by itself, at start and at
+ * reload (spawn_check_program()): 0, or -ENOEXEC with "FILE: exec: ..." in
+ * *ret_error (malloc'd), or -ENOMEM. Does not log. */
+int manager_check_program(const Config *c, char **ret_error);
+
 /* Start a reload or restart (slot < 0: all). The result goes to client
  * (may be NULL: SIGHUP), now or when the plan ends. */
 void manager_reload(Manager *m, ControlConn *client);

@@ -18,6 +18,7 @@
  * waits), and that worker's output then stays corrald's own. The header is
  * written while still non-blocking; it fits an empty socket buffer. */
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -316,6 +317,65 @@ static void spawn_journal_prepare(SpawnJournal *j, const char *identifier) {
                                  identifier ? identifier : "", prio[i]);
                 j->header_len[i] = (size_t) MAX(n, 0);
         }
+}
+
+/* Whether path is a file whose first bytes an exec can run. Returns 1
+ * (runnable, or not ours to judge: missing, unreadable, not a regular
+ * file, not executable), 0 (a file execve() refuses with ENOEXEC). */
+static int runnable(const char *dir, const char *path) {
+        char full[PATH_MAX];
+        if (dir && path[0] != '/')
+                snprintf(full, sizeof(full), "%.2000s/%.2000s", dir, path);
+        else
+                snprintf(full, sizeof(full), "%.4000s", path);
+        _cleanup_close_ int fd = open(full, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || access(full, X_OK) == -1)
+                return -1;
+        unsigned char head[4] = {};
+        ssize_t n = read(fd, head, sizeof(head));
+        if (n >= 2 && head[0] == '#' && head[1] == '!')
+                return 1;
+        if (n == 4 && memcmp(head, "\x7f" "ELF", 4) == 0)
+                return 1;
+        return 0;
+}
+
+int spawn_check_program(char * const *argv, const char *cwd, char * const *env, char **ret_error) {
+        const char *prog = argv && argv[0] ? argv[0] : NULL;
+        int r = -1;
+
+        *ret_error = NULL;
+        if (!prog || !prog[0])
+                return 0;
+        if (strchr(prog, '/'))
+                r = runnable(cwd, prog);
+        else {
+                const char *path = NULL;
+                for (char * const *e = env; e && *e && !path; e++)
+                        if (startswith(*e, "PATH="))
+                                path = *e + 5;
+                path = path ?: getenv("PATH") ?: "/usr/local/bin:/usr/bin:/bin";
+                for (const char *p = path; r < 0 && *p;) {
+                        size_t len = strcspn(p, ":");
+                        char dir[PATH_MAX];
+                        /* An empty entry is the working directory (execvp(3)). */
+                        snprintf(dir, sizeof(dir), "%.*s", (int) MIN(len, sizeof(dir) - 1), len ? p : ".");
+                        r = runnable(dir, prog);
+                        p += len + (p[len] == ':');
+                }
+        }
+        if (r != 0)
+                return 0;
+        /* The interpreter people mean, from the file name. */
+        const char *dot = strrchr(prog, '.');
+        const char *interp = !dot ? "INTERPRETER" : streq_ptr(dot, ".js") || streq_ptr(dot, ".mjs") ? "node"
+                           : streq_ptr(dot, ".py") ? "python3" : streq_ptr(dot, ".rb") ? "ruby"
+                           : streq_ptr(dot, ".pl") ? "perl" : streq_ptr(dot, ".sh") ? "sh" : "INTERPRETER";
+        if (asprintf(ret_error, "exec: %s has no #! line and is no binary, so it would be run by /bin/sh; "
+                     "add a #! line, or name its interpreter: [\"%s\", \"%s\"]", prog, interp, prog) < 0)
+                return -ENOMEM;
+        return -ENOEXEC;
 }
 
 pid_t spawn_worker(const SpawnParams *p, const char **ret_stage) {

@@ -40,6 +40,17 @@ typedef struct SpawnParams {
         int output_fd;               /* SPAWN_OUTPUT_FD: the pipe's write end */
 } SpawnParams;
 
+/* Whether argv[0], found as execvp() would (a path with a '/' from cwd,
+ * else along PATH from env or corrald's own), is a program exec can run
+ * by itself: a binary or a script with a #! line. Anything else execvp()
+ * would hand to /bin/sh (its ENOEXEC fallback), which runs a JavaScript or
+ * Python file as shell and crash-loops; that is refused here with a hint
+ * ("app.js has no #! line; use [\"node\", \"app.js\"]"). A program that
+ * cannot be found or read passes: the exec itself says why. Returns 0 or
+ * -ENOEXEC with a malloc'd message in *ret_error (or -ENOMEM). Reads the
+ * file's first bytes; never blocks on a FIFO. Does not log. */
+int spawn_check_program(char * const *argv, const char *cwd, char * const *env, char **ret_error);
+
 /* Start a worker. Returns its pid (> 0), or a negative errno; on failure
  * *ret_stage names what failed ("fork", "exec", "chdir", "setup") and any
  * child process has already been reaped. Does not log. Waits at most about

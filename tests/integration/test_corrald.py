@@ -181,6 +181,44 @@ def second_reload_while_one_runs_is_refused():
 
 
 @case
+def a_script_without_its_interpreter_is_refused_with_a_hint():
+    # issue 21.4: ["./app.js"] for an executable file without a #! line
+    # was run by /bin/sh (execvp's fallback) and crash-looped on a shell
+    # syntax error. Refused at start and at reload, saying what to write.
+    import subprocess
+    from corral import CORRALCTL, CORRALD
+    app = os.path.join(TMP, "app.js")
+    with open(app, "w") as f:
+        f.write("console.log('hello')\n")
+    os.chmod(app, 0o755)
+    hint = 'app.js has no #! line and is no binary, so it would be run by /bin/sh; add a #! line, ' \
+           'or name its interpreter: ["node", "%s"]' % app
+    r = subprocess.run([CORRALD, "-w", "1", "--control", os.path.join(TMP, "nojs.sock"), "--", app],
+                       capture_output=True, text=True, timeout=20)
+    eq(r.returncode, 1, "start refused\n" + r.stderr)
+    assert hint in r.stderr, r.stderr
+    path = config("nojs", workers=1, exec=TWORKER + ["no-watchdog"])
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        before = status(c)
+        config("nojs", workers=1, exec=[app])
+        r = subprocess.run([CORRALCTL, "-s", c.control, "reload"], capture_output=True, text=True, timeout=20)
+        eq(r.returncode, 1, "reload refused\n" + r.stderr)
+        assert hint in r.stderr, r.stderr
+        after = status(c)
+        eq((after["generation"], slot(after, 0)["pid"]), (before["generation"], slot(before, 0)["pid"]),
+           "nothing changed")
+        # With a #! line it is a program like any other.
+        with open(app, "w") as f:
+            f.write("#!/bin/sh\nexec %s\n" % " ".join(TWORKER + ["no-watchdog"]))
+        r = subprocess.run([CORRALCTL, "-s", c.control, "reload"], capture_output=True, text=True, timeout=30)
+        eq(r.returncode, 0, "reload with a #! line\n" + r.stderr)
+    finally:
+        finish(c, n)
+
+
+@case
 def kill9_worker_is_replaced_in_same_slot():
     port = free_port()
     c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO])
