@@ -718,6 +718,15 @@ static void worker_on_time(Worker *w, uint64_t now) {
                 w->failure = "did not become ready in time";
                 log_emit(LOG_WARNING, &f, "%s did not send READY=1 within %llu ms; killing it", w->who,
                          (unsigned long long) w->config->ready_timeout_ms);
+                /* What a Node or Python author needs to know, once. */
+                if (!w->slot->pool->told_ready_hint) {
+                        w->slot->pool->told_ready_hint = true;
+                        log_emit(LOG_NOTICE, &f, "a worker says it is ready by sending READY=1 to the datagram socket "
+                                 "in $NOTIFY_SOCKET, as for systemd (sd_notify(3); python3-systemd's "
+                                 "daemon.notify(\"READY=1\"); systemd-notify --ready from a shell), once it "
+                                 "serves; a worker that cannot should run with ready.mode \"spawn\", which "
+                                 "takes it as ready once started");
+                }
                 w->slot->pool->ops->kill(w->slot->pool->ops_data, w, SIGKILL, false);
                 break;
         case WORKER_READY:

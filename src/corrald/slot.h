@@ -92,6 +92,7 @@ typedef struct Pool {
         unsigned generation;
         FailureWindow failures;
         bool gave_up;
+        bool told_ready_hint;      /* the "how to send READY=1" hint was logged */
         bool stopping;             /* the instance is stopping: no more spawns */
         bool changed;              /* set by every slot event: what a status summary shows may differ */
         char giveup_reason[160];

@@ -317,6 +317,9 @@ def ready_timeout_kills_and_counts_as_failure():
         m = c.assert_logged(r"worker 0 \(pid (\d+)\) did not send READY=1 within 300 ms")
         c.assert_logged(r"worker 0 \(pid %s\) was killed by SIGKILL after it did not become ready" % m.group(1))
         c.assert_logged("giving up")
+        # What to do about it, said once per instance (issue 21.6).
+        eq(c.count(r"a worker says it is ready by sending READY=1 .*NOTIFY_SOCKET.*ready.mode \"spawn\""), 1,
+           "the hint, once, after two timeouts")
     finally:
         c.kill()
         n.close()
