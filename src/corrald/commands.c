@@ -82,6 +82,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "uptime_ms", (double) ((now - m->start_usec) / USEC_PER_MSEC));
         cJSON_AddNumberToObject(o, "exec_uptime_ms", (double) ((now - m->exec_usec) / USEC_PER_MSEC));
         cJSON_AddNumberToObject(o, "upgrades", m->upgrades);
+        cJSON_AddNumberToObject(o, "orphans_reaped", (double) m->orphans_reaped);
 
         a = cJSON_AddArrayToObject(o, "listeners");
         for (unsigned i = 0; a && i < m->listeners.n; i++) {

@@ -76,6 +76,7 @@ typedef struct ConfigOverrides {
         const char *name;
         const char *control;
         char **exec;              /* everything after "--" */
+        bool subreaper;           /* --subreaper, or PID 1: reap every orphan */
 } ConfigOverrides;
 
 /* Build a validated Config. Returns 0 and a new reference in *ret, or a

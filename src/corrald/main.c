@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <uv.h>
 
 #include "closer.h"
@@ -33,6 +34,8 @@ static void help(void) {
                "  -n, --name NAME         instance name (default: config file name, or corral)\n"
                "      --control PATH      control socket path\n"
                "      --log TARGET        auto, journal or stderr (default: auto)\n"
+               "      --subreaper         reap every orphan that ends up with corrald, as a\n"
+               "                          container's PID 1 must (implied when corrald is PID 1)\n"
                "      --check-config FILE validate FILE and exit 0 if it is valid, 1 if not\n"
                "      --version           print the version and exit\n"
                "  -h, --help              print this help and exit\n"
@@ -56,6 +59,7 @@ enum {
         ARG_LOG,
         ARG_CHECK_CONFIG,
         ARG_VERSION,
+        ARG_SUBREAPER,
 };
 
 int main(int argc, char *argv[]) {
@@ -69,6 +73,7 @@ int main(int argc, char *argv[]) {
                 { "log", required_argument, NULL, ARG_LOG },
                 { "check-config", required_argument, NULL, ARG_CHECK_CONFIG },
                 { "version", no_argument, NULL, ARG_VERSION },
+                { "subreaper", no_argument, NULL, ARG_SUBREAPER },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -130,6 +135,9 @@ int main(int argc, char *argv[]) {
                 case ARG_CHECK_CONFIG:
                         o.path = optarg;
                         check_only = true;
+                        break;
+                case ARG_SUBREAPER:
+                        o.subreaper = true;
                         break;
                 case ARG_VERSION:
                         printf("corrald %s\n", CORRAL_VERSION);
@@ -204,6 +212,14 @@ int main(int argc, char *argv[]) {
         r = rlimit_nofile_raise();
         if (r < 0)
                 log_warning("cannot raise the file descriptor limit: %s", strerror(-r));
+
+        /* PID 1 of a PID namespace (a container) inherits every orphan, and
+         * --subreaper asks for the same below it: they are reaped with the
+         * workers (manager_reap()), or they would stay zombies. */
+        if (getpid() == 1)
+                o.subreaper = true;
+        if (o.subreaper && prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
+                log_warning("cannot become a subreaper: %m");
 
         /* Writes to a worker's IPC socket after it died must fail with EPIPE,
          * not kill the master. Workers get SIG_DFL back in spawn.c. */

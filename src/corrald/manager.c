@@ -594,6 +594,23 @@ void manager_reap(Manager *m) {
                         slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
         upgrade_reap_strays();
+
+        /* As PID 1 or a subreaper, the orphans of workers' children are
+         * ours too: reap them quietly. A worker that exited since the loop
+         * above goes through the lifecycle as usual. */
+        if (!m->overrides || !m->overrides->subreaper)
+                return;
+        for (;;) {
+                int st;
+                pid_t pid = waitpid(-1, &st, WNOHANG);
+                if (pid <= 0)
+                        break;
+                Worker *w = pool_find_worker(&m->pool, pid);
+                if (w)
+                        slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
+                else
+                        m->orphans_reaped++;
+        }
 }
 
 static void on_sigterm(uv_signal_t *h, int signum) {

@@ -51,6 +51,7 @@ typedef struct Manager {
         unsigned recycle_next;     /* the slot the next RSS check looks at first */
 
         uint64_t start_usec;       /* of the instance: kept across upgrades */
+        uint64_t orphans_reaped;   /* as PID 1 or --subreaper: children that were no worker */
         uint64_t exec_usec;        /* when this corrald binary started */
         unsigned upgrades;         /* in-place upgrades since start_usec (upgrade.c) */
         bool sent_ready;

@@ -218,6 +218,62 @@ def a_script_without_its_interpreter_is_refused_with_a_hint():
         finish(c, n)
 
 
+def zombies_of(pid):
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open("/proc/%s/stat" % d) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == pid:
+                out.append(int(d))
+    return out
+
+
+@case
+def subreaper_and_pid_1_reap_the_orphans_of_workers():
+    # SPEC §2 --subreaper (implied as PID 1, a container's init): a worker
+    # whose child leaves a grandchild behind (a daemonising helper) must
+    # not fill the process table with zombies of corrald.
+    import subprocess
+    from corral import CORRALCTL, CORRALD
+    leave_orphan = ["/bin/sh", "-c", '(sleep 0.2 &); exec "$0" "$@"'] + TWORKER + ["no-watchdog"]
+    c, n = run(["--subreaper", "-w", "2"], leave_orphan)
+    try:
+        n.wait("READY", "1")
+        s = wait_status(c, lambda s: s["orphans_reaped"] >= 2, 10, "the two orphans reaped")
+        eq(s["ready"], 2, "workers unaffected")
+        eq(zombies_of(c.pid), [], "no zombie left with corrald")
+    finally:
+        finish(c, n)
+    # As PID 1 of a PID namespace, without the flag.
+    if os.geteuid() != 0:
+        return
+    ctl = os.path.join(TMP, "pid1.sock")
+    p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", CORRALD, "-w", "2", "--control", ctl,
+                          "--log", "stderr", "--"] + leave_orphan,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def st():
+            r = subprocess.run([CORRALCTL, "-s", ctl, "--json", "status"], capture_output=True, text=True, timeout=10)
+            return json.loads(r.stdout) if r.returncode == 0 else None
+        s = wait_for(lambda: (lambda s: s if s and s["ready"] == 2 and s["orphans_reaped"] >= 2 else None)(st()),
+                     15, "PID 1 reaps the orphans")
+        eq(s["pid"], 1, "corrald is PID 1 in its namespace")
+    finally:
+        # SIGTERM to the namespace's init (unshare's child): a graceful
+        # stop, and its exit status is unshare's.
+        try:
+            inner = [int(x) for x in open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()]
+        except OSError:
+            inner = []
+        for pid in inner:
+            os.kill(pid, signal.SIGTERM)
+        eq(p.wait(30), 0, "exit status after SIGTERM\n" + p.stderr.read()[-2000:])
+
+
 @case
 def kill9_worker_is_replaced_in_same_slot():
     port = free_port()
