@@ -164,7 +164,12 @@ static int render(FILE *f, const cJSON *res, const cJSON *prev, size_t width) {
                 return -ENOMEM;
         field(f, "Listeners:", lsn > 0 ? ls : NULL);
         field(f, "Generation:", format_int(b, sizeof(b), res, "generation"));
-        field(f, "State:", ctl_json_str(res, "state"));
+        const cJSON *dr = cJSON_GetObjectItemCaseSensitive(res, "draining");
+        if (cJSON_IsTrue(dr) && ctl_json_str(res, "state")) {
+                snprintf(b, sizeof(b), "%s, draining (corralctl undrain ends it)", ctl_json_str(res, "state"));
+                field(f, "State:", b);
+        } else
+                field(f, "State:", ctl_json_str(res, "state"));
         if (ctl_json_int(res, "ready", &ready) && ctl_json_int(res, "workers", &workers)) {
                 snprintf(b, sizeof(b), "%lld/%lld ready", (long long) ready, (long long) workers);
                 field(f, "Workers:", b);

@@ -99,3 +99,6 @@ int cmd_messages(Ctl *ctl, char **args);
 int cmd_logs(Ctl *ctl, char **args);
 int cmd_list(Ctl *ctl, char **args);
 int cmd_upgrade(Ctl *ctl, char **args);
+int cmd_health(Ctl *ctl, char **args);
+int cmd_drain(Ctl *ctl, char **args);
+int cmd_undrain(Ctl *ctl, char **args);

@@ -35,6 +35,11 @@ static void help(void) {
                "  upgrade               re-execute corrald in place from the binary on disk,\n"
                "                        keeping every worker, socket and counter\n"
                "  list                  every instance in the runtime directories\n"
+               "  health                healthy (exit 0), degraded (1: fewer ready workers than\n"
+               "                        wanted, given up, the last reload failed), or draining\n"
+               "                        or down (2), in one line; for load balancers and probes\n"
+               "  drain, undrain        make health say draining while every worker keeps\n"
+               "                        serving (kept across reloads and upgrades), or stop\n"
                "\n"
                "Options:\n"
                "  -i, --instance NAME   the instance (default: the only one running)\n"
@@ -65,6 +70,7 @@ static const Command commands[] = {
         { "reload", cmd_reload },   { "restart", cmd_restart },   { "scale", cmd_scale },
         { "signal", cmd_signal },   { "send", cmd_send },         { "logs", cmd_logs },
         { "list", cmd_list },       { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
+        { "health", cmd_health },   { "drain", cmd_drain },       { "undrain", cmd_undrain },
 };
 
 enum {

@@ -83,6 +83,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "exec_uptime_ms", (double) ((now - m->exec_usec) / USEC_PER_MSEC));
         cJSON_AddNumberToObject(o, "upgrades", m->upgrades);
         cJSON_AddNumberToObject(o, "orphans_reaped", (double) m->orphans_reaped);
+        cJSON_AddBoolToObject(o, "draining", m->draining);
 
         a = cJSON_AddArrayToObject(o, "listeners");
         for (unsigned i = 0; a && i < m->listeners.n; i++) {
@@ -319,6 +320,59 @@ static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
         control_reply_ok(c, o);
 }
 
+/* Health for load balancers and probes (SPEC §7): healthy, degraded (fewer
+ * ready workers than wanted, given up with "stay", the last reload
+ * failed) or draining / down, with the reason in one line. */
+static void cmd_health(Manager *m, ControlConn *c, const cJSON *req) {
+        unsigned ready = manager_count_ready(m);
+        const char *health = "healthy";
+        char reason[200];
+
+        snprintf(reason, sizeof(reason), "%u/%u workers ready", ready, m->n_slots);
+        if (m->pool.stopping) {
+                health = "down";
+                snprintf(reason, sizeof(reason), "corrald is stopping");
+        } else if (m->draining) {
+                health = "draining";
+                snprintf(reason, sizeof(reason), "drained by corralctl drain; %u/%u workers ready", ready, m->n_slots);
+        } else if (m->pool.gave_up) {
+                health = "degraded";
+                snprintf(reason, sizeof(reason), "gave up: %.120s; %u/%u workers ready", m->pool.giveup_reason, ready,
+                         m->n_slots);
+        } else if (ready < m->n_slots) {
+                health = "degraded";
+        } else if (m->reload_failed) {
+                health = "degraded";
+                snprintf(reason, sizeof(reason), "the last reload failed; %u/%u workers ready", ready, m->n_slots);
+        }
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "health", health);
+        cJSON_AddStringToObject(o, "reason", reason);
+        cJSON_AddNumberToObject(o, "ready", ready);
+        cJSON_AddNumberToObject(o, "workers", m->n_slots);
+        cJSON_AddBoolToObject(o, "draining", m->draining);
+        control_reply_ok(c, o);
+}
+
+static void set_draining(Manager *m, ControlConn *c, bool on) {
+        if (m->draining != on) {
+                m->draining = on;
+                log_notice(on ? "drained: health says draining; every worker keeps serving"
+                              : "undrained: health says what the workers say again");
+        }
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddBoolToObject(o, "draining", m->draining);
+        control_reply_ok(c, o);
+}
+
+static void cmd_drain(Manager *m, ControlConn *c, const cJSON *req) {
+        set_draining(m, c, true);
+}
+
+static void cmd_undrain(Manager *m, ControlConn *c, const cJSON *req) {
+        set_draining(m, c, false);
+}
+
 static void cmd_upgrade(Manager *m, ControlConn *c, const cJSON *req) {
         upgrade_request(m, c);
 }
@@ -329,7 +383,8 @@ static const struct {
 } commands[] = {
         { "status", cmd_status }, { "reload", cmd_reload }, { "restart", cmd_restart },
         { "scale", cmd_scale },   { "signal", cmd_signal }, { "send", cmd_send },
-        { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
+        { "messages", cmd_messages }, { "upgrade", cmd_upgrade }, { "health", cmd_health },
+        { "drain", cmd_drain },   { "undrain", cmd_undrain },
 };
 
 void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
@@ -341,6 +396,7 @@ void commands_dispatch(void *userdata, ControlConn *c, const cJSON *req) {
                         return;
                 }
         char esc[80];
-        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send, messages, upgrade)",
+        control_reply_error(c, "unknown command \"%s\" (known: status, reload, restart, scale, signal, send, messages, upgrade, "
+                            "health, drain, undrain)",
                             str_escape(name, esc, sizeof(esc)));
 }

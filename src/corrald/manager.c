@@ -204,6 +204,7 @@ static void plan_done(Manager *m) {
         if (r->kind == ROLLOUT_RELOAD && r->target_workers < m->n_slots)
                 set_slot_count(m, r->target_workers);
         if (r->kind == ROLLOUT_RELOAD) {
+                m->reload_failed = false;
                 LogFields f = event(m, "reload_done");
                 log_emit(LOG_INFO, &f, "reload done: generation %u, %u worker%s replaced in %llu ms",
                          m->pool.generation, r->replaced, plural(r->replaced), (unsigned long long) ms);
@@ -263,6 +264,8 @@ static void plan_failed(Manager *m) {
                                        : "";
         LogFields f = event(m, r->kind == ROLLOUT_RELOAD ? "reload_failed" : NULL);
         log_emit(LOG_ERR, &f, "%s failed: %s%s", rollout_kind_to_string(r->kind), r->error, rest);
+        if (r->kind == ROLLOUT_RELOAD)
+                m->reload_failed = true;
         if (r->kind == ROLLOUT_RELOAD) {
                 char prefix[300];
                 snprintf(prefix, sizeof(prefix), "Reload failed: %.200s; ", r->error);
@@ -338,6 +341,7 @@ void manager_reload(Manager *m, ControlConn *client) {
                 r = manager_check_program(c, &error);
         if (r < 0) {
                 LogFields f = event(m, "reload_failed");
+                m->reload_failed = true;
                 log_emit(LOG_ERR, &f, "reload failed, nothing changed: %s", error ? error : strerror(-r));
                 if (client)
                         control_reply_error(client, "%s", error ? error : strerror(-r));
@@ -349,6 +353,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         /* The new slots plus one replacement per max_surge, at worst. */
         if (manager_fd_room(m, target + c->reload_max_surge, &max, &open) < 0) {
                 LogFields f = event(m, "reload_failed");
+                m->reload_failed = true;
                 log_emit(LOG_ERR, &f, "reload failed, nothing changed: %u workers do not fit in the open-file limit "
                          "of %u (%u open)", target, max, open);
                 if (client)

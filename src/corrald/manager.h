@@ -55,6 +55,8 @@ typedef struct Manager {
         uint64_t exec_usec;        /* when this corrald binary started */
         unsigned upgrades;         /* in-place upgrades since start_usec (upgrade.c) */
         bool sent_ready;
+        bool draining;             /* `corralctl drain`: health says so; kept across upgrades */
+        bool reload_failed;        /* the last reload failed: health is degraded until one succeeds */
         bool closed;
         int exit_code;
         char status[256];          /* last STATUS= sent */

@@ -95,6 +95,8 @@ typedef struct UpgradeState {
         char *status;
         bool gave_up;
         char *giveup_reason;
+        bool draining;           /* `corralctl drain` holds across an upgrade */
+        bool reload_failed;
         uint64_t *failures;      /* the failure window's stamps, oldest first */
         unsigned n_failures;
         int notify_fd, control_fd;

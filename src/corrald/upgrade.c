@@ -454,6 +454,8 @@ int upgrade_restore(Manager *m) {
         m->recycle_pause_until = s->recycle_pause_until;
         m->recycle_next = s->recycle_next;
         m->n_messages = s->messages;
+        m->draining = s->draining;
+        m->reload_failed = s->reload_failed;
         m->n_undeliverable = s->undeliverable;
         m->notify.n_dropped = s->notify_dropped;
         snprintf(m->status, sizeof(m->status), "%s", s->status ? s->status : "");
@@ -645,6 +647,8 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 .status = dup_or(m->status, &oom),
                 .gave_up = m->pool.gave_up,
                 .giveup_reason = dup_or(m->pool.giveup_reason, &oom),
+                .draining = m->draining,
+                .reload_failed = m->reload_failed,
                 .notify_fd = carry(c, m->notify.fd),
                 .control_fd = carry(c, control_server_fd(&m->control)),
                 .control_path = dup_or(m->control.path, &oom),

@@ -42,6 +42,7 @@ static void sample(UpgradeState *s) {
                 .status = dup("2/2 workers ready, generation 4"),
                 .gave_up = true,
                 .giveup_reason = dup("too many restarts"),
+                .draining = true,
                 .notify_fd = 3,
                 .control_fd = 4,
                 .control_path = dup("/run/corral/app.sock"),
@@ -133,6 +134,8 @@ static void test_round_trip(void **state) {
         assert_u64_eq(b.notify_dropped, a.notify_dropped);
         assert_string_equal(b.status, a.status);
         assert_true(b.gave_up);
+        assert_true(b.draining);
+        assert_false(b.reload_failed);
         assert_string_equal(b.giveup_reason, a.giveup_reason);
         assert_int_eq(b.n_failures, 3);
         assert_memory_equal(b.failures, a.failures, 3 * sizeof(uint64_t));
@@ -211,7 +214,7 @@ static void expect_refused(cJSON *root, const char *path, const char *what) {
 static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
                                              "workers.ipc_tail", "workers.peer_fd", "clients.unread",
-                                             "slots.last_failure" };
+                                             "slots.last_failure", "draining", "reload_failed" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)

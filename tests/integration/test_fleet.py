@@ -1,0 +1,96 @@
+#!/usr/bin/python3
+"""corral in a fleet (issue 17): health for load balancers and probes,
+drain and undrain. Real corrald, corral-hello workers, corralctl."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from tap import case, main, wait_for, eq  # noqa: E402
+from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, finish, free_port, http_get,  # noqa: E402
+                    status, wait_status)
+
+TMP = tempfile.mkdtemp(prefix="corral-fleet-")
+
+
+def start(**keys):
+    port = free_port()
+    path = os.path.join(TMP, "c%d.json" % port)
+    with open(path, "w") as f:
+        json.dump(dict({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, **keys), f)
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    n.wait("READY", "1")
+    return c, n, port, path
+
+
+def ctl(c, *args):
+    return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True, timeout=30)
+
+
+def health(c):
+    r = ctl(c, "health")
+    return r.returncode, r.stdout.strip()
+
+
+@case
+def health_says_healthy_degraded_or_down():
+    c, n, port, path = start(restart={"backoff_ms": [5000, 5000]})
+    try:
+        eq(health(c), (0, "healthy: 2/2 workers ready"), "both ready")
+        r = ctl(c, "--json", "health")
+        j = json.loads(r.stdout)
+        eq((j["health"], j["ready"], j["workers"], j["draining"]), ("healthy", 2, 2, False), "--json")
+        # Slot 0 crashes twice: the first is replaced at once, the second
+        # waits out the 5 s backoff: fewer ready workers than wanted.
+        first = status(c)["slots"][0]["pid"]
+        os.kill(first, signal.SIGKILL)
+        second = wait_status(c, lambda s: s["ready"] == 2 and s["slots"][0]["pid"] != first, 10)["slots"][0]["pid"]
+        os.kill(second, signal.SIGKILL)
+        wait_status(c, lambda s: s["slots"][0]["state"] == "backoff", 10)
+        eq(health(c), (1, "degraded: 1/2 workers ready"), "one in backoff")
+        # A reload that fails leaves it degraded until one succeeds.
+        wait_status(c, lambda s: s["ready"] == 2, 15)
+        with open(path, "w") as f:
+            f.write("{")
+        eq(ctl(c, "reload").returncode, 1, "the reload fails")
+        code, line = health(c)
+        eq(code, 1, "degraded after a failed reload: " + line)
+        assert "the last reload failed" in line, line
+        with open(path, "w") as f:
+            json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
+        eq(ctl(c, "reload").returncode, 0, "a good reload")
+        eq(health(c), (0, "healthy: 2/2 workers ready"), "healthy again")
+    finally:
+        finish(c, n)
+    # Gone: down, exit 2, for a probe.
+    code, line = health(c)
+    eq((code, line), (2, "down: the instance does not answer"), "an instance that does not answer")
+
+
+@case
+def drain_keeps_serving_and_holds_across_reload_and_upgrade():
+    c, n, port, path = start()
+    try:
+        eq(ctl(c, "drain").returncode, 0, "drain")
+        code, line = health(c)
+        eq(code, 2, "draining: " + line)
+        assert line.startswith("draining: "), line
+        eq([http_get(port)[0] for _ in range(4)], [200] * 4, "every worker keeps serving")
+        eq(status(c)["draining"], True, "status says so")
+        assert "draining" in ctl(c, "status").stdout, "the status table says so"
+        eq(ctl(c, "reload").returncode, 0, "reload")
+        eq(health(c)[0], 2, "still draining after a reload")
+        eq(ctl(c, "upgrade").returncode, 0, "upgrade")
+        eq(health(c)[0], 2, "still draining after an upgrade")
+        eq(ctl(c, "undrain").returncode, 0, "undrain")
+        eq(health(c), (0, "healthy: 2/2 workers ready"), "healthy again")
+    finally:
+        finish(c, n)
+
+
+if __name__ == "__main__":
+    main()
