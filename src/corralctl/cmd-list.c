@@ -13,8 +13,7 @@
 #include "table.h"
 #include "util.h"
 
-/* Ask one socket for its status. Returns 0 with the result, or -errno. */
-static int probe(const char *path, cJSON **ret) {
+int ctl_status_of(const char *path, cJSON **ret) {
         _cleanup_client_free_ Client *c = NULL;
         _cleanup_json_ cJSON *req = ctl_new_request("status");
         cJSON *res = NULL;
@@ -54,7 +53,7 @@ static int list_one(Table *t, cJSON *json_out, const char *path) {
 
         if (!name)
                 return -ENOMEM;
-        int r = probe(path, &res);
+        int r = ctl_status_of(path, &res);
         if (r == -ENOMEM)
                 return r;
         if (json_out) {

@@ -99,6 +99,12 @@ int cmd_messages(Ctl *ctl, char **args);
 int cmd_logs(Ctl *ctl, char **args);
 int cmd_list(Ctl *ctl, char **args);
 int cmd_upgrade(Ctl *ctl, char **args);
+int cmd_metrics(Ctl *ctl, char **args);
+
+/* Ask the instance on socket path for its status, with the short timeout
+ * of `list`. Returns 0 with the result (caller frees), or -errno. Does not
+ * print. */
+int ctl_status_of(const char *path, cJSON **ret);
 int cmd_health(Ctl *ctl, char **args);
 int cmd_drain(Ctl *ctl, char **args);
 int cmd_undrain(Ctl *ctl, char **args);

@@ -40,6 +40,8 @@ static void help(void) {
                "                        or down (2), in one line; for load balancers and probes\n"
                "  drain, undrain        make health say draining while every worker keeps\n"
                "                        serving (kept across reloads and upgrades), or stop\n"
+               "  metrics               the Prometheus text format, for this instance (-i, -s)\n"
+               "                        or every instance list finds\n"
                "\n"
                "Options:\n"
                "  -i, --instance NAME   the instance (default: the only one running)\n"
@@ -71,6 +73,7 @@ static const Command commands[] = {
         { "signal", cmd_signal },   { "send", cmd_send },         { "logs", cmd_logs },
         { "list", cmd_list },       { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
         { "health", cmd_health },   { "drain", cmd_drain },       { "undrain", cmd_undrain },
+        { "metrics", cmd_metrics },
 };
 
 enum {

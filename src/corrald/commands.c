@@ -84,6 +84,21 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "upgrades", m->upgrades);
         cJSON_AddNumberToObject(o, "orphans_reaped", (double) m->orphans_reaped);
         cJSON_AddBoolToObject(o, "draining", m->draining);
+        /* Counters for `corralctl metrics`: since the instance started,
+         * or (those of the hand-off) since this corrald binary did. */
+        cJSON *k = cJSON_AddObjectToObject(o, "counters");
+        if (k) {
+                cJSON_AddNumberToObject(k, "reloads_done", (double) m->reloads_done);
+                cJSON_AddNumberToObject(k, "reloads_failed", (double) m->reloads_failed);
+                cJSON_AddNumberToObject(k, "messages", (double) m->n_messages);
+                cJSON_AddNumberToObject(k, "messages_undeliverable", (double) m->n_undeliverable);
+                cJSON_AddNumberToObject(k, "notify_dropped", (double) m->notify.n_dropped);
+                cJSON_AddNumberToObject(k, "handed", (double) m->handoff.n_handed);
+                cJSON_AddNumberToObject(k, "handoffs_retried", (double) m->handoff.n_retried);
+                cJSON_AddNumberToObject(k, "handoffs_taken_back", (double) m->handoff.n_taken_back);
+                cJSON_AddNumberToObject(k, "handoffs_lost", (double) m->handoff.n_lost);
+                cJSON_AddNumberToObject(k, "accept_errors", (double) m->handoff.n_accept_errors);
+        }
 
         a = cJSON_AddArrayToObject(o, "listeners");
         for (unsigned i = 0; a && i < m->listeners.n; i++) {

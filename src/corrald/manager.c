@@ -205,6 +205,7 @@ static void plan_done(Manager *m) {
                 set_slot_count(m, r->target_workers);
         if (r->kind == ROLLOUT_RELOAD) {
                 m->reload_failed = false;
+                m->reloads_done++;
                 LogFields f = event(m, "reload_done");
                 log_emit(LOG_INFO, &f, "reload done: generation %u, %u worker%s replaced in %llu ms",
                          m->pool.generation, r->replaced, plural(r->replaced), (unsigned long long) ms);
@@ -264,8 +265,10 @@ static void plan_failed(Manager *m) {
                                        : "";
         LogFields f = event(m, r->kind == ROLLOUT_RELOAD ? "reload_failed" : NULL);
         log_emit(LOG_ERR, &f, "%s failed: %s%s", rollout_kind_to_string(r->kind), r->error, rest);
-        if (r->kind == ROLLOUT_RELOAD)
+        if (r->kind == ROLLOUT_RELOAD) {
                 m->reload_failed = true;
+                m->reloads_failed++;
+        }
         if (r->kind == ROLLOUT_RELOAD) {
                 char prefix[300];
                 snprintf(prefix, sizeof(prefix), "Reload failed: %.200s; ", r->error);
@@ -342,6 +345,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         if (r < 0) {
                 LogFields f = event(m, "reload_failed");
                 m->reload_failed = true;
+                m->reloads_failed++;
                 log_emit(LOG_ERR, &f, "reload failed, nothing changed: %s", error ? error : strerror(-r));
                 if (client)
                         control_reply_error(client, "%s", error ? error : strerror(-r));
@@ -354,6 +358,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         if (manager_fd_room(m, target + c->reload_max_surge, &max, &open) < 0) {
                 LogFields f = event(m, "reload_failed");
                 m->reload_failed = true;
+                m->reloads_failed++;
                 log_emit(LOG_ERR, &f, "reload failed, nothing changed: %u workers do not fit in the open-file limit "
                          "of %u (%u open)", target, max, open);
                 if (client)

@@ -57,6 +57,7 @@ typedef struct Manager {
         bool sent_ready;
         bool draining;             /* `corralctl drain`: health says so; kept across upgrades */
         bool reload_failed;        /* the last reload failed: health is degraded until one succeeds */
+        uint64_t reloads_done, reloads_failed; /* since start_usec (carried across upgrades) */
         bool closed;
         int exit_code;
         char status[256];          /* last STATUS= sent */

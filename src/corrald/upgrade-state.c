@@ -164,6 +164,8 @@ static const Field state_fields[] = {
         STR(UpgradeState, giveup_reason, 159, 0),
         NUM(FT_BOOL, UpgradeState, draining, 0, 0, F_OPTIONAL),
         NUM(FT_BOOL, UpgradeState, reload_failed, 0, 0, F_OPTIONAL),
+        NUM(FT_U64, UpgradeState, reloads_done, 0, JSON_INT_MAX, F_OPTIONAL),
+        NUM(FT_U64, UpgradeState, reloads_failed, 0, JSON_INT_MAX, F_OPTIONAL),
         ARRAY(UpgradeState, failures, n_failures, FT_U64_ARRAY, RESTART_LIMIT_MAX + 1, 0, NULL),
         NUM(FT_FD, UpgradeState, notify_fd, 0, 0, F_ENVELOPE),
         NUM(FT_FD, UpgradeState, control_fd, 0, 0, F_ENVELOPE),

@@ -97,6 +97,7 @@ typedef struct UpgradeState {
         char *giveup_reason;
         bool draining;           /* `corralctl drain` holds across an upgrade */
         bool reload_failed;
+        uint64_t reloads_done, reloads_failed;
         uint64_t *failures;      /* the failure window's stamps, oldest first */
         unsigned n_failures;
         int notify_fd, control_fd;

@@ -456,6 +456,8 @@ int upgrade_restore(Manager *m) {
         m->n_messages = s->messages;
         m->draining = s->draining;
         m->reload_failed = s->reload_failed;
+        m->reloads_done = s->reloads_done;
+        m->reloads_failed = s->reloads_failed;
         m->n_undeliverable = s->undeliverable;
         m->notify.n_dropped = s->notify_dropped;
         snprintf(m->status, sizeof(m->status), "%s", s->status ? s->status : "");
@@ -649,6 +651,8 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 .giveup_reason = dup_or(m->pool.giveup_reason, &oom),
                 .draining = m->draining,
                 .reload_failed = m->reload_failed,
+                .reloads_done = m->reloads_done,
+                .reloads_failed = m->reloads_failed,
                 .notify_fd = carry(c, m->notify.fd),
                 .control_fd = carry(c, control_server_fd(&m->control)),
                 .control_path = dup_or(m->control.path, &oom),

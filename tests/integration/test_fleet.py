@@ -92,5 +92,64 @@ def drain_keeps_serving_and_holds_across_reload_and_upgrade():
         finish(c, n)
 
 
+def promtool_check(text):
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    eq(r.returncode, 0, "promtool check metrics:\n%s%s\n--- the metrics:\n%s" % (r.stdout, r.stderr, text[:3000]))
+
+
+def sample(text, name, **labels):
+    want = ",".join('%s="%s"' % kv for kv in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + "{"):
+            got = line[len(name) + 1:line.index("}")]
+            if ",".join(sorted(got.split(","))) == want:
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("no sample %s{%s} in\n%s" % (name, want, text[:3000]))
+
+
+@case
+def metrics_in_the_prometheus_format_for_one_instance_or_all():
+    rd = tempfile.mkdtemp(prefix="corral-rd-", dir=TMP)
+    env = {"RUNTIME_DIRECTORY": rd}
+    ports = [free_port(), free_port()]
+    instances = []
+    for name, port, balance in [("alpha", ports[0], "round-robin"), ("beta", ports[1], "shared")]:
+        path = os.path.join(TMP, name + ".json")
+        with open(path, "w") as f:
+            json.dump({"exec": [HELLO], "workers": 2, "balance": balance, "listen": ["127.0.0.1:%d" % port]}, f)
+        n = NotifySocket()
+        c = Corrald(["-c", path, "--control", os.path.join(rd, name + ".sock")], notify=n, env=env)
+        c.control = os.path.join(rd, name + ".sock")
+        n.wait("READY", "1")
+        instances.append((c, n))
+    try:
+        for _ in range(6):
+            eq(http_get(ports[0])[0], 200, "served")
+        eq(subprocess.run([CORRALCTL, "-i", "alpha", "reload"], env=dict(os.environ, **env), capture_output=True,
+                          timeout=30).returncode, 0, "a reload of alpha")
+        one = subprocess.run([CORRALCTL, "-i", "alpha", "metrics"], env=dict(os.environ, **env),
+                             capture_output=True, text=True, timeout=30)
+        eq(one.returncode, 0, "metrics -i alpha: " + one.stderr)
+        promtool_check(one.stdout)
+        eq(sample(one.stdout, "corral_up", instance="alpha"), 1, "up")
+        eq(sample(one.stdout, "corral_workers", instance="alpha"), 2, "workers wanted")
+        eq(sample(one.stdout, "corral_workers_ready", instance="alpha"), 2, "workers ready")
+        eq(sample(one.stdout, "corral_reloads_total", instance="alpha", result="done"), 1, "reloads done")
+        assert sample(one.stdout, "corral_handoffs_total", instance="alpha") >= 6, "hand-offs counted"
+        assert sample(one.stdout, "corral_worker_resident_memory_bytes", instance="alpha", slot="0") > 100000, \
+            "RSS in bytes"
+        assert "beta" not in one.stdout, "only alpha"
+        every = subprocess.run([CORRALCTL, "metrics"], env=dict(os.environ, **env), capture_output=True, text=True,
+                               timeout=30)
+        eq(every.returncode, 0, "metrics of every instance: " + every.stderr)
+        promtool_check(every.stdout)
+        eq((sample(every.stdout, "corral_up", instance="alpha"), sample(every.stdout, "corral_up", instance="beta")),
+           (1, 1), "both instances")
+        eq(sample(every.stdout, "corral_reloads_total", instance="beta", result="done"), 0, "beta's own counters")
+    finally:
+        for c, n in instances:
+            finish(c, n)
+
+
 if __name__ == "__main__":
     main()

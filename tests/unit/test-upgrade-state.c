@@ -214,7 +214,8 @@ static void expect_refused(cJSON *root, const char *path, const char *what) {
 static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
                                              "workers.ipc_tail", "workers.peer_fd", "clients.unread",
-                                             "slots.last_failure", "draining", "reload_failed" };
+                                             "slots.last_failure", "draining", "reload_failed", "reloads_done",
+                                             "reloads_failed" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
