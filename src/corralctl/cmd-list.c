@@ -13,12 +13,9 @@
 #include "table.h"
 #include "util.h"
 
-int ctl_status_of(const char *path, cJSON **ret) {
+int ctl_call_path(const char *path, const cJSON *req, cJSON **ret) {
         _cleanup_client_free_ Client *c = NULL;
-        _cleanup_json_ cJSON *req = ctl_new_request("status");
         cJSON *res = NULL;
-        if (!req)
-                return -ENOMEM;
         int r = client_connect(path, CTL_LIST_TIMEOUT_USEC, &c);
         if (r < 0)
                 return r;
@@ -31,6 +28,11 @@ int ctl_status_of(const char *path, cJSON **ret) {
         }
         *ret = res;
         return 0;
+}
+
+int ctl_status_of(const char *path, cJSON **ret) {
+        _cleanup_json_ cJSON *req = ctl_new_request("status");
+        return req ? ctl_call_path(path, req, ret) : -ENOMEM;
 }
 
 static const char *probe_state(int r) {

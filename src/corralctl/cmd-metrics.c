@@ -199,6 +199,26 @@ static void metrics_print(FILE *f, char * const *names, cJSON * const *statuses,
         }
 }
 
+size_t metrics_write(FILE *f, char * const *paths) {
+        size_t n = strv_length(paths);
+        char *names[n + 1];
+        cJSON *statuses[n + 1];
+        size_t answered = 0;
+        for (size_t i = 0; i < n; i++) {
+                statuses[i] = NULL;
+                if (ctl_status_of(paths[i], &statuses[i]) >= 0)
+                        answered++;
+                const char *inst = statuses[i] ? ctl_json_str(statuses[i], "instance") : NULL;
+                names[i] = inst ? strdup(inst) : instance_name_from_path(paths[i]);
+        }
+        metrics_print(f, names, statuses, n);
+        for (size_t i = 0; i < n; i++) {
+                free(names[i]);
+                cJSON_Delete(statuses[i]);
+        }
+        return answered;
+}
+
 int cmd_metrics(Ctl *ctl, char **args) {
         _cleanup_strv_free_ char **paths = NULL;
         int r;
@@ -213,22 +233,7 @@ int cmd_metrics(Ctl *ctl, char **args) {
         } else if (instance_discover(&paths) < 0)
                 return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
 
-        size_t n = strv_length(paths);
-        char *names[n + 1];
-        cJSON *statuses[n + 1];
-        size_t answered = 0;
-        for (size_t i = 0; i < n; i++) {
-                statuses[i] = NULL;
-                if (ctl_status_of(paths[i], &statuses[i]) >= 0)
-                        answered++;
-                const char *inst = statuses[i] ? ctl_json_str(statuses[i], "instance") : NULL;
-                names[i] = inst ? strdup(inst) : instance_name_from_path(paths[i]);
-        }
-        metrics_print(stdout, names, statuses, n);
-        for (size_t i = 0; i < n; i++) {
-                free(names[i]);
-                cJSON_Delete(statuses[i]);
-        }
+        size_t answered = metrics_write(stdout, paths);
         /* With -i or -s the one instance must answer; every instance found
          * is reported up or down. */
         if ((ctl->instance || ctl->socket) && answered == 0)

@@ -105,6 +105,13 @@ int cmd_metrics(Ctl *ctl, char **args);
  * of `list`. Returns 0 with the result (caller frees), or -errno. Does not
  * print. */
 int ctl_status_of(const char *path, cJSON **ret);
+/* The same for any request. */
+int ctl_call_path(const char *path, const cJSON *req, cJSON **ret);
+/* The metrics of the instances on these sockets (cmd-metrics.c); each
+ * asked with ctl_status_of(), one that does not answer as corral_up 0.
+ * Returns how many answered. */
+size_t metrics_write(FILE *f, char * const *paths);
+int cmd_serve_http(Ctl *ctl, char **args);
 int cmd_health(Ctl *ctl, char **args);
 int cmd_drain(Ctl *ctl, char **args);
 int cmd_undrain(Ctl *ctl, char **args);

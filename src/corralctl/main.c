@@ -42,6 +42,8 @@ static void help(void) {
                "                        serving (kept across reloads and upgrades), or stop\n"
                "  metrics               the Prometheus text format, for this instance (-i, -s)\n"
                "                        or every instance list finds\n"
+               "  serve-http            answer one HTTP request on stdin (GET /metrics,\n"
+               "                        GET /health/NAME): corral-metrics.socket runs it\n"
                "\n"
                "Options:\n"
                "  -i, --instance NAME   the instance (default: the only one running)\n"
@@ -73,7 +75,7 @@ static const Command commands[] = {
         { "signal", cmd_signal },   { "send", cmd_send },         { "logs", cmd_logs },
         { "list", cmd_list },       { "messages", cmd_messages }, { "upgrade", cmd_upgrade },
         { "health", cmd_health },   { "drain", cmd_drain },       { "undrain", cmd_undrain },
-        { "metrics", cmd_metrics },
+        { "metrics", cmd_metrics }, { "serve-http", cmd_serve_http },
 };
 
 enum {

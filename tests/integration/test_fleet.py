@@ -9,9 +9,10 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, wait_for, eq  # noqa: E402
+from tap import case, main, wait_for, eq, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, finish, free_port, http_get,  # noqa: E402
-                    status, wait_status)
+                    shipped_unit, status, wait_status)
+from sandbox import Sandbox  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-fleet-")
 
@@ -149,6 +150,107 @@ def metrics_in_the_prometheus_format_for_one_instance_or_all():
     finally:
         for c, n in instances:
             finish(c, n)
+
+
+def http(port, path):
+    """(status, body) of GET path, or HEAD with path "HEAD /x"."""
+    import socket
+    method, _, path = path.rpartition(" ")
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(("%s %s HTTP/1.0\r\nHost: x\r\n\r\n" % (method or "GET", path)).encode())
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+@case
+def health_and_metrics_over_http_from_a_socket_activated_corralctl():
+    # What corral-metrics.socket does (Accept=yes): one corralctl per
+    # connection, the connection on its stdin and stdout. The master
+    # serves no HTTP.
+    rd = tempfile.mkdtemp(prefix="corral-rd-", dir=TMP)
+    env = {"RUNTIME_DIRECTORY": rd}
+    port, mport = free_port(), free_port()
+    path = os.path.join(TMP, "web.json")
+    with open(path, "w") as f:
+        json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
+    n = NotifySocket()
+    c = Corrald(["-c", path, "--control", os.path.join(rd, "web.sock")], notify=n, env=env)
+    c.control = os.path.join(rd, "web.sock")
+    act = subprocess.Popen(["systemd-socket-activate", "--inetd", "-a", "-l", "127.0.0.1:%d" % mport,
+                            "-E", "RUNTIME_DIRECTORY=" + rd, CORRALCTL, "serve-http"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        n.wait("READY", "1")
+        wait_for(lambda: "Listening on" in act.stderr.readline(), 10, "systemd-socket-activate listening")
+        eq(http(mport, "/health/web"), (200, "healthy: 2/2 workers ready\n"), "healthy: 200")
+        code, body = http(mport, "/metrics")
+        eq(code, 200, "metrics: 200")
+        promtool_check(body)
+        eq(sample(body, "corral_workers_ready", instance="web"), 2, "the metrics of web")
+        eq(ctl(c, "drain").returncode, 0, "drain")
+        code, body = http(mport, "/health/web")
+        eq(code, 503, "draining: 503 (%s)" % body)
+        assert body.startswith("draining: "), body
+        eq(http(mport, "HEAD /health/web"), (503, ""), "HEAD: no body")
+        eq(http(mport, "/health/nosuch"), (503, "down: nosuch does not answer\n"), "an unknown instance is down")
+        eq(http(mport, "/health/")[0], 404, "no instance name")
+        eq(http(mport, "/other")[0], 404, "unknown path")
+        eq(http(mport, "POST /metrics")[0], 405, "only GET")
+    finally:
+        act.terminate()
+        act.wait(10)
+        finish(c, n)
+
+
+@case
+def corral_metrics_socket_under_systemd():
+    # The shipped units: corral-metrics.socket answers for a corral@
+    # instance running as its own dynamic user; sandboxed corralctl per
+    # request, as root with CAP_DAC_OVERRIDE only.
+    reason = Sandbox.usable()
+    if reason:
+        raise Skip(reason)
+    units = {
+        "corral@.socket": shipped_unit("corral@.socket"),
+        "corral@.service": shipped_unit("corral@.service"),
+        "corral-metrics.socket": shipped_unit("corral-metrics.socket"),
+        "corral-metrics@.service": shipped_unit("corral-metrics@.service"),
+        "corral@web.socket.d/port.conf": "[Socket]\nListenStream=\nListenStream=127.0.0.1:8080\n",
+        "corral-metrics.socket.d/local.conf": "[Socket]\nListenStream=\nListenStream=127.0.0.1:9857\n",
+    }
+    if os.environ.get("CORRAL_SANITIZED") == "1":
+        units["corral@.service.d/sanitize.conf"] = "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\n"
+        units["corral-metrics@.service.d/sanitize.conf"] = "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\n" \
+                                                           "MemoryDenyWriteExecute=no\n"
+    sb = Sandbox(units=units, files={"/etc/corral/web.json": json.dumps({"exec": [HELLO], "workers": 2})},
+                 timeout=60)
+    sb.start()
+    try:
+        sb.systemctl("start", "corral@web.socket")
+        sb.systemctl("start", "corral@web.service")
+        sb.systemctl("start", "corral-metrics.socket")
+
+        def get(path):
+            r = sb.run(["curl", "-s", "-o", "/dev/stdout", "-w", "\n%{http_code}", "http://127.0.0.1:9857" + path],
+                       check=False)
+            body, _, code = r.stdout.rpartition("\n")
+            return int(code or 0), body
+        wait_for(lambda: get("/health/web") == (200, "healthy: 2/2 workers ready\n"), 30, "healthy over HTTP")
+        code, body = get("/metrics")
+        eq(code, 200, "metrics over HTTP")
+        promtool_check(body)
+        eq(sample(body, "corral_workers_ready", instance="web"), 2, "web's metrics")
+        sb.run([CORRALCTL, "-i", "web", "drain"])
+        eq(get("/health/web")[0], 503, "drained: 503 for the load balancer")
+    finally:
+        sb.stop()
 
 
 if __name__ == "__main__":

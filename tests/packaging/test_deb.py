@@ -38,6 +38,8 @@ EXPECTED = [
     "/usr/libexec/corral/corral-hello",
     UNITDIR + "/corral@.socket",
     UNITDIR + "/corral@.service",
+    UNITDIR + "/corral-metrics.socket",
+    UNITDIR + "/corral-metrics@.service",
     "/usr/share/man/man8/corrald.8.gz",
     "/usr/share/man/man1/corralctl.1.gz",
     "/usr/share/man/man5/corral.json.5.gz",
