@@ -759,14 +759,28 @@ int control_server_start(ControlServer *s, uv_loop_t *loop, const char *path, Co
         s->pipe.data = s;
         s->active = true;
 
+        /* Bound under a temporary name, listening, then renamed into place:
+         * a client that finds the path always finds it listening (bound
+         * and not yet listening, connect() is refused and the socket looks
+         * stale). Too long a path for the suffix binds in place. */
+        char tmp[sizeof(sa.sun_path)];
+        bool renamed = strlen(path) + strlen(".tmp") < sizeof(tmp);
+        snprintf(tmp, sizeof(tmp), "%s%s", path, renamed ? ".tmp" : "");
+        if (renamed)
+                (void) unlink_socket(tmp);
         /* Mode 0600 from the start: a umask around bind() leaves no window
          * in which the socket is more open than that. */
         mode_t old = umask(0177);
-        r = uv_pipe_bind(&s->pipe, path);
+        r = uv_pipe_bind(&s->pipe, tmp);
         umask(old);
         if (r < 0)
-                return log_error_errno(r, "cannot bind control socket %s: %m", path);
-        return control_server_listen(s, loop);
+                return log_error_errno(r, "cannot bind control socket %s: %m", tmp);
+        r = control_server_listen(s, loop);
+        if (r >= 0 && renamed && rename(tmp, path) == -1) {
+                r = log_error_errno(-errno, "cannot rename control socket %s to %s: %m", tmp, path);
+                (void) unlink(tmp);
+        }
+        return r;
 }
 
 static int control_server_listen(ControlServer *s, uv_loop_t *loop) {
