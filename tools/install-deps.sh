@@ -5,7 +5,7 @@
 set -eu
 pkgs="gcc meson ninja-build pkg-config libsystemd-dev libuv1-dev libcjson-dev"
 if [ "${1:-}" = "--test" ]; then
-        pkgs="$pkgs libcmocka-dev python3 python3-systemd systemd curl wrk nodejs util-linux iproute2 valgrind debhelper dpkg-dev build-essential lintian scdoc prometheus"
+        pkgs="$pkgs libcmocka-dev python3 python3-systemd systemd curl wrk nodejs util-linux iproute2 valgrind debhelper dpkg-dev build-essential lintian scdoc prometheus haproxy"
         # The fuzz build: clang, libFuzzer (libclang-rt, only recommended by
         # clang, and we install no recommends), llvm-symbolizer for stacks.
         pkgs="$pkgs clang libclang-rt-14-dev llvm"

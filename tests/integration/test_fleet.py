@@ -253,5 +253,23 @@ def corral_metrics_socket_under_systemd():
         sb.stop()
 
 
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "fleet")
+
+
+@case
+def the_documented_alerts_and_haproxy_backend_are_valid():
+    # docs/fleet.md is copied by users: its Prometheus rules and HAProxy
+    # backend must load in the real programs.
+    r = subprocess.run(["promtool", "check", "rules", os.path.join(DOCS, "corral-alerts.yml")],
+                       capture_output=True, text=True, timeout=30)
+    eq(r.returncode, 0, "promtool check rules\n" + r.stdout + r.stderr)
+    assert "3 rules found" in r.stdout, r.stdout
+    if not os.path.exists("/usr/sbin/haproxy"):
+        raise Skip("haproxy is not installed (tools/install-deps.sh --test installs it)")
+    r = subprocess.run(["/usr/sbin/haproxy", "-c", "-f", os.path.join(DOCS, "haproxy.cfg")], capture_output=True,
+                       text=True, timeout=30)
+    eq(r.returncode, 0, "haproxy -c\n" + r.stdout + r.stderr)
+
+
 if __name__ == "__main__":
     main()
