@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, wait_for, eq, Skip  # noqa: E402
+from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, finish, free_port, http_get,  # noqa: E402
                     shipped_unit, status, wait_status)
 from sandbox import Sandbox  # noqa: E402
@@ -251,6 +251,137 @@ def corral_metrics_socket_under_systemd():
         eq(get("/health/web")[0], 503, "drained: 503 for the load balancer")
     finally:
         sb.stop()
+
+
+HAPROXY_CFG = """
+global
+    stats socket %(dir)s/haproxy.sock level admin
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch
+frontend www
+    bind 127.0.0.1:%(front)d
+    default_backend web
+backend web
+    balance roundrobin
+    option httpchk
+    http-check send meth GET uri /health/web
+    http-check expect status 200
+    retry-on all-retryable-errors
+    default-server check inter 100ms fall 2 rise 2
+    server host1 127.0.0.1:%(p1)d check port %(m1)d
+    server host2 127.0.0.1:%(p2)d check port %(m2)d
+"""
+
+
+class Host:
+    """One machine of the fleet: instance "web" on its own port, its own
+    runtime directory, and its health endpoint (what corral-metrics.socket
+    does, with systemd-socket-activate)."""
+
+    def __init__(self, name):
+        self.rd = tempfile.mkdtemp(prefix="corral-%s-" % name, dir=TMP)
+        self.port, self.mport = free_port(), free_port()
+        self.path = os.path.join(self.rd, "web.json")
+        with open(self.path, "w") as f:
+            json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % self.port]}, f)
+        self.act = subprocess.Popen(["systemd-socket-activate", "--inetd", "-a", "-l", "127.0.0.1:%d" % self.mport,
+                                     "-E", "RUNTIME_DIRECTORY=" + self.rd, CORRALCTL, "serve-http"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.c = self.n = None
+        self.start()
+
+    def start(self):
+        self.n = NotifySocket()
+        self.c = Corrald(["-c", self.path, "--control", os.path.join(self.rd, "web.sock")], notify=self.n,
+                         env={"RUNTIME_DIRECTORY": self.rd})
+        self.c.control = os.path.join(self.rd, "web.sock")
+        self.n.wait("READY", "1")
+
+    def stop(self):
+        finish(self.c, self.n)
+
+    def close(self):
+        self.act.terminate()
+        self.act.wait(10)
+
+
+def haproxy_state(sock):
+    import socket
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(sock)
+    s.sendall(b"show stat\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    states = {}
+    for line in data.decode().splitlines():
+        f = line.split(",")
+        if len(f) > 17 and f[0] == "web" and f[1].startswith("host"):
+            states[f[1]] = f[17]
+    return states
+
+
+@case
+def a_fleet_rollout_through_haproxy_loses_no_request():
+    # issue 17: two hosts behind a real HAProxy that checks each one's
+    # corral health; for each host: drain, wait until HAProxy marks it
+    # down, restart it for real (not a reload), wait until it is up again;
+    # wrk through HAProxy all along.
+    if not os.path.exists("/usr/sbin/haproxy"):
+        raise Skip("haproxy is not installed (tools/install-deps.sh --test installs it)")
+    hosts = [Host("host1"), Host("host2")]
+    front = free_port()
+    cfg = os.path.join(TMP, "haproxy.cfg")
+    with open(cfg, "w") as f:
+        f.write(HAPROXY_CFG % {"dir": TMP, "front": front, "p1": hosts[0].port, "m1": hosts[0].mport,
+                               "p2": hosts[1].port, "m2": hosts[1].mport})
+    hap = subprocess.Popen(["/usr/sbin/haproxy", "-W", "-db", "-f", cfg], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
+    sock = os.path.join(TMP, "haproxy.sock")
+    load = None
+    try:
+        wait_for(lambda: os.path.exists(sock) and haproxy_state(sock) == {"host1": "UP", "host2": "UP"}, 20,
+                 "HAProxy sees both hosts up")
+        load = subprocess.Popen(["wrk", "-t1", "-c16", "-d60s", "http://127.0.0.1:%d/" % front],
+                                stdout=subprocess.PIPE, text=True)
+        wait_for(lambda: http_get(front)[0] == 200, 10, "served through HAProxy")
+        for i, h in enumerate(hosts):
+            name = "host%d" % (i + 1)
+            eq(ctl(h.c, "drain").returncode, 0, "drain " + name)
+            wait_for(lambda: haproxy_state(sock).get(name) == "DOWN", 10, "HAProxy marks %s down" % name)
+            h.stop()                     # a full restart: corrald stops, every worker with it
+            h.start()
+            wait_for(lambda: haproxy_state(sock).get(name) == "UP", 10, "HAProxy marks %s up" % name)
+            eq(health(h.c), (0, "healthy: 2/2 workers ready"), "a restart ended the drain")
+        load.send_signal(signal.SIGINT)
+        out, _ = load.communicate(timeout=30)
+        load = None
+        import re
+        m = re.search(r"(\d+) requests in", out)
+        errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+        non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+        failed = (sum(int(x) for x in errors.groups()) if errors else 0) + (int(non2xx.group(1)) if non2xx else 0)
+        assert m and int(m.group(1)) > 100, "the load ran: %s" % out
+        diag("rollout of 2 hosts through HAProxy under wrk -c16: %s requests, %d failed" % (m.group(1), failed))
+        eq(failed, 0, "failed requests through the rollout\n" + out)
+    finally:
+        if load:
+            load.kill()
+        hap.terminate()
+        hap.wait(10)
+        for h in hosts:
+            if h.c.proc.poll() is None:
+                h.stop()
+            h.close()
 
 
 DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "docs", "fleet")
