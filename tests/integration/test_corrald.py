@@ -251,17 +251,22 @@ def subreaper_and_pid_1_reap_the_orphans_of_workers():
     # As PID 1 of a PID namespace, without the flag.
     if os.geteuid() != 0:
         return
+    # As PID 1, each worker's child double-forks 1,000 short-lived daemons.
+    many = ["/bin/sh", "-c", 'i=0; while [ $i -lt 1000 ]; do (sleep 0.05 &); i=$((i+1)); done; exec "$0" "$@"'] \
+        + TWORKER + ["no-watchdog"]
     ctl = os.path.join(TMP, "pid1.sock")
     p = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", CORRALD, "-w", "2", "--control", ctl,
-                          "--log", "stderr", "--"] + leave_orphan,
+                          "--log", "stderr", "--"] + many,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         def st():
             r = subprocess.run([CORRALCTL, "-s", ctl, "--json", "status"], capture_output=True, text=True, timeout=10)
             return json.loads(r.stdout) if r.returncode == 0 else None
-        s = wait_for(lambda: (lambda s: s if s and s["ready"] == 2 and s["orphans_reaped"] >= 2 else None)(st()),
-                     15, "PID 1 reaps the orphans")
+        s = wait_for(lambda: (lambda s: s if s and s["ready"] == 2 and s["orphans_reaped"] >= 2000 else None)(st()),
+                     60, "PID 1 reaps the 2,000 orphans")
         eq(s["pid"], 1, "corrald is PID 1 in its namespace")
+        inner = [int(x) for x in open("/proc/%d/task/%d/children" % (p.pid, p.pid)).read().split()]
+        eq([z for pid in inner for z in zombies_of(pid)], [], "no zombie left with corrald")
     finally:
         # SIGTERM to the namespace's init (unshare's child): a graceful
         # stop, and its exit status is unshare's.
@@ -272,6 +277,12 @@ def subreaper_and_pid_1_reap_the_orphans_of_workers():
         for pid in inner:
             os.kill(pid, signal.SIGTERM)
         eq(p.wait(30), 0, "exit status after SIGTERM\n" + p.stderr.read()[-2000:])
+    # A give-up as PID 1: the exit status says so.
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", CORRALD, "-w", "1", "--control",
+                        os.path.join(TMP, "pid1-giveup.sock"), "--log", "stderr", "-c",
+                        config("pid1giveup", restart={"limit": 1, "backoff_ms": [10, 10]}), "--", "/bin/false"],
+                       capture_output=True, text=True, timeout=60)
+    eq(r.returncode, 1, "a give-up as PID 1 exits 1\n" + r.stderr[-1500:])
 
 
 @case
