@@ -32,6 +32,10 @@ def ctl(c, *args):
     return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True, timeout=30)
 
 
+def s0_name(c):
+    return status(c)["instance"]
+
+
 def health(c):
     r = ctl(c, "health")
     return r.returncode, r.stdout.strip()
@@ -65,6 +69,12 @@ def health_says_healthy_degraded_or_down():
             json.dump({"exec": [HELLO], "workers": 2, "listen": ["127.0.0.1:%d" % port]}, f)
         eq(ctl(c, "reload").returncode, 0, "a good reload")
         eq(health(c), (0, "healthy: 2/2 workers ready"), "healthy again")
+        # Metrics with two crashes and a failed and a good reload behind them.
+        text = ctl(c, "metrics").stdout
+        promtool_check(text)
+        eq(sample(text, "corral_worker_restarts_total", instance=s0_name(c), slot="0"), 2, "the two restarts")
+        eq((sample(text, "corral_reloads_total", instance=s0_name(c), result="done"),
+            sample(text, "corral_reloads_total", instance=s0_name(c), result="failed")), (1, 1), "reloads by result")
     finally:
         finish(c, n)
     # Gone: down, exit 2, for a probe.
@@ -203,10 +213,40 @@ def health_and_metrics_over_http_from_a_socket_activated_corralctl():
         eq(http(mport, "/health/")[0], 404, "no instance name")
         eq(http(mport, "/other")[0], 404, "unknown path")
         eq(http(mport, "POST /metrics")[0], 405, "only GET")
+        prometheus_scrapes(mport, {"web": 2})
     finally:
         act.terminate()
         act.wait(10)
         finish(c, n)
+
+
+def prometheus_scrapes(mport, want):
+    """A real Prometheus server (Debian's) scrapes the endpoint; its query
+    API returns corral_workers_ready per instance."""
+    import urllib.request
+    d = tempfile.mkdtemp(prefix="prometheus-", dir=TMP)
+    with open(os.path.join(d, "prometheus.yml"), "w") as f:
+        f.write("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: corral\n    honor_labels: true\n"
+                "    static_configs:\n      - targets: ['127.0.0.1:%d']\n" % mport)
+    api = free_port()
+    prom = subprocess.Popen(["prometheus", "--config.file", os.path.join(d, "prometheus.yml"),
+                             "--storage.tsdb.path", os.path.join(d, "data"),
+                             "--web.listen-address", "127.0.0.1:%d" % api],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def query():
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/query?query=corral_workers_ready" % api,
+                                            timeout=5) as r:
+                    res = json.load(r)["data"]["result"]
+            except OSError:
+                return None
+            got = {x["metric"].get("instance"): float(x["value"][1]) for x in res}
+            return got if got == want else None
+        wait_for(query, 30, "Prometheus to scrape corral_workers_ready %r" % want)
+    finally:
+        prom.terminate()
+        prom.wait(20)
 
 
 @case
