@@ -41,8 +41,12 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         /* Hand-offs it has not read (SPEC §5: at most IPC_INFLIGHT_MAX), and
          * whether it gets none for now, having left them unread. */
         add_number_or_null(o, "unread", handing && w->ipc ? (double) ipc_inflight(w->ipc) : 0, handing && w->ipc);
-        if (handing)
+        if (handing) {
                 cJSON_AddBoolToObject(o, "stalled", w->stalled_until && now_usec() < w->stalled_until);
+                /* docs/protocol.md, "At your fd limit". */
+                cJSON_AddNumberToObject(o, "fd_limit_reports", (double) w->fd_limit_reports);
+                cJSON_AddNumberToObject(o, "fd_limit_lost", (double) w->fd_limit_lost);
+        }
         if (w && w->host) {
                 cJSON_AddNumberToObject(o, "messages_dropped", (double) (w->ipc ? w->ipc->dropped : 0));
                 /* SPEC §6: malformed lines are counted; this is where the count shows. */

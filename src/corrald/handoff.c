@@ -243,6 +243,24 @@ static void on_stall_check(uv_timer_t *t) {
         }
 }
 
+void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost) {
+        uint64_t until = now_usec() + HANDOFF_FD_LIMIT_PAUSE_MS * USEC_PER_MSEC;
+
+        w->fd_limit_reports++;
+        w->fd_limit_lost += n_lost;
+        /* The kernel closed them: least-conn must not count them open. */
+        w->handed -= MIN((uint64_t) n_lost, w->handed - w->closed);
+        if (!h->started || !w->ipc)
+                return;
+        /* The ones still queued would be lost the same way. */
+        unsigned n = ipc_take_back(w->ipc, on_taken_back, h);
+        w->handed -= MIN((uint64_t) n, w->handed - w->closed);
+        w->stalled_until = MAX(w->stalled_until, until);
+        log_limited(h, "%s is at its fd limit (%u connection%s lost): no connections for it for %d ms%s", w->who,
+                    n_lost, n_lost == 1 ? "" : "s", HANDOFF_FD_LIMIT_PAUSE_MS,
+                    n > 0 ? ", its unread ones go to other workers" : "");
+}
+
 static void on_readable(uv_poll_t *p, int status, int events) {
         HandoffListener *l = p->data;
         Handoff *h = l->handoff;

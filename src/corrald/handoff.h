@@ -13,8 +13,8 @@
  * backlog, not in the master; held ones are retried on a short timer and
  * whenever the owner calls handoff_kick(). Connections a worker never read
  * come back (handoff_requeue(), from the host when the worker is gone, or
- * from here when one stays unread for HANDOFF_STALL_MS) and are held
- * first. EMFILE/ENFILE on accept pause accepting for a while instead of
+ * from here when one stays unread for HANDOFF_STALL_MS or the worker
+ * reports its fd limit) and are held first. EMFILE/ENFILE on accept pause accepting for a while instead of
  * spinning. Logs at a bounded rate. */
 #pragma once
 
@@ -38,6 +38,11 @@
  * back and it gets none for a while, doubling. */
 #define HANDOFF_STALL_MS 1000
 #define HANDOFF_STALL_PAUSE_MAX_MS 30000
+/* A worker that reports its fd limit gets no connection for this long.
+ * libcorral reports at most once a second, so a worker that stays full is
+ * tried, and loses a connection, about once per pause; one that freed
+ * fds (its clients left, or timed out) is back within a second. */
+#define HANDOFF_FD_LIMIT_PAUSE_MS 1000
 
 typedef struct Handoff Handoff;
 
@@ -86,6 +91,12 @@ void handoff_kick(Handoff *h);
 /* A connection handed to a worker that never read it (takes fd): it goes
  * to another worker before any new one. While stopping it is closed. */
 void handoff_requeue(Handoff *h, int fd, uint8_t listener_index);
+
+/* Worker w lost n_lost hand-offs at its fd limit (its fd-limit line): it
+ * gets none for HANDOFF_FD_LIMIT_PAUSE_MS, what it has not read yet goes
+ * to other workers, and the lost ones no longer count as open. Counted in
+ * w, logged at a bounded rate. */
+void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost);
 
 /* Connections held by the master now. */
 static inline unsigned handoff_held(const Handoff *h) {

@@ -114,6 +114,9 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
         if (msg.type == IPC_MSG_CLOSED) {
                 if (ipc->on_closed_report)
                         ipc->on_closed_report(ipc, msg.n_closed);
+        } else if (msg.type == IPC_MSG_FD_LIMIT) {
+                if (ipc->on_fd_limit)
+                        ipc->on_fd_limit(ipc, msg.n_lost);
         } else if (ipc->on_message)
                 ipc->on_message(ipc, &msg);
         else if (ipc->on_line)

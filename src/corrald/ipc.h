@@ -1,7 +1,8 @@
 /* ipc: the master's end of a worker's CORRAL_IPC_FD channel (SPEC §5, §6).
  *
  * A connected AF_UNIX stream socket. Worker -> master: newline-delimited
- * JSON lines (messages and close reports, src/proto/ipc-msg.h). Master ->
+ * JSON lines (messages, close reports and fd-limit reports,
+ * src/proto/ipc-msg.h). Master ->
  * worker: message lines and hand-offs (one byte, the listener index, with
  * the connection's fd in SCM_RIGHTS), a hand-off always between whole lines.
  *
@@ -50,6 +51,9 @@ typedef void (*IpcLineCallback)(Ipc *ipc, const char *json);
 typedef void (*IpcMessageCallback)(Ipc *ipc, const IpcMessage *msg);
 /* Called for each valid close report: n >= 1 connections closed. */
 typedef void (*IpcClosedReportCallback)(Ipc *ipc, unsigned n);
+/* Called for each valid fd-limit report: the worker lost n >= 1 hand-offs
+ * because it could not receive their fds. */
+typedef void (*IpcFdLimitCallback)(Ipc *ipc, unsigned n);
 /* Called once when the handle has been closed. */
 typedef void (*IpcCloseCallback)(Ipc *ipc);
 
@@ -95,6 +99,7 @@ struct Ipc {
         IpcLineCallback on_line;
         IpcMessageCallback on_message;
         IpcClosedReportCallback on_closed_report;
+        IpcFdLimitCallback on_fd_limit;
         IpcCloseCallback on_close;
         const char *who;         /* for log messages, e.g. "worker 2" */
         void *userdata;

@@ -838,7 +838,8 @@ Worker *slot_adopt_worker(Slot *s, const Worker *from, Config *config) {
                         .said_stopping = from->said_stopping, .counted = from->counted,
                         .failure = restore_failure(from->failure), .start_usec = from->start_usec,
                         .ready_usec = from->ready_usec, .handed = from->handed, .closed = from->closed,
-                        .reports_closes = from->reports_closes };
+                        .reports_closes = from->reports_closes, .fd_limit_reports = from->fd_limit_reports,
+                        .fd_limit_lost = from->fd_limit_lost };
         snprintf(w->status, sizeof(w->status), "%s", from->status);
         snprintf(w->who, sizeof(w->who), "worker %u (pid %d)", s->id, (int) w->pid);
         set_deadline(p, &w->deadline, from->deadline);

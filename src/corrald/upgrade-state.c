@@ -126,6 +126,8 @@ static const Field worker_fields[] = {
         NUM(FT_U64, UpgradeWorker, handed, 0, JSON_INT_MAX, 0),
         NUM(FT_U64, UpgradeWorker, closed, 0, JSON_INT_MAX, 0),
         NUM(FT_BOOL, UpgradeWorker, reports_closes, 0, 0, 0),
+        NUM(FT_U64, UpgradeWorker, fd_limit_reports, 0, JSON_INT_MAX, F_OPTIONAL),
+        NUM(FT_U64, UpgradeWorker, fd_limit_lost, 0, JSON_INT_MAX, F_OPTIONAL),
         NUM(FT_FD, UpgradeWorker, ipc_fd, 0, 0, F_ENVELOPE),
         NUM(FT_FD, UpgradeWorker, output_fd, 0, 0, F_ENVELOPE),
         NUM(FT_FD, UpgradeWorker, peer_fd, 0, 0, F_ENVELOPE | F_OPTIONAL),

@@ -68,6 +68,7 @@ typedef struct UpgradeWorker {
         uint64_t start_usec, ready_usec, deadline;
         char *status;
         uint64_t handed, closed;
+        uint64_t fd_limit_reports, fd_limit_lost;  /* optional: absent in older states */
         bool reports_closes;
         int ipc_fd, output_fd;   /* -1: none */
         int peer_fd;             /* the worker's end of its channel, kept with hand-off; -1: none */

@@ -419,6 +419,8 @@ static void restore_worker(Manager *m, UpgradeWorker *uw) {
                 .deadline = uw->deadline,
                 .handed = uw->handed,
                 .closed = uw->closed,
+                .fd_limit_reports = uw->fd_limit_reports,
+                .fd_limit_lost = uw->fd_limit_lost,
                 .reports_closes = uw->reports_closes,
         };
         snprintf(from.status, sizeof(from.status), "%s", uw->status ? uw->status : "");
@@ -737,6 +739,8 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                         .status = dup_or(w->status, &oom),
                         .handed = w->handed,
                         .closed = w->closed,
+                        .fd_limit_reports = w->fd_limit_reports,
+                        .fd_limit_lost = w->fd_limit_lost,
                         .reports_closes = w->reports_closes,
                         .ipc_fd = carry(c, ipc),
                         .peer_fd = carry(c, peer),

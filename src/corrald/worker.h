@@ -66,8 +66,11 @@ struct Worker {
         uint64_t handed;           /* connections handed to it */
         uint64_t closed;           /* connections it reported closed */
         bool reports_closes;       /* it has sent a close report: least-conn can weigh it */
-        uint64_t stalled_until;    /* it left hand-offs unread: none for it before then */
-        unsigned stalls;           /* how often; each doubles the pause */
+        uint64_t stalled_until;    /* it left hand-offs unread, or is at its fd limit: none for it
+                                    * before then */
+        unsigned stalls;           /* how often it left them unread; each doubles the pause */
+        uint64_t fd_limit_reports; /* fd-limit lines it sent (handoff_fd_limit()) */
+        uint64_t fd_limit_lost;    /* hand-offs it said it lost to its fd limit */
         void *host;                /* the host's per-worker data (I/O handles) */
         struct Ipc *ipc;           /* the host's channel to it (CORRAL_IPC_FD), or NULL: messages and
                                     * hand-offs are sent on it */

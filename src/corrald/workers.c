@@ -61,6 +61,12 @@ static void on_closed_report(Ipc *ipc, unsigned n) {
         w->reports_closes = true;
 }
 
+/* It could not receive n hand-offs: at its fd limit (handoff.c decides). */
+static void on_fd_limit(Ipc *ipc, unsigned n) {
+        WorkerIo *io = ipc->userdata;
+        handoff_fd_limit(&io->manager->handoff, io->worker, n);
+}
+
 /* Give w its I/O: io (taken) watches the IPC channel and, when there is
  * one, the output pipe; with hand-off, the master keeps the worker's end
  * of the channel too (peer_fd). Every fd is taken, even on failure. */
@@ -70,7 +76,7 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
                 .worker = w,
                 .n_handles = 1,   /* the lifecycle's hold, dropped by host_release() */
                 .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
-                         .on_close = on_ipc_closed, .who = w->who, .userdata = io },
+                         .on_fd_limit = on_fd_limit, .on_close = on_ipc_closed, .who = w->who, .userdata = io },
                 .output = { .on_close = on_output_closed, .userdata = io },
         };
         w->host = io;

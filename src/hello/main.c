@@ -24,6 +24,15 @@
  * the stop STOP_GRACE_MS to send its request, and exit 0 once the last
  * connection is gone.
  *
+ * Timeouts, so that clients that hold connections without using them
+ * (slow-loris) cannot take all of our fds: a request head must be complete
+ * within --header-timeout of the connection's start, of the previous
+ * request, or of its first byte after an idle keep-alive pause; a
+ * keep-alive connection idle for --idle-timeout is closed. One periodic
+ * sweep over the connection list checks both (on_sweep()), no timer per
+ * connection. A request that is answered (or delayed) is ours to finish
+ * and has no timeout.
+ *
  * Requests: any path answers "Hello World"; GET /delay/<ms> answers after
  * that many milliseconds (for tests of in-flight requests and slow
  * workers). Every response carries X-Worker-Pid and X-Worker (the slot).
@@ -76,6 +85,18 @@
 /* On EMFILE and friends, stop accepting for a moment instead of spinning on
  * a level-triggered listener we cannot drain. */
 #define ACCEPT_PAUSE_MS 100
+/* Defaults of --header-timeout and --idle-timeout. A real client sends a
+ * request head in milliseconds, and 10 s leaves room for a slow mobile
+ * link; a keep-alive pause of 15 s outlasts most clients' own idle
+ * timeouts, so that the client, not we, usually closes an idle connection
+ * (no race with a request it sends just as we close). */
+#define HEADER_TIMEOUT_MS 10000
+#define IDLE_TIMEOUT_MS 15000
+/* The sweep runs every quarter of the shorter timeout, at most every
+ * second and at least every 50 ms: a connection is closed within a
+ * quarter of its timeout after it expired. */
+#define SWEEP_MAX_MS 1000
+#define SWEEP_MIN_MS 50
 
 static const char hello_body[] = "Hello World\n";
 static const char bad_body[] = "Bad Request\n";
@@ -109,6 +130,7 @@ typedef struct Conn {
         bool eof;               /* the peer will send nothing more */
         bool closing;           /* uv_close() called, waiting for callbacks */
         unsigned n_requests;    /* requests read on this connection */
+        uint64_t since;         /* loop time (ms) its current wait for the client began */
 
         HttpRequest pending;    /* the /delay/<ms> request being delayed */
         uint64_t body_left;     /* request body bytes still to skip */
@@ -126,12 +148,14 @@ struct Server {
         uv_check_t drain;       /* during a stop: until the channel is read empty */
         uv_signal_t sigterm, sigint;
         uv_timer_t watchdog, accept_pause;
+        uv_timer_t sweep;       /* header and idle timeouts */
+        uint64_t header_timeout_ms, idle_timeout_ms;    /* 0: none */
         Conn *conns;            /* connections not yet closing */
         size_t n_conns;         /* allocated, including closing ones */
         bool stopping;
         pid_t pid;
         int slot;               /* CORRAL_WORKER_ID, or -1 */
-        uint64_t n_accepted, n_requests;
+        uint64_t n_accepted, n_requests, n_timed_out;
 
         /* Responses are the same but for the Date header: built once a
          * second, copied per request. */
@@ -267,6 +291,11 @@ static void on_conn_timeout(uv_timer_t *t) {
         conn_close(t->data);
 }
 
+/* Between requests of a keep-alive connection: answered, nothing read. */
+static bool conn_idle(const Conn *c) {
+        return c->n_requests > 0 && c->in_len == 0 && c->body_left == 0;
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
         Conn *c = h->data;
 
@@ -298,6 +327,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf) {
                 conn_close(c);
                 return;
         }
+        /* The first byte after a keep-alive pause: the head's time starts. */
+        if (conn_idle(c))
+                c->since = uv_now(&c->server->loop);
         c->in_len += (size_t) nread;
         conn_pump(c);
 }
@@ -309,6 +341,10 @@ static void conn_set_reading(Conn *c, bool on) {
                 conn_close(c);
                 return;
         }
+        /* Waiting for the client again (a new connection, or one whose
+         * answers are out): its time starts now. */
+        if (on)
+                c->since = uv_now(&c->server->loop);
         if (!on)
                 uv_read_stop(c->stream);
         c->reading = on;
@@ -419,6 +455,8 @@ static void conn_process(Conn *c) {
                 }
 
                 off += hlen;
+                /* A whole head is progress: the next one gets its own time. */
+                c->since = uv_now(&s->loop);
                 c->body_left = req.content_length;
                 s->n_requests++;
                 c->n_requests++;
@@ -542,6 +580,42 @@ static void conn_begin_stop(Conn *c) {
                 return;
         }
         uv_timer_start(&c->timer, on_conn_timeout, STOP_GRACE_MS, 0);
+}
+
+/* Close the connections that waited too long for their client: a request
+ * head (or the body after it) not complete within header_timeout_ms, or a
+ * keep-alive pause longer than idle_timeout_ms. Only connections that read
+ * count: one we are answering, delaying or lingering on is ours. O(open
+ * connections) per run. */
+static void on_sweep(uv_timer_t *t) {
+        Server *s = t->data;
+        uint64_t now = uv_now(&s->loop);
+
+        for (Conn *c = s->conns, *next; c; c = next) {
+                next = c->next;
+                if (!c->reading || c->lingering)
+                        continue;
+                uint64_t limit = conn_idle(c) ? s->idle_timeout_ms : s->header_timeout_ms;
+                if (limit > 0 && now - c->since >= limit) {
+                        s->n_timed_out++;
+                        conn_close(c);
+                }
+        }
+}
+
+static void sweep_start(Server *s) {
+        uint64_t shortest = s->header_timeout_ms;
+        if (shortest == 0 || (s->idle_timeout_ms > 0 && s->idle_timeout_ms < shortest))
+                shortest = s->idle_timeout_ms;
+        (void) uv_timer_init(&s->loop, &s->sweep);
+        s->sweep.data = s;
+        if (shortest == 0)
+                return;
+        uint64_t every = shortest / 4;
+        every = every < SWEEP_MIN_MS ? SWEEP_MIN_MS : every > SWEEP_MAX_MS ? SWEEP_MAX_MS : every;
+        uv_timer_start(&s->sweep, on_sweep, every, every);
+        /* It never keeps the loop alive by itself. */
+        uv_unref((uv_handle_t *) &s->sweep);
 }
 
 /* ---- shared balance: accepting from listening sockets ------------------- */
@@ -837,8 +911,19 @@ static void on_walk_close(uv_handle_t *h, void *arg) {
                 uv_close(h, NULL);
 }
 
+/* A number of seconds (fractions allowed) as milliseconds. */
+static int parse_seconds(const char *arg, uint64_t *ret_ms) {
+        char *end;
+        errno = 0;
+        double v = strtod(arg, &end);
+        if (errno != 0 || end == arg || *end || !(v >= 0) || v > 86400)
+                return -EINVAL;
+        *ret_ms = (uint64_t) (v * 1000 + 0.5);
+        return 0;
+}
+
 static void help(void) {
-        printf("Usage: corral-hello [--listen ADDRESS]...\n"
+        printf("Usage: corral-hello [OPTION]...\n"
                "\n"
                "Example corral worker: an HTTP/1.1 keep-alive server answering every\n"
                "request with \"Hello World\" and the X-Worker-Pid and X-Worker (slot)\n"
@@ -850,18 +935,29 @@ static void help(void) {
                "\n"
                "  -l, --listen ADDRESS  HOST:PORT, [V6]:PORT, PORT or unix:/path\n"
                "                        (repeatable; only without LISTEN_FDS)\n"
+               "      --header-timeout SECONDS\n"
+               "                        close a connection whose request head (and body)\n"
+               "                        is not complete this long after it began (default\n"
+               "                        %g; 0: never)\n"
+               "      --idle-timeout SECONDS\n"
+               "                        close a keep-alive connection idle this long\n"
+               "                        between requests (default %g; 0: never)\n"
                "  -h, --help            show this help\n"
                "      --version         show the version\n"
                "\n"
                "Environment: CORRAL_HELLO_STATS=1 prints connection and request\n"
-               "counts on exit.\n");
+               "counts on exit.\n",
+               HEADER_TIMEOUT_MS / 1000.0, IDLE_TIMEOUT_MS / 1000.0);
 }
 
 int main(int argc, char *argv[]) {
+        enum { ARG_VERSION = 0x100, ARG_HEADER_TIMEOUT, ARG_IDLE_TIMEOUT };
         static const struct option options[] = {
                 { "listen",  required_argument, NULL, 'l' },
+                { "header-timeout", required_argument, NULL, ARG_HEADER_TIMEOUT },
+                { "idle-timeout", required_argument, NULL, ARG_IDLE_TIMEOUT },
                 { "help",    no_argument,       NULL, 'h' },
-                { "version", no_argument,       NULL, 'V' },
+                { "version", no_argument,       NULL, ARG_VERSION },
                 {}
         };
         static Server server;
@@ -871,6 +967,8 @@ int main(int argc, char *argv[]) {
 
         s->pid = getpid();
         s->slot = corral_worker_id();
+        s->header_timeout_ms = HEADER_TIMEOUT_MS;
+        s->idle_timeout_ms = IDLE_TIMEOUT_MS;
         if (uv_loop_init(&s->loop) < 0)
                 return EXIT_FAILURE;
         log_init();
@@ -886,7 +984,16 @@ int main(int argc, char *argv[]) {
                         help();
                         ret = EXIT_SUCCESS;
                         goto out;
-                case 'V':
+                case ARG_HEADER_TIMEOUT:
+                case ARG_IDLE_TIMEOUT:
+                        if (parse_seconds(optarg, opt == ARG_HEADER_TIMEOUT ? &s->header_timeout_ms
+                                                                           : &s->idle_timeout_ms) < 0) {
+                                log_msg(LOG_ERR, "--%s: expected seconds (0 to 86400), got '%s'",
+                                        opt == ARG_HEADER_TIMEOUT ? "header-timeout" : "idle-timeout", optarg);
+                                goto out;
+                        }
+                        break;
+                case ARG_VERSION:
                         printf("corral-hello %s\n", CORRAL_VERSION);
                         ret = EXIT_SUCCESS;
                         goto out;
@@ -903,7 +1010,9 @@ int main(int argc, char *argv[]) {
         /* Second pass over the options (optind = 0 restarts getopt): only
          * --listen is left. */
         for (optind = 0; (opt = getopt_long(argc, argv, "l:h", options, NULL)) >= 0;)
-                if (n_inherited > 0)
+                if (opt != 'l')
+                        continue;
+                else if (n_inherited > 0)
                         log_msg(LOG_WARNING, "Sockets were passed in LISTEN_FDS; ignoring --listen %s", optarg);
                 else if (listeners_bind(s, optarg) < 0)
                         goto out;
@@ -936,6 +1045,7 @@ int main(int argc, char *argv[]) {
         listeners_poll(s, true);
         (void) uv_timer_init(&s->loop, &s->accept_pause);
         s->accept_pause.data = s;
+        sweep_start(s);
 
         /* These never keep the loop alive by themselves: it runs as long
          * as listeners, the channel or connections do. */
@@ -966,8 +1076,10 @@ int main(int argc, char *argv[]) {
         else    /* every listener failed, or the master closed the channel */
                 log_msg(LOG_ERR, "Nothing left to serve (no listener, no CORRAL_IPC_FD), exiting");
         if (getenv("CORRAL_HELLO_STATS"))
-                log_msg(LOG_INFO, "stats: pid %d accepted %" PRIu64 " connections, served %" PRIu64 " requests",
-                        (int) s->pid, s->n_accepted, s->n_requests);
+                log_msg(LOG_INFO,
+                        "stats: pid %d accepted %" PRIu64 " connections, served %" PRIu64 " requests, "
+                        "closed %" PRIu64 " that timed out",
+                        (int) s->pid, s->n_accepted, s->n_requests, s->n_timed_out);
 
 out:
         /* Release everything, so that valgrind and ASan see no leak. */

@@ -23,16 +23,25 @@
  * The fds a read returns belong to the last byte of that read (see
  * docs/protocol.md): libuv calls the read callback once per recvmsg(), so
  * a hand-off byte at a line boundary is matched with the pending handle
- * libuv received in the same read. */
+ * libuv received in the same read.
+ *
+ * At the fd limit the kernel drops the fd and the hand-off byte arrives
+ * alone (MSG_CTRUNC, which libuv does not pass on): a hand-off byte that
+ * ends a read without a pending handle, while this process cannot open
+ * an fd, is such a lost connection. It is counted in `lost` and reported
+ * to the master with corral_fd_limit(), which sends it elsewhere for a
+ * while. */
 #ifndef CORRAL_UV_H
 #define CORRAL_UV_H
 
 #include <corral.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <uv.h>
 
 #ifdef __cplusplus
@@ -57,6 +66,7 @@ struct CorralUv {
         int discarding;               /* inside an oversize line */
         int status;                   /* 0, or the error that ended reading (UV_EOF: master gone) */
         unsigned long dropped;        /* stray bytes, malformed or oversize lines */
+        unsigned long lost;           /* hand-offs whose fd the kernel dropped (fd limit) */
         char chunk[65536];
 };
 
@@ -99,6 +109,20 @@ static inline void corral_uv__handoff(CorralUv *cu, unsigned index) {
         cu->on_connection(cu, client, index);
 }
 
+/* Is this process out of fds (EMFILE, or ENFILE system-wide)? Asked only
+ * when a hand-off byte came without its fd. */
+static inline int corral_uv__at_fd_limit(CorralUv *cu) {
+        uv_os_fd_t fd;
+        if (uv_fileno((uv_handle_t *) &cu->pipe, &fd) < 0)
+                return 0;
+        int dup = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (dup >= 0) {
+                close(dup);
+                return 0;
+        }
+        return errno == EMFILE || errno == ENFILE;
+}
+
 static inline void corral_uv__read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
         CorralUv *cu = (CorralUv *) s->data;
         if (nread < 0) {
@@ -117,7 +141,10 @@ static inline void corral_uv__read(uv_stream_t *s, ssize_t nread, const uv_buf_t
                         /* A hand-off byte: its fd is pending in this read. */
                         if (i == nread - 1 && uv_pipe_pending_count(&cu->pipe) > 0)
                                 corral_uv__handoff(cu, (unsigned char) c);
-                        else if (c != '\n')
+                        else if (i == nread - 1 && c != '\n' && corral_uv__at_fd_limit(cu)) {
+                                cu->lost++;
+                                (void) corral_fd_limit(1);
+                        } else if (c != '\n')
                                 cu->dropped++;
                         continue;
                 }

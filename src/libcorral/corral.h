@@ -11,6 +11,7 @@
  *   - connections handed off by the master
  *     in "round-robin"/"least-conn":          corral_accept(), corral_accept_nonblock()
  *     and the close reports least-conn uses:  corral_closed()
+ *     and hand-offs lost at the fd limit:     corral_fd_limit()
  *   - messages between workers and master:    corral_send(), corral_recv_message(),
  *                                             corral_set_message_handler()
  *
@@ -79,6 +80,17 @@ int corral_accept_nonblock(unsigned *ret_listener_index);
  * count is kept and sent with the next report (reports coalesce). Returns
  * 0 or a negative errno. */
 int corral_closed(unsigned n);
+
+/* Report that n >= 1 hand-offs arrived without their connection: the
+ * kernel could not give this process the fd (recvmsg() set MSG_CTRUNC:
+ * it is at its RLIMIT_NOFILE), and closed it. The master then hands this
+ * worker no connection for a while (docs/protocol.md). corral_accept()
+ * and <corral-uv.h> call it themselves; only code that reads the channel
+ * in some other way needs it. At most one report a second goes out: the
+ * counts in between are added up and sent with the first call into the
+ * library that reads or reports after that second (or with the next call
+ * of this). Never blocks. Returns 0 or a negative errno. */
+int corral_fd_limit(unsigned n);
 
 /* Who a message is for (corral_send) or from (CorralMessage.from); slot
  * numbers are >= 0. */

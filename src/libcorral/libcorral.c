@@ -13,7 +13,14 @@
  * belong to the LAST byte it returned. We record them against that byte's
  * absolute stream offset and consume them when the parser reaches it. We
  * never use MSG_PEEK: peeking at an skb with fds installs duplicates of
- * them in this process. */
+ * them in this process.
+ *
+ * At the fd limit (RLIMIT_NOFILE), the kernel cannot install the fd: the
+ * read returns the hand-off byte without it and sets MSG_CTRUNC
+ * (scm_detach_fds() in net/core/scm.c), and the connection is closed.
+ * That byte is recorded as a lost hand-off, not a stray byte, and the
+ * master is told with an fd-limit line (docs/protocol.md), at most once
+ * per FD_LIMIT_REPORT_USEC, so that it sends connections elsewhere. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -27,6 +34,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <systemd/sd-daemon.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "corral-internal.h"
@@ -45,10 +53,17 @@
 /* fds recorded against bytes not yet parsed; one per read at most. */
 #define ATTACH_MAX 8
 #define FDS_PER_READ 8
+/* An attachment whose fd the kernel could not install (MSG_CTRUNC). */
+#define FD_LOST (-EMFILE)
+/* At most one fd-limit report per second: the master pauses a worker that
+ * sends one for as long (HANDOFF_FD_LIMIT_PAUSE_MS), so a worker that
+ * stays at its limit tells it again as soon as it gets another hand-off,
+ * and a worker that loses many at once costs one line. */
+#define FD_LIMIT_REPORT_USEC 1000000ULL
 
 typedef struct Attachment {
         uint64_t pos;           /* absolute stream offset of the byte */
-        int fd;
+        int fd;                 /* or FD_LOST */
 } Attachment;
 
 typedef struct Kept {
@@ -81,6 +96,8 @@ static struct Channel {
         void *userdata;
         unsigned long dropped;
         unsigned closed_pending;
+        unsigned fd_limit_pending;      /* hand-offs lost, not reported yet */
+        uint64_t fd_limit_sent_usec;    /* when the last report went out */
 } ch;
 
 /* The data of a message line without "data": null. Callers of
@@ -176,6 +193,7 @@ static int channel_init(void) {
 }
 
 static void drop_attachments(uint64_t from, uint64_t to);
+static int flush_fd_limit(int fd);
 
 /* Read once. Returns 1 when bytes were added, 0 at EOF (ch.eof set),
  * -EAGAIN when nothing is there and !block, or a negative errno. */
@@ -192,6 +210,8 @@ static int read_more(int fd, bool block) {
          * line only gets them dropped earlier. */
         if (ch.n_att >= ATTACH_MAX)
                 drop_attachments(0, UINT64_MAX);
+        /* Lost hand-offs that waited for the report interval to pass. */
+        (void) flush_fd_limit(fd);
         for (;;) {
                 union {
                         struct cmsghdr align;
@@ -224,13 +244,20 @@ static int read_more(int fd, bool block) {
                 }
                 if (first >= 0)
                         ch.att[ch.n_att++] = (Attachment) { ch.base + ch.end + (size_t) n - 1, first };
+                else if (mh.msg_flags & MSG_CTRUNC) {
+                        /* The last byte's fd was dropped: we are at our fd
+                         * limit (our own control buffer has room for more
+                         * than the master ever sends). */
+                        ch.att[ch.n_att++] = (Attachment) { ch.base + ch.end + (size_t) n - 1, FD_LOST };
+                        (void) corral_fd_limit(1);
+                }
                 ch.end += (size_t) n;
                 return 1;
         }
 }
 
-/* The fd attached to the byte at absolute offset pos, removed from the
- * list, or -1. */
+/* The fd attached to the byte at absolute offset pos (or FD_LOST),
+ * removed from the list, or -ENOENT. */
 static int take_attachment(uint64_t pos) {
         for (unsigned i = 0; i < ch.n_att; i++)
                 if (ch.att[i].pos == pos) {
@@ -238,7 +265,7 @@ static int take_attachment(uint64_t pos) {
                         ch.att[i] = ch.att[--ch.n_att];
                         return fd;
                 }
-        return -1;
+        return -ENOENT;
 }
 
 /* Close fds attached to bytes in [from, to): they arrived inside a line,
@@ -246,7 +273,8 @@ static int take_attachment(uint64_t pos) {
 static void drop_attachments(uint64_t from, uint64_t to) {
         for (unsigned i = 0; i < ch.n_att;)
                 if (ch.att[i].pos >= from && ch.att[i].pos < to) {
-                        close(ch.att[i].fd);
+                        if (ch.att[i].fd >= 0)
+                                close(ch.att[i].fd);
                         ch.att[i] = ch.att[--ch.n_att];
                         ch.dropped++;
                 } else
@@ -287,6 +315,8 @@ static ItemKind parse_one(Item *ret) {
                 if (*p != '{') {
                         int fd = take_attachment(pos);
                         ch.start++;
+                        if (fd == FD_LOST)
+                                continue;       /* a hand-off the kernel closed; reported */
                         if (fd < 0) {
                                 /* A stray byte (or an empty line): not a hand-off. */
                                 if (*p != '\n')
@@ -521,7 +551,48 @@ int corral_closed(unsigned n) {
                 return -EINVAL;
         uint64_t total = (uint64_t) ch.closed_pending + n;
         ch.closed_pending = (unsigned) MIN(total, (uint64_t) IPC_CLOSED_MAX);
+        /* A close frees an fd: a good moment for a held fd-limit report. */
+        (void) flush_fd_limit(fd);
         return flush_closed(fd, false);
+}
+
+/* Send the fd-limit report when there is one and the last went out at
+ * least FD_LIMIT_REPORT_USEC ago; never waits for room, but never leaves
+ * a line half written either. */
+static int flush_fd_limit(int fd) {
+        struct timespec ts;
+        char line[64];
+
+        if (ch.fd_limit_pending == 0 || clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
+                return 0;
+        uint64_t now = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+        if (ch.fd_limit_sent_usec != 0 && now - ch.fd_limit_sent_usec < FD_LIMIT_REPORT_USEC)
+                return 0;
+        ssize_t k = ipc_msg_format_fd_limit(line, sizeof(line) - 1, ch.fd_limit_pending);
+        if (k < 0)
+                return (int) k;
+        line[k++] = '\n';
+        ssize_t w;
+        do
+                w = send(fd, line, (size_t) k, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (w == -1 && errno == EINTR);
+        if (w == -1)
+                return errno == EAGAIN ? 0 : -errno;    /* EAGAIN: sent with a later call */
+        ch.fd_limit_pending = 0;
+        /* 0 would read as "never sent". */
+        ch.fd_limit_sent_usec = now ? now : 1;
+        return w == k ? 0 : write_all(fd, line + w, (size_t) (k - w));
+}
+
+int corral_fd_limit(unsigned n) {
+        int fd = corral_ipc_fd();
+        if (fd < 0)
+                return fd;
+        if (n == 0)
+                return -EINVAL;
+        uint64_t total = (uint64_t) ch.fd_limit_pending + n;
+        ch.fd_limit_pending = (unsigned) MIN(total, (uint64_t) IPC_CLOSED_MAX);
+        return flush_fd_limit(fd);
 }
 
 int corral_send(int to, const char *json) {
@@ -560,6 +631,7 @@ int corral_send(int to, const char *json) {
         }
         line[k++] = '\n';
         /* A pending close report goes first, whole. */
+        (void) flush_fd_limit(fd);
         r = flush_closed(fd, true);
         if (r >= 0)
                 r = write_all(fd, line, (size_t) k);
@@ -571,7 +643,8 @@ int corral_send(int to, const char *json) {
 
 void libcorral_reset_for_tests(void) {
         for (unsigned i = 0; i < ch.n_att; i++)
-                close(ch.att[i].fd);
+                if (ch.att[i].fd >= 0)
+                        close(ch.att[i].fd);
         for (unsigned i = 0; i < ch.n_pending; i++)
                 close(ch.pending_fd[(ch.pending_head + i) % PENDING_MAX]);
         for (unsigned i = 0; i < ch.n_kept; i++)
@@ -579,4 +652,8 @@ void libcorral_reset_for_tests(void) {
         free(ch.returned);
         free(ch.buf);
         memset(&ch, 0, sizeof(ch));
+}
+
+void libcorral_fd_limit_rearm_for_tests(void) {
+        ch.fd_limit_sent_usec = 0;
 }

@@ -419,22 +419,27 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
         }
         if (span_is(type, "message"))
                 m.type = IPC_MSG_MESSAGE;
-        else if (dir == FROM_WORKER && span_is(type, "closed")) {
-                m.type = IPC_MSG_CLOSED;
+        else if (dir == FROM_WORKER && (span_is(type, "closed") || span_is(type, "fd-limit"))) {
+                unsigned count;
+                m.type = span_is(type, "closed") ? IPC_MSG_CLOSED : IPC_MSG_FD_LIMIT;
                 if (!seen_n) {
                         fail(&s, "missing \"n\"");
                         goto fail;
                 }
-                int r = span_to_uint(n, IPC_CLOSED_MAX, &m.n_closed);
+                int r = span_to_uint(n, IPC_CLOSED_MAX, &count);
                 if (r == -ERANGE) {
                         fail(&s, "\"n\": number too large");
                         goto fail;
                 }
-                if (r < 0 || m.n_closed == 0) {
+                if (r < 0 || count == 0) {
                         fail(&s, "\"n\": expected an integer >= 1");
                         goto fail;
                 }
-                /* Only n matters in a close report. */
+                if (m.type == IPC_MSG_CLOSED)
+                        m.n_closed = count;
+                else
+                        m.n_lost = count;
+                /* Only n matters in a report. */
                 m.peer = IPC_PEER_MASTER;
                 m.data = "null";
                 m.data_len = 4;
@@ -547,6 +552,15 @@ ssize_t ipc_msg_format_closed(char *buf, size_t n, unsigned n_closed) {
         if (n_closed == 0 || n_closed > IPC_CLOSED_MAX)
                 return -EINVAL;
         int k = snprintf(buf, n, "{\"type\":\"closed\",\"n\":%u}", n_closed);
+        if (k < 0 || (size_t) k >= n)
+                return -ENOBUFS;
+        return k;
+}
+
+ssize_t ipc_msg_format_fd_limit(char *buf, size_t n, unsigned n_lost) {
+        if (n_lost == 0 || n_lost > IPC_CLOSED_MAX)
+                return -EINVAL;
+        int k = snprintf(buf, n, "{\"type\":\"fd-limit\",\"n\":%u}", n_lost);
         if (k < 0 || (size_t) k >= n)
                 return -ENOBUFS;
         return k;

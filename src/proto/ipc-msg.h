@@ -7,6 +7,7 @@
  *
  *   worker -> master  {"type":"message","to":"master"|"all"|"others"|SLOT,"data":DATA}
  *                     {"type":"closed","n":N}
+ *                     {"type":"fd-limit","n":N}
  *   master -> worker  {"type":"message","from":"ctl"|SLOT,"data":DATA}
  *
  * Decisions where SPEC.md is silent:
@@ -17,6 +18,9 @@
  *     business.
  *   - "closed" reports N >= 1 (at most IPC_CLOSED_MAX) connections closed
  *     since the previous report; a worker may coalesce.
+ *   - "fd-limit" reports N >= 1 (at most IPC_CLOSED_MAX) hand-offs whose
+ *     fd the kernel could not give the worker (MSG_CTRUNC: it is at its
+ *     fd limit) since the previous such report: those connections are lost.
  *   - Unknown keys are ignored (room to grow); a repeated known key is an
  *     error; unknown "type" values are errors.
  *   - DATA is any JSON value and is handed on as its raw text, so that the
@@ -47,6 +51,7 @@
 typedef enum IpcMsgType {
         IPC_MSG_MESSAGE,
         IPC_MSG_CLOSED,
+        IPC_MSG_FD_LIMIT,
 } IpcMsgType;
 
 /* Who a worker's message is for, or who a master's message is from. */
@@ -66,10 +71,11 @@ typedef struct IpcMessage {
                                  * parsed line (or a static "null"); not NUL-terminated */
         size_t data_len;
         unsigned n_closed;      /* IPC_MSG_CLOSED: N >= 1 */
+        unsigned n_lost;        /* IPC_MSG_FD_LIMIT: N >= 1 */
 } IpcMessage;
 
-/* Parse one line a worker sent (no newline): a message with "to", or a
- * close report. On success fills *ret (whose .data points into line) and
+/* Parse one line a worker sent (no newline): a message with "to", a
+ * close report or an fd-limit report. On success fills *ret (whose .data points into line) and
  * returns 0. On failure returns -EINVAL (-E2BIG for a line longer than
  * IPC_LINE_MAX) and sets *ret_reason (may be NULL) to a static phrase such
  * as "not a JSON object" or "\"to\": slot number too large". *ret is
@@ -98,3 +104,6 @@ ssize_t ipc_msg_format_from(char *buf, size_t n, IpcPeer from, unsigned slot, co
 
 /* {"type":"closed","n":N}; n in 1..IPC_CLOSED_MAX. Same return values. */
 ssize_t ipc_msg_format_closed(char *buf, size_t n, unsigned n_closed);
+
+/* {"type":"fd-limit","n":N}; n in 1..IPC_CLOSED_MAX. Same return values. */
+ssize_t ipc_msg_format_fd_limit(char *buf, size_t n, unsigned n_lost);

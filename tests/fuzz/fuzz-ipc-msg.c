@@ -14,7 +14,8 @@
  *     re-formatting that gives the same line (the compaction is stable);
  *   - a worker can always re-send it (ipc_msg_format_to, as corral_send()
  *     does), to the same peer;
- *   - a close report round-trips through ipc_msg_format_closed(). */
+ *   - a close report round-trips through ipc_msg_format_closed(), an
+ *     fd-limit report through ipc_msg_format_fd_limit(). */
 #include <errno.h>
 
 #include "fuzz.h"
@@ -80,6 +81,14 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
                 FUZZ_CHECK(k > 0 && ipc_msg_parse_worker_line(buf, (size_t) k, &c, NULL) == 0 &&
                                    c.type == IPC_MSG_CLOSED && c.n_closed == m.n_closed,
                            "close report of %u does not round-trip", m.n_closed);
+        } else if (m.type == IPC_MSG_FD_LIMIT) {
+                FUZZ_CHECK(m.n_lost >= 1 && m.n_lost <= IPC_CLOSED_MAX, "n=%u", m.n_lost);
+                char buf[64];
+                ssize_t k = ipc_msg_format_fd_limit(buf, sizeof(buf), m.n_lost);
+                IpcMessage c;
+                FUZZ_CHECK(k > 0 && ipc_msg_parse_worker_line(buf, (size_t) k, &c, NULL) == 0 &&
+                                   c.type == IPC_MSG_FD_LIMIT && c.n_lost == m.n_lost,
+                           "fd-limit report of %u does not round-trip", m.n_lost);
         } else {
                 FUZZ_CHECK(m.type == IPC_MSG_MESSAGE, "type %d", (int) m.type);
                 FUZZ_CHECK(m.peer != IPC_PEER_CTL, "a worker line \"from\" ctl");

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
@@ -180,9 +181,72 @@ static void test_handoffs_and_messages(void **state) {
         unsetenv("CORRAL_IPC_FD");
 }
 
+/* At the fd limit libuv gets the hand-off byte without its fd (the kernel
+ * set MSG_CTRUNC, which libuv does not pass on): counted as lost, not as
+ * garbage, and reported to the master with one fd-limit line. */
+static void test_handoff_at_fd_limit(void **state) {
+        uv_loop_t loop;
+        CorralUv *cu = malloc(sizeof(CorralUv));
+        int sv[2], p[2];
+        char num[16], buf[128];
+        struct rlimit saved, low;
+
+        n_conns = n_messages = 0;
+        assert_int_eq(uv_loop_init(&loop), 0);
+        assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        snprintf(num, sizeof(num), "%d", sv[1]);
+        setenv("CORRAL_IPC_FD", num, 1);
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_uv_start(cu, &loop, on_connection, on_message), 0);
+
+        handoff(sv[0], p[0], 1);
+        line(sv[0], "{\"type\":\"message\",\"from\":\"ctl\",\"data\":7}\n");
+        /* No fd can be opened from here: the lowest free one is the limit. */
+        int lowest = fcntl(sv[0], F_DUPFD_CLOEXEC, 0);
+        assert_true(lowest >= 0);
+        close(lowest);
+        assert_int_eq(getrlimit(RLIMIT_NOFILE, &saved), 0);
+        low = (struct rlimit) { .rlim_cur = (rlim_t) lowest, .rlim_max = saved.rlim_max };
+        assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+        uint64_t deadline = now_usec() + DEADLINE_USEC;
+        while (!(cu->lost == 1 && n_messages == 1) && now_usec() < deadline)
+                uv_run(&loop, UV_RUN_NOWAIT);
+        assert_int_eq(setrlimit(RLIMIT_NOFILE, &saved), 0);
+        assert_int_eq(cu->lost, 1);
+        assert_int_eq(n_messages, 1);
+        assert_int_eq(n_conns, 0);
+        assert_int_eq(cu->dropped, 0);
+
+        ssize_t n = recv(sv[0], buf, sizeof(buf) - 1, MSG_DONTWAIT);
+        assert_true(n > 0);
+        buf[n] = 0;
+        assert_string_equal(buf, "{\"type\":\"fd-limit\",\"n\":1}\n");
+
+        /* With fds again, the next hand-off arrives. */
+        handoff(sv[0], p[0], 2);
+        deadline = now_usec() + DEADLINE_USEC;
+        while (n_conns == 0 && now_usec() < deadline)
+                uv_run(&loop, UV_RUN_NOWAIT);
+        assert_int_eq(n_conns, 1);
+        assert_int_eq(conns[0].type, UV_NAMED_PIPE);
+        assert_int_eq(conns[0].listener, 2);
+        close(p[1]);            /* the connection reads EOF and closes */
+
+        corral_uv_stop(cu, on_stopped);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_int_eq(uv_loop_close(&loop), 0);
+        close(sv[0]);
+        close(p[0]);
+        libcorral_reset_for_tests();
+        free(cu);
+        unsetenv("CORRAL_IPC_FD");
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_handoffs_and_messages),
+                cmocka_unit_test(test_handoff_at_fd_limit),
         };
         return cmocka_run_group_tests_name("corral-uv", tests, NULL, NULL);
 }

@@ -154,6 +154,41 @@ static void test_closed(void **state) {
         master_bad("{\"type\":\"closed\",\"n\":1}", "unknown \"type\"");
 }
 
+/* A worker at its fd limit lost N hand-offs (MSG_CTRUNC): same grammar
+ * as the close report, its own type, never confused with it. */
+static void test_fd_limit(void **state) {
+        char buf[64];
+        IpcMessage m = worker_ok("{\"type\":\"fd-limit\",\"n\":1}");
+        assert_int_eq(m.type, IPC_MSG_FD_LIMIT);
+        assert_int_eq(m.n_lost, 1);
+        assert_int_eq(m.n_closed, 0);
+        assert_int_eq(m.peer, IPC_PEER_MASTER);
+        assert_data(&m, "null");
+        m = worker_ok("{ \"n\": 2147483647, \"type\": \"fd-limit\", \"data\": [1] }");
+        assert_u64_eq(m.n_lost, 2147483647u);
+        assert_data(&m, "null");
+
+        worker_bad("{\"type\":\"fd-limit\"}", "missing \"n\"");
+        worker_bad("{\"type\":\"fd-limit\",\"n\":0}", "\"n\": expected an integer >= 1");
+        worker_bad("{\"type\":\"fd-limit\",\"n\":\"1\"}", "\"n\": expected an integer >= 1");
+        worker_bad("{\"type\":\"fd-limit\",\"n\":2147483648}", "\"n\": number too large");
+        worker_bad("{\"type\":\"fd-limit\",\"n\":1,\"n\":2}", "a key appears twice");
+        worker_bad("{\"type\":\"fd-limit\",\"n\":1", "");
+        worker_bad("{\"type\":\"fd-limits\",\"n\":1}", "unknown \"type\"");
+        worker_bad("{\"type\":\"fd-limi\",\"n\":1}", "unknown \"type\"");
+        /* A master never sends one. */
+        master_bad("{\"type\":\"fd-limit\",\"n\":1}", "unknown \"type\"");
+
+        assert_int_eq(ipc_msg_format_fd_limit(buf, sizeof(buf), 3), 25);
+        assert_string_equal(buf, "{\"type\":\"fd-limit\",\"n\":3}");
+        m = worker_ok(buf);
+        assert_int_eq(m.type, IPC_MSG_FD_LIMIT);
+        assert_int_eq(m.n_lost, 3);
+        assert_int_eq(ipc_msg_format_fd_limit(buf, sizeof(buf), 0), -EINVAL);
+        assert_int_eq(ipc_msg_format_fd_limit(buf, sizeof(buf), 2147483648u), -EINVAL);
+        assert_int_eq(ipc_msg_format_fd_limit(buf, 10, 1), -ENOBUFS);
+}
+
 static void test_slot_numbers(void **state) {
         worker_bad("{\"type\":\"message\",\"to\":65536}", "\"to\": slot number too large");
         worker_bad("{\"type\":\"message\",\"to\":18446744073709551617}", "\"to\": slot number too large");
@@ -408,6 +443,7 @@ int main(void) {
                 cmocka_unit_test(test_nested_data_is_raw),
                 cmocka_unit_test(test_unknown_keys_ignored),
                 cmocka_unit_test(test_closed),
+                cmocka_unit_test(test_fd_limit),
                 cmocka_unit_test(test_slot_numbers),
                 cmocka_unit_test(test_types),
                 cmocka_unit_test(test_garbage),

@@ -31,6 +31,7 @@ typedef struct Fixture {
         Ipc ipc;
         int worker;             /* the worker's end */
         unsigned n_messages, n_closed_reports, closed_total, n_closed_cb;
+        unsigned n_fd_limit_reports, fd_limit_lost;
         IpcMessage last;
         char last_data[256];
 } Fixture;
@@ -49,6 +50,12 @@ static void on_closed_report(Ipc *ipc, unsigned n) {
         f->closed_total += n;
 }
 
+static void on_fd_limit(Ipc *ipc, unsigned n) {
+        Fixture *f = ipc->userdata;
+        f->n_fd_limit_reports++;
+        f->fd_limit_lost += n;
+}
+
 static void on_close(Ipc *ipc) {
         Fixture *f = ipc->userdata;
         f->n_closed_cb++;
@@ -61,8 +68,8 @@ static int setup(void **state) {
         assert_int_eq(uv_loop_init(&f->loop), 0);
         assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         f->worker = sv[1];
-        f->ipc = (Ipc) { .on_message = on_message, .on_closed_report = on_closed_report, .on_close = on_close,
-                         .who = "worker 0", .userdata = f };
+        f->ipc = (Ipc) { .on_message = on_message, .on_closed_report = on_closed_report,
+                         .on_fd_limit = on_fd_limit, .on_close = on_close, .who = "worker 0", .userdata = f };
         assert_int_eq(ipc_start(&f->ipc, &f->loop, sv[0]), 0);
         *state = f;
         return 0;
@@ -110,6 +117,13 @@ static void test_messages_and_reports(void **state) {
         assert_int_eq(f->last.peer, IPC_PEER_SLOT);
         assert_int_eq(f->last.slot, 4);
         assert_string_equal(f->last_data, "7");
+        assert_int_eq(f->ipc.malformed, 0);
+
+        /* A worker at its fd limit: its own callback, not a message. */
+        worker_write(f, "{\"type\":\"fd-limit\",\"n\":4}\n{\"type\":\"closed\",\"n\":1}\n");
+        RUN_UNTIL(f, f->n_fd_limit_reports == 1 && f->n_closed_reports == 3);
+        assert_int_eq(f->fd_limit_lost, 4);
+        assert_int_eq(f->n_messages, 2);
         assert_int_eq(f->ipc.malformed, 0);
 }
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -45,8 +46,32 @@ static int setup(void **state) {
         return 0;
 }
 
+/* RLIMIT_NOFILE as it was before a test lowered it. */
+static struct rlimit nofile_saved;
+static bool nofile_lowered;
+
+/* Fill the fd table: from now on no fd can be opened, as in a worker at
+ * its limit. */
+static void lower_fd_limit(void) {
+        int lowest = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 0);
+        assert_true(lowest >= 0);
+        close(lowest);
+        assert_int_eq(getrlimit(RLIMIT_NOFILE, &nofile_saved), 0);
+        struct rlimit low = { .rlim_cur = (rlim_t) lowest, .rlim_max = nofile_saved.rlim_max };
+        assert_int_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+        nofile_lowered = true;
+}
+
+static void restore_fd_limit(void) {
+        if (!nofile_lowered)
+                return;
+        assert_int_eq(setrlimit(RLIMIT_NOFILE, &nofile_saved), 0);
+        nofile_lowered = false;
+}
+
 static int teardown(void **state) {
         Fixture *f = *state;
+        restore_fd_limit();
         libcorral_reset_for_tests();
         safe_close(f->master);
         safe_close(f->worker);
@@ -499,6 +524,43 @@ static void test_closed_coalesces(void **state) {
         assert_true(lines < 100);
 }
 
+/* At the fd limit the kernel drops a hand-off's fd and the byte arrives
+ * alone, with MSG_CTRUNC: not a protocol error, but a lost connection,
+ * reported to the master at most once a second, the rest added up. */
+static void test_fd_limit(void **state) {
+        Fixture *f = *state;
+        IpcMessage m[8];
+        static char storage[4096];
+
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);  /* the reader's buffer, allocated */
+        lower_fd_limit();
+        master_handoff(f, 1);
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\",\"data\":1}");
+        master_handoff(f, 2);
+        assert_int_eq(corral_accept_nonblock(NULL), -EAGAIN);
+        restore_fd_limit();
+
+        /* The first loss is reported at once, the second is held back. */
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].type, IPC_MSG_FD_LIMIT);
+        assert_int_eq(m[0].n_lost, 1);
+        /* The line between them is intact, and nothing counts as garbage. */
+        recv_expect(CORRAL_CTL, "1");
+        assert_int_eq(corral_messages_dropped(), 0);
+
+        /* Within the second, a report adds up and waits. */
+        assert_int_eq(corral_fd_limit(2), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 0);
+        /* A second later the next read sends the sum, and hand-offs work. */
+        libcorral_fd_limit_rearm_for_tests();
+        master_handoff(f, 3);
+        accept_expect(f, 3);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].type, IPC_MSG_FD_LIMIT);
+        assert_int_eq(m[0].n_lost, 3);
+        assert_int_eq(corral_fd_limit(0), -EINVAL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_environment, setup, teardown),
@@ -514,6 +576,7 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_many_kept_handoffs, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_send_and_closed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_closed_coalesces, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_fd_limit, setup, teardown),
         };
         return cmocka_run_group_tests_name("libcorral", tests, NULL, NULL);
 }

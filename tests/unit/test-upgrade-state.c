@@ -74,7 +74,8 @@ static void sample(UpgradeState *s) {
         s->workers[0] = (UpgradeWorker) { .slot = 0, .pid = 100, .generation = 4, .state = WORKER_READY,
                                           .role = WORKER_CURRENT, .start_usec = 10, .ready_usec = 20,
                                           .status = dup("serving"), .handed = 1000, .closed = 998,
-                                          .reports_closes = true, .ipc_fd = 10, .output_fd = 11, .peer_fd = 17,
+                                          .reports_closes = true, .fd_limit_reports = 3, .fd_limit_lost = 7,
+                                          .ipc_fd = 10, .output_fd = 11, .peer_fd = 17,
                                           .ipc_tail = dup("a half\"sent line}\n") };
         s->workers[1] = (UpgradeWorker) { .slot = 1, .pid = 101, .generation = 3, .state = WORKER_STOPPING,
                                           .role = WORKER_LEAVING, .stop_sent = true, .said_stopping = true,
@@ -179,6 +180,8 @@ static void test_round_trip(void **state) {
                 assert_u64_eq(y->handed, x->handed);
                 assert_u64_eq(y->closed, x->closed);
                 assert_int_eq(y->reports_closes, x->reports_closes);
+                assert_u64_eq(y->fd_limit_reports, x->fd_limit_reports);
+                assert_u64_eq(y->fd_limit_lost, x->fd_limit_lost);
                 assert_int_eq(y->ipc_fd, x->ipc_fd);
                 assert_int_eq(y->output_fd, x->output_fd);
                 assert_int_eq(y->peer_fd, x->peer_fd);
@@ -213,9 +216,9 @@ static void expect_refused(cJSON *root, const char *path, const char *what) {
 
 static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
-                                             "workers.ipc_tail", "workers.peer_fd", "clients.unread",
-                                             "slots.last_failure", "draining", "reload_failed", "reloads_done",
-                                             "reloads_failed" };
+                                             "workers.ipc_tail", "workers.peer_fd", "workers.fd_limit_reports",
+                                             "workers.fd_limit_lost", "clients.unread", "slots.last_failure",
+                                             "draining", "reload_failed", "reloads_done", "reloads_failed" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
