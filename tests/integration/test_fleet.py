@@ -260,8 +260,8 @@ def corral_metrics_socket_under_systemd():
     units = {
         "corral@.socket": shipped_unit("corral@.socket"),
         "corral@.service": shipped_unit("corral@.service"),
-        "corral-metrics.socket": shipped_unit("corral-metrics.socket"),
-        "corral-metrics@.service": shipped_unit("corral-metrics@.service"),
+        "corral-metrics.socket": shipped_unit("examples/corral-metrics.socket"),
+        "corral-metrics@.service": shipped_unit("examples/corral-metrics@.service"),
         "corral@web.socket.d/port.conf": "[Socket]\nListenStream=\nListenStream=127.0.0.1:8080\n",
         "corral-metrics.socket.d/local.conf": "[Socket]\nListenStream=\nListenStream=127.0.0.1:9857\n",
     }
