@@ -227,7 +227,14 @@ static void on_stall_check(uv_timer_t *t) {
         uint64_t now = now_usec();
         for (unsigned i = 0; i < h->n_slots; i++) {
                 Worker *w = slot_ready_worker(h->slots[i]);
-                if (!w || !w->ipc || !w->ipc->n_inflight || ipc_inflight(w->ipc) == 0)
+                if (!w || !w->ipc || !w->ipc->n_inflight)
+                        continue;
+                unsigned before = w->ipc->n_inflight, unread = ipc_inflight(w->ipc);
+                /* It reads: a stall before this one was a pause it got
+                 * over, and the next one starts from 1 s again. */
+                if (unread < before)
+                        w->stalls = 0;
+                if (unread == 0)
                         continue;
                 if (now - ipc_oldest_unread(w->ipc) < HANDOFF_STALL_MS * USEC_PER_MSEC)
                         continue;
