@@ -170,8 +170,13 @@ static int render(FILE *f, const cJSON *res, const cJSON *prev, size_t width) {
                 field(f, "State:", b);
         } else
                 field(f, "State:", ctl_json_str(res, "state"));
+        int64_t in_file;
         if (ctl_json_int(res, "ready", &ready) && ctl_json_int(res, "workers", &workers)) {
-                snprintf(b, sizeof(b), "%lld/%lld ready", (long long) ready, (long long) workers);
+                if (ctl_json_int(res, "workers_config", &in_file))
+                        snprintf(b, sizeof(b), "%lld/%lld ready (scaled; config: %lld)", (long long) ready,
+                                 (long long) workers, (long long) in_file);
+                else
+                        snprintf(b, sizeof(b), "%lld/%lld ready", (long long) ready, (long long) workers);
                 field(f, "Workers:", b);
         }
         field(f, "Status:", ctl_json_str(res, "status"));

@@ -76,6 +76,9 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "generation", m->pool.generation);
         cJSON_AddNumberToObject(o, "ready", ready);
         cJSON_AddNumberToObject(o, "workers", m->n_slots);
+        /* What the file says, when a runtime scale holds instead (SPEC §4). */
+        if (m->scaled)
+                cJSON_AddNumberToObject(o, "workers_config", config_worker_count(config));
         bool rolling = m->rollout && m->rollout->kind != ROLLOUT_RECYCLE;
         cJSON_AddStringToObject(o, "state", m->pool.stopping       ? "stopping"
                                             : rolling         ? "reloading"

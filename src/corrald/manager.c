@@ -145,6 +145,9 @@ int manager_scale(Manager *m, unsigned n) {
         int r = manager_fd_room(m, n, NULL, NULL);
         if (r < 0)
                 return r;
+        /* Back to what the file says is no scale to hold. */
+        m->scaled = n == config_worker_count(manager_config(m)) ? 0 : n;
+        m->scaled_file_workers = manager_config(m)->workers;
         set_slot_count(m, n);
         return 0;
 }
@@ -354,6 +357,13 @@ void manager_reload(Manager *m, ControlConn *client) {
         }
 
         unsigned target = config_worker_count(c), max, open;
+        /* A runtime scale holds while the file says what it said then. */
+        if (m->scaled && c->workers == m->scaled_file_workers)
+                target = m->scaled;
+        else if (m->scaled) {
+                log_notice("reload: the file's workers changed, so it wins over the runtime scale to %u", m->scaled);
+                m->scaled = 0;
+        }
         /* The new slots plus one replacement per max_surge, at worst. */
         if (manager_fd_room(m, target + c->reload_max_surge, &max, &open) < 0) {
                 LogFields f = event(m, "reload_failed");

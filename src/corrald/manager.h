@@ -58,6 +58,11 @@ typedef struct Manager {
         bool draining;             /* `corralctl drain`: health says so; kept across upgrades */
         bool reload_failed;        /* the last reload failed: health is degraded until one succeeds */
         uint64_t reloads_done, reloads_failed; /* since start_usec (carried across upgrades) */
+        /* A runtime scale (corralctl scale, SIGTTIN/SIGTTOU) holds across
+         * reloads and upgrades until the file's `workers` changes (SPEC §4):
+         * the count it set (0: none) and the file's value then (0: auto). */
+        unsigned scaled;
+        unsigned scaled_file_workers;
         bool closed;
         int exit_code;
         char status[256];          /* last STATUS= sent */

@@ -168,6 +168,8 @@ static const Field state_fields[] = {
         NUM(FT_BOOL, UpgradeState, reload_failed, 0, 0, F_OPTIONAL),
         NUM(FT_U64, UpgradeState, reloads_done, 0, JSON_INT_MAX, F_OPTIONAL),
         NUM(FT_U64, UpgradeState, reloads_failed, 0, JSON_INT_MAX, F_OPTIONAL),
+        NUM(FT_UINT, UpgradeState, scaled, 0, CORRAL_WORKERS_MAX, F_OPTIONAL),
+        NUM(FT_UINT, UpgradeState, scaled_file_workers, 0, CORRAL_WORKERS_MAX, F_OPTIONAL),
         ARRAY(UpgradeState, failures, n_failures, FT_U64_ARRAY, RESTART_LIMIT_MAX + 1, 0, NULL),
         NUM(FT_FD, UpgradeState, notify_fd, 0, 0, F_ENVELOPE),
         NUM(FT_FD, UpgradeState, control_fd, 0, 0, F_ENVELOPE),

@@ -99,6 +99,7 @@ typedef struct UpgradeState {
         bool draining;           /* `corralctl drain` holds across an upgrade */
         bool reload_failed;
         uint64_t reloads_done, reloads_failed;
+        unsigned scaled, scaled_file_workers;   /* a runtime scale that holds (0: none) */
         uint64_t *failures;      /* the failure window's stamps, oldest first */
         unsigned n_failures;
         int notify_fd, control_fd;

@@ -459,6 +459,8 @@ int upgrade_restore(Manager *m) {
         m->draining = s->draining;
         m->reload_failed = s->reload_failed;
         m->reloads_done = s->reloads_done;
+        m->scaled = s->scaled;
+        m->scaled_file_workers = s->scaled_file_workers;
         m->reloads_failed = s->reloads_failed;
         m->n_undeliverable = s->undeliverable;
         m->notify.n_dropped = s->notify_dropped;
@@ -654,6 +656,8 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 .draining = m->draining,
                 .reload_failed = m->reload_failed,
                 .reloads_done = m->reloads_done,
+                .scaled = m->scaled,
+                .scaled_file_workers = m->scaled_file_workers,
                 .reloads_failed = m->reloads_failed,
                 .notify_fd = carry(c, m->notify.fd),
                 .control_fd = carry(c, control_server_fd(&m->control)),

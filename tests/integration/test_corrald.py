@@ -286,6 +286,37 @@ def subreaper_and_pid_1_reap_the_orphans_of_workers():
 
 
 @case
+def a_runtime_scale_holds_across_reload_and_upgrade_until_the_file_changes():
+    # issue 21.1, SPEC §4: scale 3, then a reload went back to the file's 2.
+    import subprocess
+    from corral import CORRALCTL
+    path = config("scaled", workers=2, exec=TWORKER + ["no-watchdog"])
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        def ctl(*args):
+            r = subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True, timeout=30)
+            eq(r.returncode, 0, "corralctl %s: %s" % (" ".join(args), r.stderr))
+            return r.stdout
+        ctl("scale", "3")
+        s = wait_status(c, lambda s: s["ready"] == 3, 10, "3 ready")
+        eq(s.get("workers_config"), 2, "the file's count beside it")
+        assert "3/3 ready (scaled; config: 2)" in ctl("status"), ctl("status")
+        ctl("reload")
+        s = wait_status(c, lambda s: s["state"] == "running" and s["generation"] == 2, 20, "the reload done")
+        eq((s["workers"], s.get("workers_config")), (3, 2), "the scale holds across a reload")
+        ctl("upgrade")
+        eq(status(c)["workers"], 3, "and across an upgrade")
+        # The file's workers changes: it wins.
+        config("scaled", workers=4, exec=TWORKER + ["no-watchdog"])
+        ctl("reload")
+        s = wait_status(c, lambda s: s["state"] == "running" and s["ready"] == 4, 20, "4 ready")
+        eq((s["workers"], "workers_config" in s), (4, False), "the file's new count, no scale held")
+    finally:
+        finish(c, n)
+
+
+@case
 def kill9_worker_is_replaced_in_same_slot():
     port = free_port()
     c, n = run(["--listen", "127.0.0.1:%d" % port, "-w", "2"], [HELLO])

@@ -218,7 +218,8 @@ static bool optional(const char *record, const char *key) {
         static const char * const keys[] = { "config", "control_path", "listeners.unlink", "workers.failure",
                                              "workers.ipc_tail", "workers.peer_fd", "workers.fd_limit_reports",
                                              "workers.fd_limit_lost", "clients.unread", "slots.last_failure",
-                                             "draining", "reload_failed", "reloads_done", "reloads_failed" };
+                                             "draining", "reload_failed", "reloads_done", "reloads_failed",
+                                             "scaled", "scaled_file_workers" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
