@@ -203,7 +203,9 @@ static bool hold(Handoff *h, int fd, uint8_t index, bool front) {
         return true;
 }
 
-void handoff_requeue(Handoff *h, int fd, uint8_t listener_index) {
+/* A connection handed to a worker that never read it (takes fd): it goes
+ * to another worker before any new one. While stopping it is closed. */
+static void requeue(Handoff *h, int fd, uint8_t listener_index) {
         if (!h->started) {
                 /* Stopping: no worker will take it. */
                 safe_close(fd);
@@ -215,7 +217,16 @@ void handoff_requeue(Handoff *h, int fd, uint8_t listener_index) {
 }
 
 static void on_taken_back(void *userdata, int fd, uint8_t listener_index) {
-        handoff_requeue(userdata, fd, listener_index);
+        requeue(userdata, fd, listener_index);
+}
+
+unsigned handoff_take_back(Handoff *h, Worker *w) {
+        if (!w->ipc)
+                return 0;
+        unsigned n = ipc_take_back(w->ipc, on_taken_back, h);
+        /* They were never its: least-conn must not count them open. */
+        w->handed -= MIN((uint64_t) n, w->handed - w->closed);
+        return n;
 }
 
 /* Workers that left a hand-off unread for HANDOFF_STALL_MS: take their
@@ -238,9 +249,7 @@ static void on_stall_check(uv_timer_t *t) {
                         continue;
                 if (now - ipc_oldest_unread(w->ipc) < HANDOFF_STALL_MS * USEC_PER_MSEC)
                         continue;
-                unsigned n = ipc_take_back(w->ipc, on_taken_back, h);
-                /* They were never its: least-conn must not count them open. */
-                w->handed -= MIN((uint64_t) n, w->handed - w->closed);
+                unsigned n = handoff_take_back(h, w);
                 uint64_t pause = MIN((uint64_t) HANDOFF_STALL_MS << MIN(w->stalls, 5), HANDOFF_STALL_PAUSE_MAX_MS);
                 w->stalls++;
                 w->stalled_until = now + pause * USEC_PER_MSEC;
@@ -260,8 +269,7 @@ void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost) {
         if (!h->started || !w->ipc)
                 return;
         /* The ones still queued would be lost the same way. */
-        unsigned n = ipc_take_back(w->ipc, on_taken_back, h);
-        w->handed -= MIN((uint64_t) n, w->handed - w->closed);
+        unsigned n = handoff_take_back(h, w);
         w->stalled_until = MAX(w->stalled_until, until);
         log_limited(h, "%s is at its fd limit (%u connection%s lost): no connections for it for %d ms%s", w->who,
                     n_lost, n_lost == 1 ? "" : "s", HANDOFF_FD_LIMIT_PAUSE_MS,

@@ -12,7 +12,7 @@
  * and accepting pauses, so further connections wait in the kernel's
  * backlog, not in the master; held ones are retried on a short timer and
  * whenever the owner calls handoff_kick(). Connections a worker never read
- * come back (handoff_requeue(), from the host when the worker is gone, or
+ * come back (handoff_take_back(), from the host when the worker is gone, or
  * from here when one stays unread for HANDOFF_STALL_MS or the worker
  * reports its fd limit) and are held first. EMFILE/ENFILE on accept pause accepting for a while instead of
  * spinning. Logs at a bounded rate. */
@@ -88,9 +88,11 @@ void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const 
 /* A worker may have become able to take connections: retry now. */
 void handoff_kick(Handoff *h);
 
-/* A connection handed to a worker that never read it (takes fd): it goes
- * to another worker before any new one. While stopping it is closed. */
-void handoff_requeue(Handoff *h, int fd, uint8_t listener_index);
+/* Take back every connection w has not read from its channel (it is gone,
+ * stalled or at its fd limit): each goes to another worker before any new
+ * one (closed while stopping), and no longer counts as open for w.
+ * Returns how many. Does not log. */
+unsigned handoff_take_back(Handoff *h, Worker *w);
 
 /* Worker w lost n_lost hand-offs at its fd limit (its fd-limit line): it
  * gets none for HANDOFF_FD_LIMIT_PAUSE_MS, what it has not read yet goes

@@ -186,10 +186,6 @@ static void host_kill(void *userdata, Worker *w, int sig, bool group) {
         (void) kill_process(w->pid, sig, group);
 }
 
-static void on_taken_back(void *userdata, int fd, uint8_t listener_index) {
-        handoff_requeue(userdata, fd, listener_index);
-}
-
 static void host_release(void *userdata, Worker *w) {
         WorkerIo *io = w->host;
         if (!io) {
@@ -198,7 +194,7 @@ static void host_release(void *userdata, Worker *w) {
         }
         /* It is gone: what it never read of its channel is still there, and
          * goes to another worker (SPEC §5). */
-        unsigned n = ipc_take_back(&io->ipc, on_taken_back, &io->manager->handoff);
+        unsigned n = handoff_take_back(&io->manager->handoff, w);
         if (n > 0) {
                 LogFields f = LOG_FIELDS_NONE;
                 f.worker_id = (int) w->id;
