@@ -518,6 +518,25 @@ static int write_all(int fd, const char *buf, size_t len) {
         return 0;
 }
 
+/* Send a report line (closed, fd-limit) whose count is *pending. When
+ * nothing of it can be written now and !block, it is left for later (0,
+ * *pending kept: the count goes on adding up). Once the kernel took any of
+ * it, *pending is cleared and the rest is written, so that no line is ever
+ * left half written. Returns 0 or -errno. */
+static int send_report(int fd, const char *line, size_t len, bool block, unsigned *pending) {
+        ssize_t w;
+        do
+                w = send(fd, line, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (w == -1 && errno == EINTR);
+        if (w == -1 && errno == EAGAIN && !block)
+                return 0;
+        if (w == -1 && errno != EAGAIN)
+                return -errno;
+        *pending = 0;
+        size_t done = w > 0 ? (size_t) w : 0;
+        return done == len ? 0 : write_all(fd, line + done, len - done);
+}
+
 /* Send the coalesced close report, without waiting when nothing of it
  * can be written now. */
 static int flush_closed(int fd, bool block) {
@@ -528,19 +547,7 @@ static int flush_closed(int fd, bool block) {
         if (k < 0)
                 return (int) k;
         line[k++] = '\n';
-        ssize_t w;
-        do
-                w = send(fd, line, (size_t) k, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (w == -1 && errno == EINTR);
-        if (w == -1 && errno == EAGAIN && !block)
-                return 0;       /* keep counting; sent with the next report */
-        if (w == -1 && errno != EAGAIN)
-                return -errno;
-        ch.closed_pending = 0;
-        if (w == k)
-                return 0;
-        size_t done = w > 0 ? (size_t) w : 0;
-        return write_all(fd, line + done, (size_t) k - done);
+        return send_report(fd, line, (size_t) k, block, &ch.closed_pending);
 }
 
 int corral_closed(unsigned n) {
@@ -572,16 +579,10 @@ static int flush_fd_limit(int fd) {
         if (k < 0)
                 return (int) k;
         line[k++] = '\n';
-        ssize_t w;
-        do
-                w = send(fd, line, (size_t) k, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (w == -1 && errno == EINTR);
-        if (w == -1)
-                return errno == EAGAIN ? 0 : -errno;    /* EAGAIN: sent with a later call */
-        ch.fd_limit_pending = 0;
-        /* 0 would read as "never sent". */
-        ch.fd_limit_sent_usec = now ? now : 1;
-        return w == k ? 0 : write_all(fd, line + w, (size_t) (k - w));
+        int r = send_report(fd, line, (size_t) k, false, &ch.fd_limit_pending);
+        if (ch.fd_limit_pending == 0)
+                ch.fd_limit_sent_usec = now ? now : 1;     /* 0 would read as "never sent" */
+        return r;
 }
 
 int corral_fd_limit(unsigned n) {
