@@ -195,9 +195,10 @@ static bool is_child_of(pid_t pid, pid_t parent) {
 static int check_pids(const UpgradeState *s, pid_t parent, bool gone_ok) {
         for (unsigned i = 0; i < s->n_workers; i++) {
                 pid_t ppid;
-                if (gone_ok && procfs_read_ppid(s->workers[i].pid, &ppid) == -ENOENT)
+                int r = procfs_read_ppid(s->workers[i].pid, &ppid);
+                if (gone_ok && r == -ENOENT)
                         continue;
-                if (!is_child_of(s->workers[i].pid, parent)) {
+                if (r < 0 || ppid != parent) {
                         snprintf(state_error, sizeof(state_error),
                                  "workers[%u].pid: %d is not a child of this corrald", i, s->workers[i].pid);
                         return -EBADMSG;
