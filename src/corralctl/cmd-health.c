@@ -15,12 +15,7 @@
 int cmd_health(Ctl *ctl, char **args) {
         _cleanup_json_ cJSON *res = NULL;
 
-        if (args[0])
-                return ctl_usage_error("health takes no arguments, got \"%s\"", args[0]);
-        _cleanup_json_ cJSON *req = ctl_new_request("health");
-        if (!req)
-                return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
-        int r = ctl_request(ctl, req, CTL_TIMEOUT_USEC, NULL, NULL, &res);
+        int r = ctl_request_plain(ctl, "health", args, &res);
         if (r == CTL_EXIT_UNREACHABLE) {
                 if (ctl->json)
                         printf("{\"health\":\"down\",\"reason\":\"the instance does not answer\"}\n");
@@ -45,12 +40,7 @@ int cmd_health(Ctl *ctl, char **args) {
 static int set_drain(Ctl *ctl, char **args, const char *command) {
         _cleanup_json_ cJSON *res = NULL;
 
-        if (args[0])
-                return ctl_usage_error("%s takes no arguments, got \"%s\"", command, args[0]);
-        _cleanup_json_ cJSON *req = ctl_new_request(command);
-        if (!req)
-                return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
-        int r = ctl_request(ctl, req, CTL_TIMEOUT_USEC, NULL, NULL, &res);
+        int r = ctl_request_plain(ctl, command, args, &res);
         if (r != 0)
                 return r;
         if (ctl->json)

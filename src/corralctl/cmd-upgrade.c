@@ -14,12 +14,7 @@ int cmd_upgrade(Ctl *ctl, char **args) {
         _cleanup_json_ cJSON *res = NULL;
         int64_t pid, upgrades;
 
-        if (args[0])
-                return ctl_usage_error("upgrade takes no arguments, got \"%s\"", args[0]);
-        _cleanup_json_ cJSON *req = ctl_new_request("upgrade");
-        if (!req)
-                return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
-        int r = ctl_request(ctl, req, CTL_TIMEOUT_USEC, NULL, NULL, &res);
+        int r = ctl_request_plain(ctl, "upgrade", args, &res);
         if (r != 0)
                 return r;
         if (ctl->json)

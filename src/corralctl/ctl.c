@@ -203,6 +203,15 @@ int ctl_request(Ctl *ctl, const cJSON *request, uint64_t timeout_usec, client_pr
         return ctl_call(ctl, c, request, timeout_usec, progress, userdata, ret_result);
 }
 
+int ctl_request_plain(Ctl *ctl, const char *command, char **args, cJSON **ret_result) {
+        if (args[0])
+                return ctl_usage_error("%s takes no arguments, got \"%s\"", command, args[0]);
+        _cleanup_json_ cJSON *req = ctl_new_request(command);
+        if (!req)
+                return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
+        return ctl_request(ctl, req, CTL_TIMEOUT_USEC, NULL, NULL, ret_result);
+}
+
 cJSON *ctl_new_request(const char *command) {
         cJSON *o = cJSON_CreateObject();
         if (o && !cJSON_AddStringToObject(o, "command", command)) {

@@ -72,6 +72,9 @@ int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, c
 /* Connect and send one request; the common shape of most commands. */
 int ctl_request(Ctl *ctl, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
                 void *userdata, cJSON **ret_result);
+/* ctl_request() of a command that takes no arguments ({"command": ...}),
+ * after refusing any in args with a usage error. */
+int ctl_request_plain(Ctl *ctl, const char *command, char **args, cJSON **ret_result);
 
 /* {"command": name}; NULL on ENOMEM. */
 cJSON *ctl_new_request(const char *command);
