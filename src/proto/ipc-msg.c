@@ -548,20 +548,20 @@ ssize_t ipc_msg_format_from(char *buf, size_t n, IpcPeer from, unsigned slot, co
         return format_message(buf, n, "from", from, slot, data, data_len);
 }
 
-ssize_t ipc_msg_format_closed(char *buf, size_t n, unsigned n_closed) {
-        if (n_closed == 0 || n_closed > IPC_CLOSED_MAX)
+/* {"type":TYPE,"n":COUNT}, the shape of both count reports. */
+static ssize_t format_count(char *buf, size_t n, const char *type, unsigned count) {
+        if (count == 0 || count > IPC_CLOSED_MAX)
                 return -EINVAL;
-        int k = snprintf(buf, n, "{\"type\":\"closed\",\"n\":%u}", n_closed);
+        int k = snprintf(buf, n, "{\"type\":\"%s\",\"n\":%u}", type, count);
         if (k < 0 || (size_t) k >= n)
                 return -ENOBUFS;
         return k;
 }
 
+ssize_t ipc_msg_format_closed(char *buf, size_t n, unsigned n_closed) {
+        return format_count(buf, n, "closed", n_closed);
+}
+
 ssize_t ipc_msg_format_fd_limit(char *buf, size_t n, unsigned n_lost) {
-        if (n_lost == 0 || n_lost > IPC_CLOSED_MAX)
-                return -EINVAL;
-        int k = snprintf(buf, n, "{\"type\":\"fd-limit\",\"n\":%u}", n_lost);
-        if (k < 0 || (size_t) k >= n)
-                return -ENOBUFS;
-        return k;
+        return format_count(buf, n, "fd-limit", n_lost);
 }
