@@ -149,7 +149,12 @@ static int render(FILE *f, const cJSON *res, const cJSON *prev, size_t width) {
                 field(f, "PID:", b);
         } else
                 field(f, "PID:", NULL);
-        field(f, "Balance:", ctl_json_str(res, "balance"));
+        /* The IPC dialect only when it is not corral's own. */
+        const char *balance = ctl_json_str(res, "balance"), *ipc = ctl_json_str(res, "ipc");
+        _cleanup_free_ char *bal = NULL;
+        if (balance && ipc && strcmp(ipc, "corral") != 0 && asprintf(&bal, "%s (ipc %s)", balance, ipc) < 0)
+                bal = NULL;
+        field(f, "Balance:", bal ? bal : balance);
 
         _cleanup_free_ char *ls = NULL;
         size_t lsn = 0;

@@ -73,6 +73,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddNumberToObject(o, "pid", getpid());
         cJSON_AddStringToObject(o, "version", CORRAL_VERSION);
         cJSON_AddStringToObject(o, "balance", balance_to_string(config->balance));
+        cJSON_AddStringToObject(o, "ipc", ipc_dialect_to_string(config->ipc));
         cJSON_AddNumberToObject(o, "generation", m->pool.generation);
         cJSON_AddNumberToObject(o, "ready", ready);
         cJSON_AddNumberToObject(o, "workers", m->n_slots);

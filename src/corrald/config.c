@@ -43,6 +43,22 @@ int balance_from_string(const char *s) {
         return -EINVAL;
 }
 
+static const char * const ipc_dialect_table[_IPC_DIALECT_MAX] = {
+        [IPC_DIALECT_CORRAL] = "corral",
+        [IPC_DIALECT_NODE] = "node",
+};
+
+const char *ipc_dialect_to_string(IpcDialect d) {
+        return d >= 0 && d < _IPC_DIALECT_MAX ? ipc_dialect_table[d] : "?";
+}
+
+int ipc_dialect_from_string(const char *s) {
+        for (int i = 0; i < _IPC_DIALECT_MAX; i++)
+                if (streq_ptr(s, ipc_dialect_table[i]))
+                        return i;
+        return -EINVAL;
+}
+
 /* ---- error reporting ---------------------------------------------------- */
 
 typedef struct Ctx {
@@ -287,6 +303,14 @@ static int p_balance(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         return 0;
 }
 
+static int p_ipc(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int d = cJSON_IsString(v) ? ipc_dialect_from_string(v->valuestring) : -EINVAL;
+        if (d < 0)
+                return fail(ctx, key, "expected \"corral\" or \"node\", got %s", GOT(v));
+        c->ipc = (IpcDialect) d;
+        return 0;
+}
+
 static int p_ready_mode(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         if (cJSON_IsString(v) && streq_ptr(v->valuestring, "notify"))
                 c->ready_mode = READY_NOTIFY;
@@ -415,6 +439,7 @@ static const Key top_keys[] = {
         { "workers", p_workers, NULL },
         { "listen", p_listen, NULL },
         { "balance", p_balance, NULL },
+        { "ipc", p_ipc, NULL },
         { "ready", NULL, ready_keys },
         { "stop", NULL, stop_keys },
         { "restart", NULL, restart_keys },
@@ -774,6 +799,8 @@ int config_build(const ConfigOverrides *o, Config **ret, char **ret_error) {
                 c->workers = o->workers;
         if (o->balance_set)
                 c->balance = o->balance;
+        if (o->ipc_set)
+                c->ipc = o->ipc;
         if (o->name) {
                 cJSON *v = cJSON_CreateString(o->name);
                 if (!v)

@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "corral-limits.h"
+#include "ipc-msg.h"
 #include "listen-addr.h"
 
 
@@ -46,6 +47,7 @@ typedef struct Config {
         ListenAddr *listen;
         unsigned n_listen;
         Balance balance;
+        IpcDialect ipc;              /* the CORRAL_IPC_FD dialect (SPEC §6) */
         ReadyMode ready_mode;
         uint64_t ready_timeout_ms;   /* 0: no timeout */
         int stop_signal;
@@ -73,6 +75,8 @@ typedef struct ConfigOverrides {
         char **listen;            /* raw listen strings */
         bool balance_set;
         Balance balance;
+        bool ipc_set;
+        IpcDialect ipc;
         const char *name;
         const char *control;
         char **exec;              /* everything after "--" */
@@ -108,3 +112,5 @@ unsigned config_worker_count(const Config *c);
 
 const char *balance_to_string(Balance b);
 int balance_from_string(const char *s);   /* Balance or -EINVAL */
+const char *ipc_dialect_to_string(IpcDialect d);
+int ipc_dialect_from_string(const char *s);   /* IpcDialect or -EINVAL */

@@ -97,6 +97,42 @@ static const char *escape_excerpt(const char *s, size_t n, char *buf) {
         return buf;
 }
 
+static void handle_notify(Ipc *ipc, const IpcMessage *msg) {
+        char text[IPC_NOTIFY_TEXT_MAX + 1];
+        ssize_t n = ipc_json_unescape(msg->text, msg->text_len, text, sizeof(text));
+        if (n < 0) {    /* the parser measured it: cannot happen */
+                ipc->malformed++;
+                return;
+        }
+        if (ipc->on_notify)
+                ipc->on_notify(ipc, text, (size_t) n);
+}
+
+/* One of Node's own lines (ipc "node"): NODE_HANDLE_ACK says a hand-off
+ * arrived (the kernel already told us: nothing to do), NODE_HANDLE_NACK
+ * that one arrived without its fd, which is lost: as an fd-limit report.
+ * Anything else is not understood. */
+static void handle_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t n) {
+        char esc[EXCERPT_MAX * 4 + 1];
+        bool node = ipc->dialect == IPC_DIALECT_NODE;
+        if (node && msg->cmd_len == strlen("NODE_HANDLE_ACK") && memcmp(msg->cmd, "NODE_HANDLE_ACK", msg->cmd_len) == 0)
+                return;
+        if (node && msg->cmd_len == strlen("NODE_HANDLE_NACK") &&
+            memcmp(msg->cmd, "NODE_HANDLE_NACK", msg->cmd_len) == 0) {
+                if (ipc->on_fd_limit)
+                        ipc->on_fd_limit(ipc, 1);
+                return;
+        }
+        ipc->malformed++;
+        if (!node)
+                log_bad_input(ipc, "a Node.js internal message, but this instance does not speak Node's IPC "
+                              "(set \"ipc\": \"node\"): %s%s", escape_excerpt(line, n, esc),
+                              n > EXCERPT_MAX ? "..." : "");
+        else
+                log_bad_input(ipc, "a Node.js internal message corral does not take: %s%s",
+                              escape_excerpt(line, n, esc), n > EXCERPT_MAX ? "..." : "");
+}
+
 static void handle_line(Ipc *ipc, char *line, size_t n) {
         const char *reason = NULL;
         IpcMessage msg;
@@ -117,7 +153,11 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
         } else if (msg.type == IPC_MSG_FD_LIMIT) {
                 if (ipc->on_fd_limit)
                         ipc->on_fd_limit(ipc, msg.n_lost);
-        } else if (ipc->on_message)
+        } else if (msg.type == IPC_MSG_NOTIFY)
+                handle_notify(ipc, &msg);
+        else if (msg.type == IPC_MSG_NODE)
+                handle_node(ipc, &msg, line, n);
+        else if (ipc->on_message)
                 ipc->on_message(ipc, &msg);
         else if (ipc->on_line)
                 ipc->on_line(ipc, line);
@@ -362,17 +402,27 @@ void ipc_keep_peer(Ipc *ipc, int fd) {
                 ipc->sent = (uint64_t) unread;
 }
 
-unsigned ipc_inflight(Ipc *ipc) {
+/* How many bytes of the channel the worker has read, as the kernel says
+ * now; UINT64_MAX when it cannot say. */
+static uint64_t peer_consumed(Ipc *ipc) {
         int unread;
-        if (ipc->peer_fd < 0 || ipc->n_inflight == 0 || ioctl(ipc->peer_fd, FIONREAD, &unread) == -1)
-                return ipc->n_inflight;
-        /* The worker has read everything up to sent - unread: each hand-off
-         * that ends there or before is read. */
-        uint64_t consumed = ipc->sent - MIN((uint64_t) MAX(unread, 0), ipc->sent);
+        if (ipc->peer_fd < 0 || ioctl(ipc->peer_fd, FIONREAD, &unread) == -1)
+                return UINT64_MAX;
+        return ipc->sent - MIN((uint64_t) MAX(unread, 0), ipc->sent);
+}
+
+/* Forget the hand-offs that end at `consumed` or before: the worker has them. */
+static void pop_read(Ipc *ipc, uint64_t consumed) {
         while (ipc->n_inflight > 0 && ipc->inflight[ipc->inflight_head] <= consumed) {
                 ipc->inflight_head = (ipc->inflight_head + 1) % IPC_INFLIGHT_MAX;
                 ipc->n_inflight--;
         }
+}
+
+unsigned ipc_inflight(Ipc *ipc) {
+        uint64_t consumed;
+        if (ipc->n_inflight > 0 && (consumed = peer_consumed(ipc)) != UINT64_MAX)
+                pop_read(ipc, consumed);
         return ipc->n_inflight;
 }
 
@@ -380,6 +430,19 @@ unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata) {
         unsigned n = 0;
         if (ipc->peer_fd < 0)
                 return 0;
+        uint64_t consumed = peer_consumed(ipc);
+        if (consumed != UINT64_MAX) {
+                pop_read(ipc, consumed);
+                /* A NODE_HANDLE line the worker has begun to read is its,
+                 * fd and all: the kernel hands fds over with the first
+                 * byte of their segment. */
+                if (ipc->n_inflight > 0 && ipc->dialect == IPC_DIALECT_NODE && ipc->node_handles) {
+                        unsigned head = ipc->inflight_head;
+                        size_t len = strlen(ipc->node_handles[ipc->inflight_listener[head]]);
+                        if (ipc->inflight[head] - len < consumed)
+                                pop_read(ipc, ipc->inflight[head]);
+                }
+        }
         for (;;) {
                 char buf[4096];
                 union {
@@ -396,19 +459,49 @@ unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata) {
                         break;
                 /* Only hand-offs carry an fd, and the kernel ends a read
                  * with the segment that carries fds (unix(7): messages with
-                 * ancillary data are not merged): the fd is the last byte's,
-                 * whose value is its listener. The rest are lines. */
+                 * ancillary data are not merged). They come back in the
+                 * order they were sent: the oldest unread hand-off's
+                 * listener is this one's. Past what we recorded (a channel
+                 * adopted in an upgrade), the corral dialect's byte says
+                 * it; Node's line is taken as listener 0. The rest are
+                 * lines, dropped. */
                 int fd = cmsg_take_first_fd(&mh);
+                size_t lines = 0;
                 (void) cmsg_close_all(&mh);
+                for (const char *p = buf; (p = memchr(p, '\n', (size_t) (buf + r - p))); p++)
+                        lines++;
                 if (fd >= 0) {
-                        cb(userdata, fd, (uint8_t) buf[r - 1]);
+                        bool node = ipc->dialect == IPC_DIALECT_NODE;
+                        uint8_t listener = node ? 0 : (uint8_t) buf[r - 1];
+                        if (!node && listener == '\n')
+                                lines--;
+                        if (node && buf[r - 1] == '\n')
+                                lines--;
+                        if (ipc->n_inflight > 0) {
+                                listener = ipc->inflight_listener[ipc->inflight_head];
+                                pop_read(ipc, ipc->inflight[ipc->inflight_head]);
+                        }
+                        cb(userdata, fd, listener);
                         n++;
                 }
-                if (memchr(buf, '\n', (size_t) r - (fd >= 0)))
-                        ipc->dropped++;
+                ipc->dropped += lines;
         }
         ipc->inflight_head = ipc->n_inflight = 0;
         return n;
+}
+
+/* Put the rest of a partly written hand-off line in front of the queue:
+ * it must reach the worker before anything else. */
+static int queue_push_front(Ipc *ipc, const char *tail, size_t n) {
+        int r = queue_reserve(ipc, n);
+        if (r < 0)
+                return r;
+        memmove(ipc->out + ipc->out_head + n, ipc->out + ipc->out_head, ipc_queued(ipc));
+        memcpy(ipc->out + ipc->out_head, tail, n);
+        ipc->out_len += n;
+        ipc->mid_line = true;
+        update_events(ipc);
+        return 0;
 }
 
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
@@ -421,8 +514,8 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
                 return -EBUSY;
 
         if (ipc->mid_line) {
-                /* Finish the partly written line first: a hand-off byte in
-                 * the middle of a line would corrupt both. */
+                /* Finish the partly written line first: a hand-off in the
+                 * middle of a line would corrupt both. */
                 const char *nl = memchr(ipc->out + ipc->out_head, '\n', ipc_queued(ipc));
                 int r = flush_until(ipc, (size_t) (nl - ipc->out) + 1);
                 if (r < 0)
@@ -431,14 +524,25 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
                         return -EAGAIN;
         }
 
-        /* Queued whole lines, if any, stay queued: the hand-off byte may go
+        /* Queued whole lines, if any, stay queued: the hand-off may go
          * before them, as both are read at line boundaries. */
+        char byte = (char) listener_index;
+        const char *payload = &byte;
+        size_t len = 1;
+        if (ipc->dialect == IPC_DIALECT_NODE) {
+                if (!ipc->node_handles)
+                        return -EINVAL;
+                payload = ipc->node_handles[listener_index];
+                len = strlen(payload);
+                /* Room for its rest, should the kernel take only part. */
+                if (queue_reserve(ipc, len) < 0)
+                        return -EAGAIN;
+        }
         union {
                 struct cmsghdr align;
                 char buf[CMSG_SPACE(sizeof(int))];
         } control = {};
-        char byte = (char) listener_index;
-        struct iovec iov = { &byte, 1 };
+        struct iovec iov = { (void *) payload, len };
         struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
                              .msg_control = &control, .msg_controllen = sizeof(control) };
         struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
@@ -453,12 +557,17 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         while (w == -1 && errno == EINTR);
         if (w == -1)
                 return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-        /* A 1-byte write is all or nothing. */
-        ipc->sent++;
+        /* The fd went with the first byte. A short line is one segment,
+         * all or nothing; should the kernel take only part of it, the rest
+         * goes first from the queue. */
+        if ((size_t) w < len)
+                (void) queue_push_front(ipc, payload + w, len - (size_t) w);    /* room was made above */
+        ipc->sent += (uint64_t) w;
         if (ipc->peer_fd >= 0) {
                 unsigned at = (ipc->inflight_head + ipc->n_inflight) % IPC_INFLIGHT_MAX;
-                ipc->inflight[at] = ipc->sent;
+                ipc->inflight[at] = ipc->sent + (len - (size_t) w);
                 ipc->inflight_usec[at] = now_usec();
+                ipc->inflight_listener[at] = listener_index;
                 ipc->n_inflight++;
         }
         return 0;

@@ -6,6 +6,13 @@
  * worker: message lines and hand-offs (one byte, the listener index, with
  * the connection's fd in SCM_RIGHTS), a hand-off always between whole lines.
  *
+ * Dialects (the instance's "ipc" key): in "node" the channel is also
+ * Node.js's own (NODE_CHANNEL_FD): a hand-off is Node's NODE_HANDLE line
+ * with the fd attached to it, Node's NODE_HANDLE_ACK lines are consumed,
+ * a NODE_HANDLE_NACK (Node got the line without its fd) reports one
+ * hand-off lost, as an fd-limit report does. Both dialects take a
+ * "notify" line (sd_notify assignments over the channel, SPEC §3).
+ *
  * Invariants:
  *   - Never blocks and never closes the channel because the worker does not
  *     read: outgoing lines wait in a bounded queue (IPC_QUEUE_MAX bytes)
@@ -54,6 +61,10 @@ typedef void (*IpcClosedReportCallback)(Ipc *ipc, unsigned n);
 /* Called for each valid fd-limit report: the worker lost n >= 1 hand-offs
  * because it could not receive their fds. */
 typedef void (*IpcFdLimitCallback)(Ipc *ipc, unsigned n);
+/* Called for each valid "notify" line: text (len bytes, NUL-terminated,
+ * unescaped, may contain NUL bytes) as a datagram on NOTIFY_SOCKET would
+ * carry it. */
+typedef void (*IpcNotifyCallback)(Ipc *ipc, const char *text, size_t len);
 /* Called once when the handle has been closed. */
 typedef void (*IpcCloseCallback)(Ipc *ipc);
 
@@ -77,6 +88,7 @@ struct Ipc {
         uint64_t sent;
         uint64_t inflight[IPC_INFLIGHT_MAX];
         uint64_t inflight_usec[IPC_INFLIGHT_MAX];   /* when each was sent (CLOCK_MONOTONIC) */
+        uint8_t inflight_listener[IPC_INFLIGHT_MAX];
         unsigned inflight_head, n_inflight;
         bool open;               /* the poll handle is initialised and not closed */
         int events;              /* what the poll handle watches now */
@@ -100,7 +112,13 @@ struct Ipc {
         IpcMessageCallback on_message;
         IpcClosedReportCallback on_closed_report;
         IpcFdLimitCallback on_fd_limit;
+        IpcNotifyCallback on_notify;
         IpcCloseCallback on_close;
+        IpcDialect dialect;
+        /* IPC_DIALECT_NODE: the NODE_HANDLE line of each listener (each
+         * ending in '\n'), for ipc_send_fd(); the owner's, set before the
+         * first hand-off. */
+        const char * const *node_handles;
         const char *who;         /* for log messages, e.g. "worker 2" */
         void *userdata;
 };
@@ -117,7 +135,8 @@ int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd);
  * channel is closed. Does not log. */
 int ipc_send_line(Ipc *ipc, const char *line);
 
-/* Hand a connection over: one byte (listener_index) with fd attached,
+/* Hand a connection over: one byte (listener_index) with fd attached, or
+ * in the node dialect node_handles[listener_index] with fd attached to it,
  * written only at a line boundary. If a line is partly written, its rest
  * is written first; if that does not go through, the hand-off is not
  * attempted. Returns 0 when the kernel took the fd (the caller then closes
@@ -142,8 +161,9 @@ static inline uint64_t ipc_oldest_unread(const Ipc *ipc) {
         return ipc->n_inflight ? ipc->inflight_usec[ipc->inflight_head] : 0;
 }
 /* Read back everything the worker has not read (the worker is gone, or
- * stalled): each connection goes to cb, the lines are dropped (counted in
- * dropped). Returns the number of connections. Does not log. */
+ * stalled): each connection goes to cb with the listener it was handed
+ * for, the lines are dropped (counted in dropped). Returns the number of
+ * connections. Does not log. */
 unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata);
 
 /* Upgrade: the rest of a line the worker has partly received (up to and

@@ -127,17 +127,55 @@ static int bind_one(ListenerSet *s, const ListenAddr *a, unsigned idx, char **re
         return 0;
 }
 
-static int build_fdnames(ListenerSet *s) {
+/* name as the body of a JSON string into buf (room for 6 bytes per byte
+ * of name, plus one). */
+static void json_escape(const char *name, char *buf) {
+        static const char hex[] = "0123456789abcdef";
+        for (const unsigned char *p = (const unsigned char *) name; *p; p++)
+                if (*p == '"' || *p == '\\') {
+                        *buf++ = '\\';
+                        *buf++ = (char) *p;
+                } else if (*p < 0x20) {
+                        memcpy(buf, "\\u00", 4);
+                        buf[4] = hex[*p >> 4];
+                        buf[5] = hex[*p & 15];
+                        buf += 6;
+                } else
+                        *buf++ = (char) *p;
+        *buf = 0;
+}
+
+static void free_names(ListenerSet *s) {
+        for (unsigned i = 0; s->node_handles && i < s->n; i++)
+                free(s->node_handles[i]);
+        free(s->node_handles);
+        free(s->fdnames);
+        s->node_handles = NULL;
+        s->fdnames = NULL;
+}
+
+/* LISTEN_FDNAMES and the NODE_HANDLE lines, from the listeners' names. */
+static int build_names(ListenerSet *s) {
         size_t len = 1;
+        free_names(s);
         for (unsigned i = 0; i < s->n; i++)
                 len += strlen(s->items[i].name) + 1;
         s->fdnames = calloc(1, len);
-        if (!s->fdnames)
+        s->node_handles = calloc(s->n + 1, sizeof(char *));
+        if (!s->fdnames || !s->node_handles)
                 return -ENOMEM;
         for (unsigned i = 0; i < s->n; i++) {
+                char name[LISTEN_NAME_MAX * 6 + 1];
                 if (i > 0)
                         strcat(s->fdnames, ":");
                 strcat(s->fdnames, s->items[i].name);
+                json_escape(s->items[i].name, name);
+                if (asprintf(&s->node_handles[i],
+                             "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"type\":\"connection\","
+                             "\"listener\":%u,\"name\":\"%s\"}}\n", i, name) < 0) {
+                        s->node_handles[i] = NULL;
+                        return -ENOMEM;
+                }
         }
         return 0;
 }
@@ -152,9 +190,7 @@ int listener_set_adopt(ListenerSet *s, int fd, const char *name, const char *dis
         s->activated = activated;
         if (unlink_path && !(s->items[s->n - 1].unlink_path = strdup(unlink_path)))
                 return -ENOMEM;
-        free(s->fdnames);
-        s->fdnames = NULL;
-        return build_fdnames(s);
+        return build_names(s);
 }
 
 int listener_set_acquire(ListenerSet *s, const Config *c, char **ret_error) {
@@ -178,7 +214,7 @@ int listener_set_acquire(ListenerSet *s, const Config *c, char **ret_error) {
         }
         strv_free(names);
         if (r >= 0)
-                r = build_fdnames(s);
+                r = build_names(s);
         if (r < 0)
                 listener_set_done(s);
         return r;
@@ -191,7 +227,7 @@ void listener_set_done(ListenerSet *s) {
                         (void) unlink(s->items[i].unlink_path);
                 free(s->items[i].unlink_path);
         }
+        free_names(s);
         free(s->items);
-        free(s->fdnames);
         *s = (ListenerSet) {};
 }

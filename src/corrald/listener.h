@@ -23,6 +23,10 @@ typedef struct ListenerSet {
         unsigned n;
         bool activated;          /* came from systemd */
         char *fdnames;           /* "a:b:c", ready for LISTEN_FDNAMES */
+        /* Per listener, the line that hands a connection to a Node.js
+         * worker (ipc "node", SPEC §6), newline included:
+         * {"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"type":"connection","listener":N,"name":NAME}} */
+        char **node_handles;
 } ListenerSet;
 
 /* Take the sockets systemd passed us, if any; otherwise bind c->listen.

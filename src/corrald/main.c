@@ -31,6 +31,8 @@ static void help(void) {
                "  -l, --listen ADDR       HOST:PORT, [V6]:PORT, PORT or unix:/path, optionally\n"
                "                          NAME=ADDR; repeatable; ignored when socket-activated\n"
                "  -b, --balance MODE      shared, round-robin or least-conn (default: shared)\n"
+               "      --ipc DIALECT       corral, or node: CORRAL_IPC_FD is also Node.js's IPC\n"
+               "                          channel (NODE_CHANNEL_FD) (default: corral)\n"
                "  -n, --name NAME         instance name (default: config file name, or corral)\n"
                "      --control PATH      control socket path\n"
                "      --log TARGET        auto, journal or stderr (default: auto)\n"
@@ -60,6 +62,7 @@ enum {
         ARG_CHECK_CONFIG,
         ARG_VERSION,
         ARG_SUBREAPER,
+        ARG_IPC,
 };
 
 int main(int argc, char *argv[]) {
@@ -74,6 +77,7 @@ int main(int argc, char *argv[]) {
                 { "check-config", required_argument, NULL, ARG_CHECK_CONFIG },
                 { "version", no_argument, NULL, ARG_VERSION },
                 { "subreaper", no_argument, NULL, ARG_SUBREAPER },
+                { "ipc", required_argument, NULL, ARG_IPC },
                 { "help", no_argument, NULL, 'h' },
                 {},
         };
@@ -117,6 +121,14 @@ int main(int argc, char *argv[]) {
                                                    optarg);
                         o.balance = (Balance) b;
                         o.balance_set = true;
+                        break;
+                }
+                case ARG_IPC: {
+                        int d = ipc_dialect_from_string(optarg);
+                        if (d < 0)
+                                return usage_error("--ipc: expected corral or node, got \"%s\"", optarg);
+                        o.ipc = (IpcDialect) d;
+                        o.ipc_set = true;
                         break;
                 }
                 case 'n':

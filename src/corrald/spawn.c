@@ -103,6 +103,10 @@ static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, c
         PUSHF("CORRAL_WORKER_ID=%u", p->worker_id);
         PUSHF("CORRAL_GENERATION=%u", p->generation);
         PUSHF("CORRAL_IPC_FD=%u", 3 + p->n_listen);
+        if (p->node_channel) {
+                PUSHF("NODE_CHANNEL_FD=%u", 3 + p->n_listen);
+                PUSHF("NODE_CHANNEL_SERIALIZATION_MODE=json");
+        }
         /* Last, so the child can drop it by ending the array there when its
          * stderr did not become a journal stream. */
         *ret_journal_stream = NULL;

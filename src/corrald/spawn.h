@@ -31,6 +31,7 @@ typedef struct SpawnParams {
         const char *fdnames;         /* LISTEN_FDNAMES value */
         const char *notify_socket;   /* NOTIFY_SOCKET value */
         int ipc_fd;                  /* child's end; becomes fd 3+n_listen */
+        bool node_channel;           /* ipc "node": it is NODE_CHANNEL_FD too */
         const char *instance;
         unsigned worker_id;
         unsigned generation;

@@ -67,6 +67,20 @@ static void on_fd_limit(Ipc *ipc, unsigned n) {
         handoff_fd_limit(&io->manager->handoff, io->worker, n);
 }
 
+/* A "notify" line: as a datagram from w on the notify socket (SPEC §3). */
+static void on_ipc_notify(Ipc *ipc, const char *text, size_t len) {
+        WorkerIo *io = ipc->userdata;
+        NotifyMsg msg;
+        if (notify_msg_parse(text, len, &msg) < 0) {
+                ipc->malformed++;
+                if (ratelimit_below(&ipc->log_limit, now_usec(), NULL))
+                        log_warning("%s: a notify line that is not an sd_notify message (empty, NUL byte or no "
+                                    "VAR=VALUE): dropped", io->worker->who);
+                return;
+        }
+        slot_on_notify(io->worker, &msg);
+}
+
 /* Give w its I/O: io (taken) watches the IPC channel and, when there is
  * one, the output pipe; with hand-off, the master keeps the worker's end
  * of the channel too (peer_fd). Every fd is taken, even on failure. */
@@ -76,7 +90,9 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
                 .worker = w,
                 .n_handles = 1,   /* the lifecycle's hold, dropped by host_release() */
                 .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
-                         .on_fd_limit = on_fd_limit, .on_close = on_ipc_closed, .who = w->who, .userdata = io },
+                         .on_fd_limit = on_fd_limit, .on_notify = on_ipc_notify, .on_close = on_ipc_closed,
+                         .who = w->who, .userdata = io, .dialect = w->config->ipc,
+                         .node_handles = (const char * const *) m->listeners.node_handles },
                 .output = { .on_close = on_output_closed, .userdata = io },
         };
         w->host = io;
@@ -132,6 +148,7 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 .fdnames = m->listeners.fdnames,
                 .notify_socket = m->notify.path,
                 .ipc_fd = pair[1],
+                .node_channel = c->ipc == IPC_DIALECT_NODE,
                 .instance = c->name,
                 .worker_id = w->id,
                 .generation = w->generation,

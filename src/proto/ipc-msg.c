@@ -260,6 +260,72 @@ static int span_to_uint(Span sp, unsigned max, unsigned *ret) {
         return 0;
 }
 
+/* code point cp as UTF-8 into u; returns its length. */
+static size_t utf8_encode(unsigned cp, char u[static 4]) {
+        if (cp < 0x80) {
+                u[0] = (char) cp;
+                return 1;
+        }
+        if (cp < 0x800) {
+                u[0] = (char) (0xC0 | (cp >> 6));
+                u[1] = (char) (0x80 | (cp & 0x3F));
+                return 2;
+        }
+        if (cp < 0x10000) {
+                u[0] = (char) (0xE0 | (cp >> 12));
+                u[1] = (char) (0x80 | ((cp >> 6) & 0x3F));
+                u[2] = (char) (0x80 | (cp & 0x3F));
+                return 3;
+        }
+        u[0] = (char) (0xF0 | (cp >> 18));
+        u[1] = (char) (0x80 | ((cp >> 12) & 0x3F));
+        u[2] = (char) (0x80 | ((cp >> 6) & 0x3F));
+        u[3] = (char) (0x80 | (cp & 0x3F));
+        return 4;
+}
+
+ssize_t ipc_json_unescape(const char *raw, size_t len, char *buf, size_t size) {
+        static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+        Scanner s = { raw, raw + len, NULL };
+        size_t o = 0;
+
+        while (s.p < s.end) {
+                char u[4];
+                size_t n = 1;
+                if ((unsigned char) *s.p < 0x20 || *s.p == '"')
+                        return -EINVAL;
+                if (*s.p != '\\')
+                        u[0] = *s.p++;
+                else if (s.end - s.p >= 2 && s.p[1] == 'u') {
+                        const char *start = s.p;
+                        if (scan_u_escape(&s) <= 0)
+                                return -EINVAL;
+                        unsigned cp = (unsigned) hex4(start + 2);
+                        if (s.p - start == 12)    /* a surrogate pair */
+                                cp = 0x10000 + ((cp - 0xD800) << 10) + ((unsigned) hex4(start + 8) - 0xDC00);
+                        n = utf8_encode(cp, u);
+                } else {
+                        const char *k = s.end - s.p >= 2 && s.p[1] ? strchr(from, s.p[1]) : NULL;
+                        if (!k)
+                                return -EINVAL;
+                        u[0] = to[k - from];
+                        s.p += 2;
+                }
+                if (buf) {
+                        if (o + n >= size)
+                                return -ENOBUFS;
+                        memcpy(buf + o, u, n);
+                }
+                o += n;
+        }
+        if (buf) {
+                if (o >= size)
+                        return -ENOBUFS;
+                buf[o] = 0;
+        }
+        return (ssize_t) o;
+}
+
 typedef enum Direction {
         FROM_WORKER,
         FROM_MASTER,
@@ -307,8 +373,9 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
         Scanner s = { line, line + len, NULL };
         IpcMessage m = { .peer = dir == FROM_WORKER ? IPC_PEER_MASTER : IPC_PEER_CTL,
                          .data = "null", .data_len = 4 };
-        bool seen_type = false, seen_peer = false, seen_data = false, seen_n = false;
-        Span type = {}, n = {};
+        bool seen_type = false, seen_peer = false, seen_data = false, seen_n = false, seen_text = false,
+             seen_cmd = false;
+        Span type = {}, n = {}, text = {}, cmd = {};
         const char *peer_key = dir == FROM_WORKER ? "to" : "from";
 
         if (len > IPC_LINE_MAX) {
@@ -363,6 +430,10 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
                                 seen = &seen_data;
                         else if (dir == FROM_WORKER && span_is(key, "n"))
                                 seen = &seen_n;
+                        else if (dir == FROM_WORKER && span_is(key, "text"))
+                                seen = &seen_text;
+                        else if (dir == FROM_WORKER && span_is(key, "cmd"))
+                                seen = &seen_cmd;
                         if (seen) {
                                 if (*seen) {
                                         fail(&s, "a key appears twice");
@@ -392,6 +463,13 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
                                         goto fail;
                                 }
                                 n = v;
+                        } else if (seen == &seen_text || seen == &seen_cmd) {
+                                if (!quoted) {
+                                        fail(&s, seen == &seen_text ? "\"text\": expected a string"
+                                                                    : "\"cmd\": expected a string");
+                                        goto fail;
+                                }
+                                *(seen == &seen_text ? &text : &cmd) = inner;
                         }
 
                         skip_ws(&s);
@@ -413,12 +491,41 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
                 goto fail;
         }
 
+        /* Node's own messages (its isInternal(): a "cmd" that starts with
+         * NODE_) whatever else they hold; any other "cmd" is an unknown
+         * key, as Node itself treats it as a user message. */
+        if (seen_cmd && cmd.len >= 5 && memcmp(cmd.p, "NODE_", 5) == 0) {
+                m.type = IPC_MSG_NODE;
+                m.peer = IPC_PEER_MASTER;
+                m.data = "null";
+                m.data_len = 4;
+                m.cmd = cmd.p;
+                m.cmd_len = cmd.len;
+                *ret = m;
+                return 0;
+        }
         if (!seen_type) {
                 fail(&s, "missing \"type\"");
                 goto fail;
         }
         if (span_is(type, "message"))
                 m.type = IPC_MSG_MESSAGE;
+        else if (dir == FROM_WORKER && span_is(type, "notify")) {
+                if (!seen_text) {
+                        fail(&s, "missing \"text\"");
+                        goto fail;
+                }
+                if (ipc_json_unescape(text.p, text.len, NULL, 0) > IPC_NOTIFY_TEXT_MAX) {
+                        fail(&s, "\"text\" longer than 4096 bytes");
+                        goto fail;
+                }
+                m.type = IPC_MSG_NOTIFY;
+                m.peer = IPC_PEER_MASTER;
+                m.data = "null";
+                m.data_len = 4;
+                m.text = text.p;
+                m.text_len = text.len;
+        }
         else if (dir == FROM_WORKER && (span_is(type, "closed") || span_is(type, "fd-limit"))) {
                 unsigned count;
                 m.type = span_is(type, "closed") ? IPC_MSG_CLOSED : IPC_MSG_FD_LIMIT;

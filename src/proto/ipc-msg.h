@@ -8,6 +8,8 @@
  *   worker -> master  {"type":"message","to":"master"|"all"|"others"|SLOT,"data":DATA}
  *                     {"type":"closed","n":N}
  *                     {"type":"fd-limit","n":N}
+ *                     {"type":"notify","text":"READY=1\nSTATUS=..."}
+ *                     {"cmd":"NODE_...",...}   (Node's own, ipc "node")
  *   master -> worker  {"type":"message","from":"ctl"|SLOT,"data":DATA}
  *
  * Decisions where SPEC.md is silent:
@@ -21,6 +23,13 @@
  *   - "fd-limit" reports N >= 1 (at most IPC_CLOSED_MAX) hand-offs whose
  *     fd the kernel could not give the worker (MSG_CTRUNC: it is at its
  *     fd limit) since the previous such report: those connections are lost.
+ *   - "notify" carries sd_notify assignments (SPEC §3), at most
+ *     IPC_NOTIFY_TEXT_MAX bytes once unescaped, as a datagram may.
+ *   - A line whose "cmd" starts with NODE_ is one of Node's internal
+ *     messages (NODE_HANDLE_ACK, NODE_HANDLE_NACK, NODE_CLUSTER...), as
+ *     Node itself decides (isInternal() in lib/internal/child_process.js),
+ *     whatever its other keys; which of them mean anything is the
+ *     caller's business. Any other "cmd" is an unknown key.
  *   - Unknown keys are ignored (room to grow); a repeated known key is an
  *     error; unknown "type" values are errors.
  *   - DATA is any JSON value and is handed on as its raw text, so that the
@@ -47,11 +56,24 @@
 #define IPC_SLOT_MAX 65535u
 #define IPC_CLOSED_MAX 0x7fffffffu
 #define IPC_JSON_DEPTH_MAX 128
+/* The longest sd_notify text a "notify" line may carry, unescaped: what
+ * the notify socket takes in one datagram. */
+#define IPC_NOTIFY_TEXT_MAX 4096
+
+/* The channel's dialect, the instance's "ipc" key (SPEC §6): corral's own,
+ * or Node.js's IPC channel as well. */
+typedef enum IpcDialect {
+        IPC_DIALECT_CORRAL,
+        IPC_DIALECT_NODE,
+        _IPC_DIALECT_MAX,
+} IpcDialect;
 
 typedef enum IpcMsgType {
         IPC_MSG_MESSAGE,
         IPC_MSG_CLOSED,
         IPC_MSG_FD_LIMIT,
+        IPC_MSG_NOTIFY,
+        IPC_MSG_NODE,
 } IpcMsgType;
 
 /* Who a worker's message is for, or who a master's message is from. */
@@ -72,6 +94,10 @@ typedef struct IpcMessage {
         size_t data_len;
         unsigned n_closed;      /* IPC_MSG_CLOSED: N >= 1 */
         unsigned n_lost;        /* IPC_MSG_FD_LIMIT: N >= 1 */
+        const char *text;       /* IPC_MSG_NOTIFY: "text" as written, still escaped */
+        size_t text_len;        /*   (ipc_json_unescape() decodes it) */
+        const char *cmd;        /* IPC_MSG_NODE: the "cmd" as written, e.g. NODE_HANDLE_ACK */
+        size_t cmd_len;
 } IpcMessage;
 
 /* Parse one line a worker sent (no newline): a message with "to", a
@@ -89,6 +115,13 @@ int ipc_msg_parse_master_line(const char *line, size_t len, IpcMessage *ret, con
 /* Is text[0..len) exactly one JSON value, with optional surrounding
  * whitespace? Returns 0 or -EINVAL with *ret_reason set (may be NULL). */
 int ipc_json_validate(const char *text, size_t len, const char **ret_reason);
+
+/* Decode the text of a JSON string (without its quotes) as the scanner
+ * accepted it into buf (size bytes), NUL-terminated; with buf NULL, only
+ * measure. Returns the decoded length, -EINVAL for text that is not a
+ * valid string body, or -ENOBUFS when buf is too small. A \u0000 decodes
+ * to a NUL byte: callers that want C strings check for it. */
+ssize_t ipc_json_unescape(const char *raw, size_t len, char *buf, size_t size);
 
 /* Format a line into buf (size n), NUL-terminated, without a newline.
  * `data` (len bytes, or NULL for null) must be one JSON value; it is

@@ -15,7 +15,10 @@
  *   - a worker can always re-send it (ipc_msg_format_to, as corral_send()
  *     does), to the same peer;
  *   - a close report round-trips through ipc_msg_format_closed(), an
- *     fd-limit report through ipc_msg_format_fd_limit(). */
+ *     fd-limit report through ipc_msg_format_fd_limit();
+ *   - a notify line's text lies inside the line and decodes, measured and
+ *     written alike, to at most IPC_NOTIFY_TEXT_MAX bytes;
+ *   - a Node line's cmd lies inside the line and starts with NODE_. */
 #include <errno.h>
 
 #include "fuzz.h"
@@ -89,6 +92,17 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size) {
                 FUZZ_CHECK(k > 0 && ipc_msg_parse_worker_line(buf, (size_t) k, &c, NULL) == 0 &&
                                    c.type == IPC_MSG_FD_LIMIT && c.n_lost == m.n_lost,
                            "fd-limit report of %u does not round-trip", m.n_lost);
+        } else if (m.type == IPC_MSG_NOTIFY) {
+                static char text[IPC_NOTIFY_TEXT_MAX + 1];
+                FUZZ_CHECK(m.text >= line && m.text + m.text_len <= line + size, "text outside the line");
+                ssize_t measured = ipc_json_unescape(m.text, m.text_len, NULL, 0);
+                ssize_t written = ipc_json_unescape(m.text, m.text_len, text, sizeof(text));
+                FUZZ_CHECK(measured >= 0 && measured <= IPC_NOTIFY_TEXT_MAX && written == measured,
+                           "notify text: measured %zd, written %zd", measured, written);
+                FUZZ_CHECK(text[written] == 0, "notify text not NUL-terminated");
+        } else if (m.type == IPC_MSG_NODE) {
+                FUZZ_CHECK(m.cmd >= line && m.cmd + m.cmd_len <= line + size, "cmd outside the line");
+                FUZZ_CHECK(m.cmd_len >= 5 && memcmp(m.cmd, "NODE_", 5) == 0, "cmd without NODE_");
         } else {
                 FUZZ_CHECK(m.type == IPC_MSG_MESSAGE, "type %d", (int) m.type);
                 FUZZ_CHECK(m.peer != IPC_PEER_CTL, "a worker line \"from\" ctl");

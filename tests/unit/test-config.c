@@ -229,8 +229,9 @@ static void test_alternative_values(void **state) {
         assert_int_eq(t->c->on_giveup, GIVEUP_EXIT);
         assert_int_eq(t->c->stop_signal, SIGTERM);
 
-        assert_build_ok(t, "{" EXEC ", 'balance': 'shared', 'stop': {'signal': '9'}}");
+        assert_build_ok(t, "{" EXEC ", 'balance': 'shared', 'stop': {'signal': '9'}, 'ipc': 'node'}");
         assert_int_eq(t->c->balance, BALANCE_SHARED);
+        assert_int_eq(t->c->ipc, IPC_DIALECT_NODE);
         assert_int_eq(t->c->stop_signal, SIGKILL);
 
         assert_build_ok(t, "{" EXEC ", 'stop': {'signal': 'SIGUSR2'}}");
@@ -289,6 +290,7 @@ static void test_defaults(void **state) {
         assert_int_eq(c->workers, 0);
         assert_int_eq(c->n_listen, 0);
         assert_int_eq(c->balance, BALANCE_SHARED);
+        assert_int_eq(c->ipc, IPC_DIALECT_CORRAL);
         assert_int_eq(c->ready_mode, READY_NOTIFY);
         assert_u64_eq(c->ready_timeout_ms, 30000);
         assert_int_eq(c->stop_signal, SIGTERM);
@@ -440,6 +442,7 @@ static void test_string_key_errors(void **state) {
                            "balance: expected \"shared\", \"round-robin\" or \"least-conn\", got \"random\"");
         assert_build_error(t, "{" EXEC ", 'balance': 1}",
                            "balance: expected \"shared\", \"round-robin\" or \"least-conn\", got 1");
+        assert_build_error(t, "{" EXEC ", 'ipc': 'json'}", "ipc: expected \"corral\" or \"node\", got \"json\"");
         assert_build_error(t, "{" EXEC ", 'ready': {'mode': 'fork'}}",
                            "ready.mode: expected \"notify\" or \"spawn\", got \"fork\"");
         assert_build_error(t, "{" EXEC ", 'ready': {'mode': true}}",
@@ -545,6 +548,7 @@ static void test_env_errors(void **state) {
         static const char *const reserved[] = {
                 "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID",
                 "CORRAL_INSTANCE", "CORRAL_WORKER_ID", "CORRAL_GENERATION", "CORRAL_IPC_FD", "JOURNAL_STREAM",
+                "NODE_CHANNEL_FD", "NODE_CHANNEL_SERIALIZATION_MODE", "NODE_UNIQUE_ID",
         };
         for (size_t i = 0; i < sizeof(reserved) / sizeof(reserved[0]); i++) {
                 char json[256], msg[256];

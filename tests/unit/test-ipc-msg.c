@@ -189,6 +189,55 @@ static void test_fd_limit(void **state) {
         assert_int_eq(ipc_msg_format_fd_limit(buf, 10, 1), -ENOBUFS);
 }
 
+/* sd_notify over the channel (SPEC §3): the text as written, decoded by
+ * ipc_json_unescape(), at most what a datagram may carry. */
+static void test_notify(void **state) {
+        char buf[IPC_NOTIFY_TEXT_MAX + 1];
+        IpcMessage m = worker_ok("{\"type\":\"notify\",\"text\":\"READY=1\\nSTATUS=caf\\u00e9 \\ud83d\\ude00\"}");
+        assert_int_eq(m.type, IPC_MSG_NOTIFY);
+        assert_int_eq(m.peer, IPC_PEER_MASTER);
+        assert_int_eq(ipc_json_unescape(m.text, m.text_len, buf, sizeof(buf)), 25);
+        assert_string_equal(buf, "READY=1\nSTATUS=caf\xc3\xa9 \xf0\x9f\x98\x80");
+        assert_int_eq(ipc_json_unescape(m.text, m.text_len, NULL, 0), 25);
+        assert_int_eq(ipc_json_unescape(m.text, m.text_len, buf, 25), -ENOBUFS);
+        assert_int_eq(ipc_json_unescape("a\\tb\\\"\\/\\\\", 10, buf, sizeof(buf)), 6);
+        assert_string_equal(buf, "a\tb\"/\\");
+        assert_int_eq(ipc_json_unescape("\\u0000", 6, buf, sizeof(buf)), 1);
+        assert_int_eq(ipc_json_unescape("\\x", 2, buf, sizeof(buf)), -EINVAL);
+        assert_int_eq(ipc_json_unescape("\\ud800", 6, buf, sizeof(buf)), -EINVAL);
+
+        worker_bad("{\"type\":\"notify\"}", "missing \"text\"");
+        worker_bad("{\"type\":\"notify\",\"text\":1}", "\"text\": expected a string");
+        worker_bad("{\"type\":\"notify\",\"text\":\"a\",\"text\":\"b\"}", "a key appears twice");
+        master_bad("{\"type\":\"notify\",\"text\":\"READY=1\"}", "unknown \"type\"");
+
+        /* 4096 bytes once decoded, not as written. */
+        static char line[IPC_NOTIFY_TEXT_MAX * 2 + 64];
+        int n = snprintf(line, sizeof(line), "{\"type\":\"notify\",\"text\":\"");
+        for (int i = 0; i < IPC_NOTIFY_TEXT_MAX; i++)
+                n += snprintf(line + n, sizeof(line) - (size_t) n, "\\n");
+        snprintf(line + n, sizeof(line) - (size_t) n, "\"}");
+        assert_int_eq(worker_ok(line).type, IPC_MSG_NOTIFY);
+        snprintf(line + n, sizeof(line) - (size_t) n, "\\n\"}");
+        worker_bad(line, "\"text\" longer than 4096 bytes");
+}
+
+/* Node's own lines: whatever else they hold, as Node's isInternal() decides. */
+static void test_node_internal(void **state) {
+        IpcMessage m = worker_ok("{\"cmd\":\"NODE_HANDLE_ACK\"}");
+        assert_int_eq(m.type, IPC_MSG_NODE);
+        assert_int_eq(m.cmd_len, 15);
+        assert_memory_equal(m.cmd, "NODE_HANDLE_ACK", 15);
+        m = worker_ok("{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\",\"type\":\"whatever\"}");
+        assert_int_eq(m.type, IPC_MSG_NODE);
+        /* Any other cmd is an unknown key of an ordinary line. */
+        m = worker_ok("{\"cmd\":\"deploy\",\"type\":\"message\",\"data\":1}");
+        assert_int_eq(m.type, IPC_MSG_MESSAGE);
+        worker_bad("{\"cmd\":\"NODE\"}", "missing \"type\"");
+        worker_bad("{\"cmd\":7}", "\"cmd\": expected a string");
+        worker_bad("{\"cmd\":\"NODE_HANDLE_ACK\"", "");
+}
+
 static void test_slot_numbers(void **state) {
         worker_bad("{\"type\":\"message\",\"to\":65536}", "\"to\": slot number too large");
         worker_bad("{\"type\":\"message\",\"to\":18446744073709551617}", "\"to\": slot number too large");
@@ -444,6 +493,8 @@ int main(void) {
                 cmocka_unit_test(test_unknown_keys_ignored),
                 cmocka_unit_test(test_closed),
                 cmocka_unit_test(test_fd_limit),
+                cmocka_unit_test(test_notify),
+                cmocka_unit_test(test_node_internal),
                 cmocka_unit_test(test_slot_numbers),
                 cmocka_unit_test(test_types),
                 cmocka_unit_test(test_garbage),

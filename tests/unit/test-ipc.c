@@ -32,6 +32,8 @@ typedef struct Fixture {
         int worker;             /* the worker's end */
         unsigned n_messages, n_closed_reports, closed_total, n_closed_cb;
         unsigned n_fd_limit_reports, fd_limit_lost;
+        unsigned n_notify;
+        char last_notify[128];
         IpcMessage last;
         char last_data[256];
 } Fixture;
@@ -56,6 +58,12 @@ static void on_fd_limit(Ipc *ipc, unsigned n) {
         f->fd_limit_lost += n;
 }
 
+static void on_notify(Ipc *ipc, const char *text, size_t len) {
+        Fixture *f = ipc->userdata;
+        f->n_notify++;
+        snprintf(f->last_notify, sizeof(f->last_notify), "%.*s", (int) len, text);
+}
+
 static void on_close(Ipc *ipc) {
         Fixture *f = ipc->userdata;
         f->n_closed_cb++;
@@ -69,7 +77,8 @@ static int setup(void **state) {
         assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
         f->worker = sv[1];
         f->ipc = (Ipc) { .on_message = on_message, .on_closed_report = on_closed_report,
-                         .on_fd_limit = on_fd_limit, .on_close = on_close, .who = "worker 0", .userdata = f };
+                         .on_fd_limit = on_fd_limit, .on_notify = on_notify, .on_close = on_close,
+                         .who = "worker 0", .userdata = f };
         assert_int_eq(ipc_start(&f->ipc, &f->loop, sv[0]), 0);
         *state = f;
         return 0;
@@ -526,6 +535,113 @@ static void test_worker_gone(void **state) {
         assert_int_eq(ipc_send_fd(&f->ipc, 0, 0), -ENOTCONN);
 }
 
+/* sd_notify over the channel, in either dialect (SPEC §3). */
+static void test_notify_line(void **state) {
+        Fixture *f = *state;
+        worker_write(f, "{\"type\":\"notify\",\"text\":\"READY=1\\nSTATUS=up \\u00e9\"}\n");
+        RUN_UNTIL(f, f->n_notify == 1);
+        assert_string_equal(f->last_notify, "READY=1\nSTATUS=up \xc3\xa9");
+        assert_int_eq(f->n_messages, 0);
+        assert_int_eq(f->ipc.malformed, 0);
+        /* Node's own lines mean nothing in the corral dialect. */
+        worker_write(f, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"type\":\"closed\",\"n\":1}\n");
+        RUN_UNTIL(f, f->n_closed_reports == 1);
+        assert_int_eq(f->ipc.malformed, 1);
+}
+
+static const char * const node_handles[] = {
+        "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"type\":\"connection\",\"listener\":0,\"name\":\"a\"}}\n",
+        "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Socket\",\"msg\":{\"type\":\"connection\",\"listener\":1,\"name\":\"b\"}}\n",
+        NULL,
+};
+
+/* Read one chunk as Node (libuv) would, with at most one fd. */
+static ssize_t worker_recv(Fixture *f, char *buf, size_t size, int *ret_fd) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control;
+        struct iovec iov = { buf, size };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &control,
+                             .msg_controllen = sizeof(control) };
+        ssize_t n = recvmsg(f->worker, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        *ret_fd = cmsg_take_first_fd(&mh);
+        return n;
+}
+
+typedef struct TakenBack {
+        int fd[8];
+        uint8_t listener[8];
+        unsigned n;
+} TakenBack;
+
+static void on_taken(void *userdata, int fd, uint8_t listener) {
+        TakenBack *t = userdata;
+        assert_true(t->n < 8);
+        t->fd[t->n] = fd;
+        t->listener[t->n++] = listener;
+}
+
+/* ipc "node": a hand-off is Node's NODE_HANDLE line with the fd on it; ACK
+ * is consumed, NACK is a lost hand-off; unread ones come back with their
+ * listeners, one the worker has begun to read does not. */
+static void test_node_dialect(void **state) {
+        Fixture *f = *state;
+        char buf[512];
+        int fd, sv[2];
+        f->ipc.dialect = IPC_DIALECT_NODE;
+        f->ipc.node_handles = node_handles;
+        ipc_keep_peer(&f->ipc, fcntl(f->worker, F_DUPFD_CLOEXEC, 3));
+        assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 1), 0);
+        assert_int_eq(ipc_inflight(&f->ipc), 1);
+        ssize_t n = worker_recv(f, buf, sizeof(buf), &fd);
+        assert_int_eq(n, (ssize_t) strlen(node_handles[1]));
+        assert_memory_equal(buf, node_handles[1], (size_t) n);
+        assert_true(fd >= 0);
+        safe_close(fd);
+        assert_int_eq(ipc_inflight(&f->ipc), 0);
+
+        worker_write(f, "{\"cmd\":\"NODE_HANDLE_ACK\"}\n{\"cmd\":\"NODE_HANDLE_NACK\"}\n");
+        worker_write(f, "{\"cmd\":\"NODE_CLUSTER\",\"act\":\"online\"}\n{\"type\":\"notify\",\"text\":\"READY=1\"}\n");
+        RUN_UNTIL(f, f->n_notify == 1);
+        assert_int_eq(f->n_fd_limit_reports, 1);
+        assert_int_eq(f->fd_limit_lost, 1);
+        assert_int_eq(f->ipc.malformed, 1);    /* NODE_CLUSTER: not taken */
+        assert_int_eq(f->n_messages, 0);
+
+        /* Three unread, between lines: back in order, with their listeners. */
+        assert_int_eq(ipc_send_line(&f->ipc, "{\"type\":\"message\",\"data\":1}"), 0);
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 1), 0);
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 0), 0);
+        assert_int_eq(ipc_send_line(&f->ipc, "{\"type\":\"message\",\"data\":2}"), 0);
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 1), 0);
+        assert_int_eq(ipc_inflight(&f->ipc), 3);
+        TakenBack t = {};
+        assert_int_eq(ipc_take_back(&f->ipc, on_taken, &t), 3);
+        assert_int_eq(t.n, 3);
+        assert_int_eq(t.listener[0], 1);
+        assert_int_eq(t.listener[1], 0);
+        assert_int_eq(t.listener[2], 1);
+        for (unsigned i = 0; i < t.n; i++)
+                safe_close(t.fd[i]);
+        assert_int_eq(f->ipc.dropped, 2);
+
+        /* The worker read 10 bytes of the first: its fd came with them. */
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 0), 0);
+        assert_int_eq(ipc_send_fd(&f->ipc, sv[0], 1), 0);
+        assert_int_eq(worker_recv(f, buf, 10, &fd), 10);
+        assert_true(fd >= 0);
+        safe_close(fd);
+        t = (TakenBack) {};
+        assert_int_eq(ipc_take_back(&f->ipc, on_taken, &t), 1);
+        assert_int_eq(t.listener[0], 1);
+        safe_close(t.fd[0]);
+        safe_close(sv[0]);
+        safe_close(sv[1]);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_messages_and_reports, setup, teardown),
@@ -537,6 +653,8 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_send_errors, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_worker_gone, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_closer_backpressure, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_notify_line, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_node_dialect, setup, teardown),
         };
         return cmocka_run_group_tests_name("ipc", tests, NULL, NULL);
 }
