@@ -111,7 +111,7 @@ static void handle_notify(Ipc *ipc, const IpcMessage *msg) {
 /* One of Node's own lines (ipc "node"): NODE_HANDLE_ACK says a hand-off
  * arrived (the kernel already told us: nothing to do), NODE_HANDLE_NACK
  * that one arrived without its fd, which is lost: as an fd-limit report.
- * Anything else is not understood. */
+ * The rest go to the owner. */
 static void handle_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t n) {
         char esc[EXCERPT_MAX * 4 + 1];
         bool node = ipc->dialect == IPC_DIALECT_NODE;
@@ -121,6 +121,10 @@ static void handle_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_
             memcmp(msg->cmd, "NODE_HANDLE_NACK", msg->cmd_len) == 0) {
                 if (ipc->on_fd_limit)
                         ipc->on_fd_limit(ipc, 1);
+                return;
+        }
+        if (node && ipc->on_node) {
+                ipc->on_node(ipc, msg, line, n);
                 return;
         }
         ipc->malformed++;
@@ -436,10 +440,9 @@ unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata) {
                 /* A NODE_HANDLE line the worker has begun to read is its,
                  * fd and all: the kernel hands fds over with the first
                  * byte of their segment. */
-                if (ipc->n_inflight > 0 && ipc->dialect == IPC_DIALECT_NODE && ipc->node_handles) {
+                if (ipc->n_inflight > 0) {
                         unsigned head = ipc->inflight_head;
-                        size_t len = strlen(ipc->node_handles[ipc->inflight_listener[head]]);
-                        if (ipc->inflight[head] - len < consumed)
+                        if (ipc->inflight[head] - ipc->inflight_len[head] < consumed)
                                 pop_read(ipc, ipc->inflight[head]);
                 }
         }
@@ -504,6 +507,51 @@ static int queue_push_front(Ipc *ipc, const char *tail, size_t n) {
         return 0;
 }
 
+/* One sendmsg() of len bytes with fd attached. Returns what the kernel
+ * took, or -errno (-EAGAIN when the channel is full). */
+static ssize_t send_with_fd(int sock, const char *payload, size_t len, int fd) {
+        union {
+                struct cmsghdr align;
+                char buf[CMSG_SPACE(sizeof(int))];
+        } control = {};
+        struct iovec iov = { (void *) payload, len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
+                             .msg_control = &control, .msg_controllen = sizeof(control) };
+        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(c), &fd, sizeof(int));
+
+        ssize_t w;
+        do
+                w = sendmsg(sock, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+        while (w == -1 && errno == EINTR);
+        if (w == -1)
+                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        return w;
+}
+
+int ipc_send_line_fd(Ipc *ipc, const char *line, int fd) {
+        size_t len = strlen(line);
+        if (!ipc->open)
+                return -ENOTCONN;
+        if (ipc->peer_fd >= 0 || len == 0 || len > IPC_LINE_MAX || line[len - 1] != '\n' ||
+            memchr(line, '\n', len - 1))
+                return -EINVAL;
+        if (ipc->mid_line)
+                return -EAGAIN;
+        if (queue_reserve(ipc, len) < 0)
+                return -EAGAIN;
+        ssize_t w = send_with_fd(ipc->fd, line, len, fd);
+        if (w < 0)
+                return (int) w;
+        if ((size_t) w < len)
+                (void) queue_push_front(ipc, line + w, len - (size_t) w);    /* room was made above */
+        ipc->sent += (uint64_t) w;
+        return 0;
+}
+
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         if (!ipc->open)
                 return -ENOTCONN;
@@ -527,36 +575,23 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
         /* Queued whole lines, if any, stay queued: the hand-off may go
          * before them, as both are read at line boundaries. */
         char byte = (char) listener_index;
+        char line[IPC_HANDOFF_LINE_MAX];
         const char *payload = &byte;
         size_t len = 1;
         if (ipc->dialect == IPC_DIALECT_NODE) {
-                if (!ipc->node_handles)
+                if (!ipc->handoff_line)
                         return -EINVAL;
-                payload = ipc->node_handles[listener_index];
-                len = strlen(payload);
+                len = ipc->handoff_line(ipc, listener_index, line, sizeof(line));
+                if (len == 0 || len > sizeof(line))
+                        return -EBUSY;
+                payload = line;
                 /* Room for its rest, should the kernel take only part. */
                 if (queue_reserve(ipc, len) < 0)
                         return -EAGAIN;
         }
-        union {
-                struct cmsghdr align;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control = {};
-        struct iovec iov = { (void *) payload, len };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1,
-                             .msg_control = &control, .msg_controllen = sizeof(control) };
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof(int));
-
-        ssize_t w;
-        do
-                w = sendmsg(ipc->fd, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
-        while (w == -1 && errno == EINTR);
-        if (w == -1)
-                return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+        ssize_t w = send_with_fd(ipc->fd, payload, len, fd);
+        if (w < 0)
+                return (int) w;
         /* The fd went with the first byte. A short line is one segment,
          * all or nothing; should the kernel take only part of it, the rest
          * goes first from the queue. */
@@ -568,6 +603,7 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
                 ipc->inflight[at] = ipc->sent + (len - (size_t) w);
                 ipc->inflight_usec[at] = now_usec();
                 ipc->inflight_listener[at] = listener_index;
+                ipc->inflight_len[at] = (uint16_t) len;
                 ipc->n_inflight++;
         }
         return 0;

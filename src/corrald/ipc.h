@@ -46,6 +46,9 @@
 /* Listener indexes that a hand-off byte can carry: 0..122, as 123 is '{',
  * the first byte of every message line (SPEC §6). */
 #define IPC_LISTENER_INDEX_MAX 122
+/* The longest node-dialect hand-off line (a listener's name is at most 255
+ * bytes, 6 once escaped). */
+#define IPC_HANDOFF_LINE_MAX 2048
 
 typedef struct Ipc Ipc;
 /* Called for each message line when on_message is NULL (the callback of
@@ -61,6 +64,14 @@ typedef void (*IpcClosedReportCallback)(Ipc *ipc, unsigned n);
 /* Called for each valid fd-limit report: the worker lost n >= 1 hand-offs
  * because it could not receive their fds. */
 typedef void (*IpcFdLimitCallback)(Ipc *ipc, unsigned n);
+/* The node dialect: the line (ending in '\n') that hands a connection for
+ * listener to this worker, written into buf (size bytes); returns its
+ * length, or 0 when the worker cannot take one for that listener now. */
+typedef size_t (*IpcHandoffLine)(Ipc *ipc, uint8_t listener, char *buf, size_t size);
+/* The node dialect: one of Node's own lines the channel does not handle
+ * itself (all but NODE_HANDLE_ACK/NACK): line is NUL-terminated, msg->cmd
+ * points into it. */
+typedef void (*IpcNodeCallback)(Ipc *ipc, const IpcMessage *msg, const char *line, size_t len);
 /* Called for each valid "notify" line: text (len bytes, NUL-terminated,
  * unescaped, may contain NUL bytes) as a datagram on NOTIFY_SOCKET would
  * carry it. */
@@ -89,6 +100,7 @@ struct Ipc {
         uint64_t inflight[IPC_INFLIGHT_MAX];
         uint64_t inflight_usec[IPC_INFLIGHT_MAX];   /* when each was sent (CLOCK_MONOTONIC) */
         uint8_t inflight_listener[IPC_INFLIGHT_MAX];
+        uint16_t inflight_len[IPC_INFLIGHT_MAX];    /* bytes of each (the node dialect's are lines) */
         unsigned inflight_head, n_inflight;
         bool open;               /* the poll handle is initialised and not closed */
         int events;              /* what the poll handle watches now */
@@ -115,10 +127,8 @@ struct Ipc {
         IpcNotifyCallback on_notify;
         IpcCloseCallback on_close;
         IpcDialect dialect;
-        /* IPC_DIALECT_NODE: the NODE_HANDLE line of each listener (each
-         * ending in '\n'), for ipc_send_fd(); the owner's, set before the
-         * first hand-off. */
-        const char * const *node_handles;
+        IpcHandoffLine handoff_line;     /* IPC_DIALECT_NODE: required for hand-offs */
+        IpcNodeCallback on_node;         /* IPC_DIALECT_NODE: NULL counts them malformed */
         const char *who;         /* for log messages, e.g. "worker 2" */
         void *userdata;
 };
@@ -136,8 +146,8 @@ int ipc_start(Ipc *ipc, uv_loop_t *loop, int fd);
 int ipc_send_line(Ipc *ipc, const char *line);
 
 /* Hand a connection over: one byte (listener_index) with fd attached, or
- * in the node dialect node_handles[listener_index] with fd attached to it,
- * written only at a line boundary. If a line is partly written, its rest
+ * in the node dialect the line handoff_line() makes with fd attached to it
+ * (-EBUSY when it makes none), written only at a line boundary. If a line is partly written, its rest
  * is written first; if that does not go through, the hand-off is not
  * attempted. Returns 0 when the kernel took the fd (the caller then closes
  * its own copy), -EAGAIN when the channel is full now and -EBUSY when the
@@ -145,6 +155,13 @@ int ipc_send_line(Ipc *ipc, const char *line);
  * for an index above IPC_LISTENER_INDEX_MAX. fd is never closed here.
  * Does not log. */
 int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index);
+
+/* A line with an fd that is not a hand-off (Node's listening handle in
+ * shared balance): whole, at once, at a line boundary; only on a channel
+ * without hand-offs (no peer kept), so that it can never be taken back as
+ * a connection. Returns 0, -EAGAIN (try later), -EINVAL, or the error of a
+ * dead channel. fd is never closed here. Does not log. */
+int ipc_send_line_fd(Ipc *ipc, const char *line, int fd);
 
 /* Bytes waiting in the outgoing queue. */
 size_t ipc_queued(const Ipc *ipc);

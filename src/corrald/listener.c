@@ -146,9 +146,13 @@ static void json_escape(const char *name, char *buf) {
 }
 
 static void free_names(ListenerSet *s) {
-        for (unsigned i = 0; s->node_handles && i < s->n; i++)
-                free(s->node_handles[i]);
+        for (unsigned i = 0; i < s->n; i++) {
+                free(s->node_handles ? s->node_handles[i] : NULL);
+                free(s->node_data ? s->node_data[i] : NULL);
+        }
         free(s->node_handles);
+        free(s->node_data);
+        s->node_data = NULL;
         free(s->fdnames);
         s->node_handles = NULL;
         s->fdnames = NULL;
@@ -162,7 +166,8 @@ static int build_names(ListenerSet *s) {
                 len += strlen(s->items[i].name) + 1;
         s->fdnames = calloc(1, len);
         s->node_handles = calloc(s->n + 1, sizeof(char *));
-        if (!s->fdnames || !s->node_handles)
+        s->node_data = calloc(s->n + 1, sizeof(char *));
+        if (!s->fdnames || !s->node_handles || !s->node_data)
                 return -ENOMEM;
         for (unsigned i = 0; i < s->n; i++) {
                 char name[LISTEN_NAME_MAX * 6 + 1];

@@ -27,6 +27,10 @@ typedef struct ListenerSet {
          * worker (ipc "node", SPEC §6), newline included:
          * {"cmd":"NODE_HANDLE","type":"net.Socket","msg":{"type":"connection","listener":N,"name":NAME}} */
         char **node_handles;
+        /* Per listener, the "data" Node's cluster workers share (an https
+         * server's TLS ticket keys): the first worker's, as JSON, or NULL
+         * (node-cluster.c). */
+        char **node_data;
 } ListenerSet;
 
 /* Take the sockets systemd passed us, if any; otherwise bind c->listen.

@@ -286,10 +286,16 @@ static void detach_to_leaving(Slot *s, Worker *w, bool ask) {
                 return;
         w->stop_sent = true;
         LogFields f = worker_fields(w, "stop");
-        log_emit(LOG_INFO, &f, "stopping %s with %s", w->who, signal_to_string(w->config->stop_signal));
-        (void) worker_signal(w, w->config->stop_signal);
-        /* Like systemd: a stopped process cannot act on the signal. */
-        (void) worker_signal(w, SIGCONT);
+        const SlotOps *ops = w->slot->pool->ops;
+        if (ops->stop) {
+                const char *how = ops->stop(w->slot->pool->ops_data, w);
+                log_emit(LOG_INFO, &f, "stopping %s with %s", w->who, how);
+        } else {
+                log_emit(LOG_INFO, &f, "stopping %s with %s", w->who, signal_to_string(w->config->stop_signal));
+                (void) worker_signal(w, w->config->stop_signal);
+                /* Like systemd: a stopped process cannot act on the signal. */
+                (void) worker_signal(w, SIGCONT);
+        }
         if (w->state != WORKER_STOPPING || !w->failure)
                 enter_stopping(w);
 }

@@ -77,6 +77,10 @@ typedef struct SlotOps {
         pid_t (*start)(void *userdata, Worker *w, const char **ret_stage);
         /* Send sig to the worker, or to its whole process group. */
         void (*kill)(void *userdata, Worker *w, int sig, bool group);
+        /* Ask the worker to stop gracefully: its stop signal (and SIGCONT,
+         * as systemd does), or what its dialect has instead. Returns what
+         * was sent, for the log. NULL: the stop signal, through kill. */
+        const char *(*stop)(void *userdata, Worker *w);
         /* The lifecycle is done with w (it exited): release its resources,
          * then call worker_free(w), now or later. */
         void (*release)(void *userdata, Worker *w);

@@ -106,6 +106,10 @@ static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, c
         if (p->node_channel) {
                 PUSHF("NODE_CHANNEL_FD=%u", 3 + p->n_listen);
                 PUSHF("NODE_CHANNEL_SERIALIZATION_MODE=json");
+                /* A cluster worker to Node: listen(PORT) asks us for the
+                 * socket (node-cluster.h); cluster.worker.id is slot + 1,
+                 * stable across restarts, as apps use it. */
+                PUSHF("NODE_UNIQUE_ID=%u", p->worker_id + 1);
         }
         /* Last, so the child can drop it by ending the array there when its
          * stderr did not become a journal stream. */

@@ -12,6 +12,7 @@
 #include "ipc.h"
 #include "log.h"
 #include "manager.h"
+#include "node-cluster.h"
 #include "output.h"
 #include "spawn.h"
 #include "util.h"
@@ -20,6 +21,7 @@ typedef struct WorkerIo {
         Manager *manager;
         Worker *worker;
         Ipc ipc;
+        NodeCluster node;          /* ipc "node": its side of Node's cluster protocol */
         Output output;
         unsigned n_handles;        /* open handles + the lifecycle's hold; freed at 0 */
 } WorkerIo;
@@ -27,6 +29,7 @@ typedef struct WorkerIo {
 static void io_handle_closed(WorkerIo *io) {
         if (--io->n_handles > 0)
                 return;
+        node_cluster_done(&io->node);
         worker_free(io->worker);
         free(io);
 }
@@ -81,6 +84,36 @@ static void on_ipc_notify(Ipc *ipc, const char *text, size_t len) {
         slot_on_notify(io->worker, &msg);
 }
 
+/* ipc "node": each hand-off as Node takes it (node-cluster.h). */
+static size_t node_handoff_line(Ipc *ipc, uint8_t listener, char *buf, size_t size) {
+        WorkerIo *io = ipc->userdata;
+        return node_cluster_handoff_line(&io->node, &io->manager->listeners, listener, buf, size);
+}
+
+/* ipc "node": Node's cluster protocol (an unchanged listen(PORT) app),
+ * turned into the slot's events. */
+static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t len) {
+        WorkerIo *io = ipc->userdata;
+        Manager *m = io->manager;
+        NotifyMsg n = { .errno_value = -1 };
+        switch (node_cluster_handle(&io->node, ipc, &m->listeners, !m->handoff.started, io->worker->who, msg->cmd,
+                                    msg->cmd_len, line, len)) {
+        case NODE_CLUSTER_READY:
+                n.ready = true;
+                slot_on_notify(io->worker, &n);
+                break;
+        case NODE_CLUSTER_LEAVING:
+                n.stopping = true;
+                slot_on_notify(io->worker, &n);
+                break;
+        case NODE_CLUSTER_REFUSED:
+                handoff_fd_limit(&m->handoff, io->worker, 1);
+                break;
+        case NODE_CLUSTER_NONE:
+                break;
+        }
+}
+
 /* Give w its I/O: io (taken) watches the IPC channel and, when there is
  * one, the output pipe; with hand-off, the master keeps the worker's end
  * of the channel too (peer_fd). Every fd is taken, even on failure. */
@@ -92,7 +125,7 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
                 .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
                          .on_fd_limit = on_fd_limit, .on_notify = on_ipc_notify, .on_close = on_ipc_closed,
                          .who = w->who, .userdata = io, .dialect = w->config->ipc,
-                         .node_handles = (const char * const *) m->listeners.node_handles },
+                         .handoff_line = node_handoff_line, .on_node = on_node },
                 .output = { .on_close = on_output_closed, .userdata = io },
         };
         w->host = io;
@@ -203,6 +236,18 @@ static void host_kill(void *userdata, Worker *w, int sig, bool group) {
         (void) kill_process(w->pid, sig, group);
 }
 
+/* A Node cluster worker stops as Node's primary stops it: "disconnect"
+ * closes its servers and lets its connections finish, where the stop
+ * signal would end it at once (an unchanged app has no handler). */
+static const char *host_stop(void *userdata, Worker *w) {
+        WorkerIo *io = w->host;
+        if (io && io->ipc.open && node_cluster_disconnect(&io->node, &io->ipc))
+                return "Node's cluster disconnect";
+        (void) kill_process(w->pid, w->config->stop_signal, false);
+        (void) kill_process(w->pid, SIGCONT, false);
+        return signal_to_string(w->config->stop_signal);
+}
+
 static void host_release(void *userdata, Worker *w) {
         WorkerIo *io = w->host;
         if (!io) {
@@ -227,5 +272,6 @@ static void host_release(void *userdata, Worker *w) {
 const SlotOps manager_slot_ops = {
         .start = host_start,
         .kill = host_kill,
+        .stop = host_stop,
         .release = host_release,
 };

@@ -24,19 +24,21 @@ NODE = shutil.which("node")
 TMP = tempfile.mkdtemp(prefix="corral-node-")
 EXAMPLE = os.path.join(SRC, "examples", "node-worker.js")
 TNODE = os.path.join(WORKERS, "tnode.js")
+LISTEN_APP = os.path.join(WORKERS, "listen-app.js")
 
 
-def start(balance, script=TNODE, workers=2, env=None, extra=None):
+def start(balance, script=TNODE, workers=2, env=None, extra=None, port=None, ready=True):
     if not NODE:
         raise Skip("node is not installed")
-    port = free_port()
+    port = port or free_port()
     path = os.path.join(TMP, "n%d.json" % port)
     with open(path, "w") as f:
         json.dump(dict(extra or {}, exec=[NODE, script], workers=workers, balance=balance, ipc="node",
                        listen=["127.0.0.1:%d" % port]), f)
     n = NotifySocket()
     c = Corrald(["-c", path], notify=n, env=env)
-    n.wait("READY", "1")
+    if ready:
+        n.wait("READY", "1")
     return c, n, port
 
 
@@ -183,6 +185,71 @@ def kill_9_respawns_a_node_worker():
         eq(sorted(http_get(port)[1]["x-worker"] for _ in range(4)), ["0", "0", "1", "1"], "both serve")
     finally:
         finish(c, n)
+
+
+@case
+def unchanged_listen_app_serves_through_the_cluster_protocol():
+    for balance in ("shared", "round-robin"):
+        port = free_port()
+        c, n, _ = start(balance, script=LISTEN_APP, env={"PORT": str(port)}, port=port)
+        try:
+            # READY=1 came from Node's cluster "listening": no corral code.
+            s = status(c)
+            eq((s["ready"], s["ipc"]), (2, "node"), "%s: both ready" % balance)
+            env = proc_environ(slot(s, 1)["pid"])
+            eq(env.get("NODE_UNIQUE_ID"), "2", "cluster.worker.id is slot + 1")
+            seen = [http_get(port)[1]["x-worker"] for _ in range(8)]
+            if balance == "round-robin":
+                eq(seen, ["0", "1"] * 4, "round-robin: newconn in strict turns")
+            else:
+                eq(set(seen) <= {"0", "1"}, True, "shared: served on the socket corral holds")
+        finally:
+            finish(c, n)
+
+
+@case
+def unchanged_app_on_another_port_is_refused_with_the_reason():
+    port, other = free_port(), free_port()
+    c, n, _ = start("round-robin", script=LISTEN_APP, env={"PORT": str(other)}, port=port, ready=False,
+                    workers=1, extra={"restart": {"backoff_ms": [1000, 1000]}})
+    try:
+        # The app gets EADDRNOTAVAIL, exits 1, and corral says why.
+        wait_status(c, lambda s: slot(s, 0)["restarts"] >= 1, 20, "the refused worker to fail")
+        c.assert_logged(r"listen\(\) on port %d refused: this instance serves 127\.0\.0\.1:%d" % (other, port))
+        eq(status(c)["ready"], 0, "not ready")
+    finally:
+        finish(c, n)
+
+
+@case
+def unchanged_app_reloads_under_load_without_a_failed_request():
+    port = free_port()
+    c, n, _ = start("round-robin", script=LISTEN_APP, env={"PORT": str(port)}, port=port)
+    counts = {"ok": 0, "bad": 0}
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                ok = http_get(port, timeout=5)[0] == 200
+            except OSError:
+                ok = False
+            counts["ok" if ok else "bad"] += 1
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        for gen in (2, 3, 4):
+            c.signal(signal.SIGHUP)
+            wait_status(c, lambda s: s["generation"] == gen and s["ready"] == 2 and not s["incoming"]
+                        and not s["leaving"], 30, "reload to generation %d" % gen)
+        c.assert_logged(r"stopping worker \d \(pid \d+\) with Node's cluster disconnect")
+    finally:
+        stop.set()
+        t.join(30)
+        finish(c, n)
+    diag("requests during 3 reloads: %(ok)d ok, %(bad)d failed" % counts)
+    assert counts["ok"] > 50, "too little load to mean anything: %r" % counts
+    eq(counts["bad"], 0, "failed requests")
 
 
 NACK_STORM = r'''

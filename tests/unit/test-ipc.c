@@ -555,6 +555,10 @@ static const char * const node_handles[] = {
         NULL,
 };
 
+static size_t test_handoff_line(Ipc *ipc, uint8_t listener, char *buf, size_t size) {
+        return (size_t) snprintf(buf, size, "%s", node_handles[listener]);
+}
+
 /* Read one chunk as Node (libuv) would, with at most one fd. */
 static ssize_t worker_recv(Fixture *f, char *buf, size_t size, int *ret_fd) {
         union {
@@ -590,7 +594,7 @@ static void test_node_dialect(void **state) {
         char buf[512];
         int fd, sv[2];
         f->ipc.dialect = IPC_DIALECT_NODE;
-        f->ipc.node_handles = node_handles;
+        f->ipc.handoff_line = test_handoff_line;
         ipc_keep_peer(&f->ipc, fcntl(f->worker, F_DUPFD_CLOEXEC, 3));
         assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
 

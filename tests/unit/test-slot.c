@@ -90,7 +90,7 @@ static void host_release(void *userdata, Worker *w) {
         worker_free(w);
 }
 
-static const SlotOps ops = { host_start, host_kill, host_release };
+static const SlotOps ops = { .start = host_start, .kill = host_kill, .release = host_release };
 
 typedef struct Fixture {
         Host host;
