@@ -17,6 +17,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
+from sandbox import Sandbox  # noqa: E402
 from corral import (CORRALCTL, Corrald, NotifySocket, PY, SRC, WORKERS, finish, free_port, http_get,  # noqa: E402
                     pid_alive, proc_environ, request, shipped_unit, slot, status, wait_status)
 
@@ -250,6 +251,58 @@ def unchanged_app_reloads_under_load_without_a_failed_request():
     diag("requests during 3 reloads: %(ok)d ok, %(bad)d failed" % counts)
     assert counts["ok"] > 50, "too little load to mean anything: %r" % counts
     eq(counts["bad"], 0, "failed requests")
+
+
+@case
+def example_under_the_shipped_unit_reloads_without_a_failed_request():
+    """examples/node-worker.js as a user deploys it: corral@.socket and
+    corral@.service as shipped, systemd 252 as PID 1, `systemctl reload`
+    under load (tests/integration/workers/loadgen.py)."""
+    if not NODE:
+        raise Skip("node is not installed")
+    reason = Sandbox.usable()
+    if reason:
+        raise Skip(reason)
+    conf = json.dumps({"exec": [NODE, EXAMPLE], "workers": 2, "balance": "round-robin", "ipc": "node"})
+    units = {
+        "corral@.socket": shipped_unit("corral@.socket"),
+        "corral@.service": shipped_unit("corral@.service"),
+        "corral@nd.socket.d/port.conf": "[Socket]\nListenStream=\nListenStream=127.0.0.1:8080\n",
+    }
+    if os.environ.get("CORRAL_SANITIZED") == "1":
+        units["corral@.service.d/sanitize.conf"] = "[Service]\nEnvironment=ASAN_OPTIONS=detect_leaks=0\n"
+    sb = Sandbox(units=units, files={"/etc/corral/nd.json": conf}, timeout=60)
+    sb.start()
+    try:
+        sb.systemctl("start", "corral@nd.socket")
+        sb.systemctl("start", "corral@nd.service")
+
+        def st():
+            r = sb.run([CORRALCTL, "-i", "nd", "status", "--json"], check=False)
+            return json.loads(r.stdout) if r.returncode == 0 else None
+
+        def ready(gen):
+            return wait_for(lambda: (lambda s: s if s and s["ready"] == 2 and s["generation"] == gen and
+                                     not s["incoming"] and not s["leaving"] else None)(st()),
+                            30, "2 ready workers in generation %d" % gen)
+        s = ready(1)
+        eq(s["ipc"], "node", "the node dialect")
+        stop = "/run/stop-load-node"
+        p = sb.spawn(["/usr/bin/python3", os.path.join(WORKERS, "loadgen.py"), "close", stop],
+                     env={"LOADGEN_EXPECT": ")\n"}, stdout=subprocess.PIPE, text=True)
+        try:
+            for gen in (2, 3, 4, 5, 6):
+                sb.systemctl("reload", "corral@nd.service")
+                ready(gen)
+        finally:
+            sb.run(["touch", stop])
+            out, _ = p.communicate(timeout=30)
+        ok, bad = (int(x) for x in out.split()[:2])
+        diag("load during 5 reloads: %s" % out.strip())
+        assert ok > 100, "too little load to mean anything: %s" % out
+        eq(bad, 0, "failed requests (%s)" % out.strip())
+    finally:
+        sb.stop()
 
 
 NACK_STORM = r'''

@@ -2,7 +2,9 @@
 """HTTP load for corral's tests, run inside the systemd sandbox.
 
 Usage: loadgen.py close|keepalive STOPFILE [PORT]
-Requests GET / on 127.0.0.1:PORT (default 8080) until STOPFILE exists, then
+Requests GET / on 127.0.0.1:PORT (default 8080) until STOPFILE exists, and
+counts an answer good when it is a 200 whose body ends with $LOADGEN_EXPECT
+(default "Hello World\n", corral-hello's), then
 prints "ok bad {errors}". close: a new connection per request.
 keepalive: one connection reused; a request whose reused connection the
 server closed before any byte of the answer is retried once on a new
@@ -10,6 +12,7 @@ connection, as HTTP clients do. Every other failure counts."""
 import os, socket, sys
 mode, stop = sys.argv[1], sys.argv[2]
 port = int(sys.argv[3]) if len(sys.argv) > 3 else 8080
+expect = os.environ.get("LOADGEN_EXPECT", "Hello World\n").encode()
 ok = bad = 0
 errors = {}
 def err(k):
@@ -44,7 +47,7 @@ while not os.path.exists(stop):
                     break
                 data += b
             c.close()
-            if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
+            if data.startswith(b"HTTP/1.1 200") and data.endswith(expect):
                 ok += 1
             else:
                 err("bad response %r" % data[:30])
@@ -60,7 +63,7 @@ while not os.path.exists(stop):
                 data, closed = read_response(s)
             except OSError:
                 data, closed = b"", True
-            if data.startswith(b"HTTP/1.1 200") and data.endswith(b"Hello World\n"):
+            if data.startswith(b"HTTP/1.1 200") and data.endswith(expect):
                 ok += 1
                 if closed:
                     s.close(); s = None
