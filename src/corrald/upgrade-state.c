@@ -79,6 +79,7 @@ _Static_assert(ELEMENTSOF(worker_role_names) == WORKER_LEAVING + 1, "a WorkerRol
 
 static const char * const balance_names[] = {
         [BALANCE_SHARED] = "shared", [BALANCE_ROUND_ROBIN] = "round-robin", [BALANCE_LEAST_CONN] = "least-conn",
+        [BALANCE_IP_HASH] = "ip-hash",
 };
 _Static_assert(ELEMENTSOF(balance_names) == _BALANCE_MAX, "a Balance without a wire name");
 
