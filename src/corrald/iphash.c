@@ -91,15 +91,19 @@ bool iphash_of(const struct sockaddr *sa, socklen_t len, const uint8_t key[stati
  * Consistent Hash Algorithm", arXiv:1406.2294): O(log n) steps of a
  * linear congruential generator seeded by the hash. */
 unsigned iphash_slot(uint64_t hash, unsigned n) {
-        int64_t b = 0, j = 0;
+        unsigned b = 0;
         if (n <= 1)
                 return 0;
-        while (j < (int64_t) n) {
-                b = j;
+        for (;;) {
                 hash = hash * UINT64_C(2862933555777941757) + 1;
-                j = (int64_t) ((double) (b + 1) * ((double) (INT64_C(1) << 31) / (double) ((hash >> 33) + 1)));
+                /* The next jump, compared as a double: for n near 2^32 it
+                 * can exceed what an integer conversion may take. */
+                double j = (double) b + 1.0;
+                j *= (double) (UINT64_C(1) << 31) / (double) ((hash >> 33) + 1);
+                if (j >= (double) n)
+                        return b;
+                b = (unsigned) j;
         }
-        return (unsigned) b;
 }
 
 int iphash_deliver(uint64_t hash, unsigned n, bool (*take)(unsigned slot, void *userdata), void *userdata) {
