@@ -51,7 +51,7 @@ static const Metric metrics[] = {
           1 },
         { "corral_notify_dropped_total", "counter", "Notify datagrams from no worker, dropped.", SRC_COUNTER,
           "notify_dropped", 1 },
-        { "corral_handoffs_total", "counter", "Connections handed to workers (balance round-robin, least-conn).",
+        { "corral_handoffs_total", "counter", "Connections handed to workers (every balance but shared).",
           SRC_COUNTER, "handed", 1 },
         { "corral_handoffs_retried_total", "counter", "Hand-offs a worker could not take, tried on another.",
           SRC_COUNTER, "handoffs_retried", 1 },

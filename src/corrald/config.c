@@ -30,6 +30,7 @@ static const char * const balance_table[_BALANCE_MAX] = {
         [BALANCE_SHARED] = "shared",
         [BALANCE_ROUND_ROBIN] = "round-robin",
         [BALANCE_LEAST_CONN] = "least-conn",
+        [BALANCE_IP_HASH] = "ip-hash",
 };
 
 const char *balance_to_string(Balance b) {
@@ -298,7 +299,8 @@ static int p_listen(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
 static int p_balance(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         int b = cJSON_IsString(v) ? balance_from_string(v->valuestring) : -EINVAL;
         if (b < 0)
-                return fail(ctx, key, "expected \"shared\", \"round-robin\" or \"least-conn\", got %s", GOT(v));
+                return fail(ctx, key, "expected \"shared\", \"round-robin\", \"least-conn\" or \"ip-hash\", got %s",
+                            GOT(v));
         c->balance = (Balance) b;
         return 0;
 }

@@ -20,6 +20,7 @@ typedef enum Balance {
         BALANCE_SHARED,
         BALANCE_ROUND_ROBIN,
         BALANCE_LEAST_CONN,
+        BALANCE_IP_HASH,
         _BALANCE_MAX,
 } Balance;
 

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -91,12 +92,45 @@ static int compare_candidates(const void *a, const void *b) {
         return (x->turn > y->turn) - (x->turn < y->turn);
 }
 
+/* ip-hash: the hash of fd's peer address. Asked of the socket at every
+ * attempt, not kept: a held or taken-back connection has the same peer
+ * and the key does not change, so it keeps its hash. False when the peer
+ * has no IP address (a unix socket) or is gone already (ENOTCONN): the
+ * connection then takes its turn as in round-robin. */
+static bool peer_hash(const Handoff *h, int fd, uint64_t *ret) {
+        struct sockaddr_storage sa;
+        socklen_t len = sizeof(sa);
+        if (getpeername(fd, (struct sockaddr *) &sa, &len) == -1)
+                return false;
+        return iphash_of((struct sockaddr *) &sa, len, h->hash_key, ret);
+}
+
+typedef struct HashedOffer {
+        Handoff *h;
+        int fd;
+        uint8_t index;
+} HashedOffer;
+
+/* iphash_deliver()'s offer to slot i. A slot without a ready worker is
+ * passed over without counting a retry: that is the walk, not a failure. */
+static bool take_hashed(unsigned i, void *userdata) {
+        HashedOffer *o = userdata;
+        return slot_ready_worker(o->h->slots[i]) && try_slot(o->h, i, o->fd, o->index);
+}
+
 /* Pass fd on to a ready worker: round-robin from the cursor, or the least
  * loaded one, ties in turn. The first choice costs one or two passes over
  * the slots; only when it cannot take the connection (its channel full,
  * at the bound, stalled) are the others tried, once each, in the order of
- * the same rule: O(n log n), not a new search per attempt. Returns true
- * when one took it (fd is then closed here). */
+ * the same rule: O(n log n), not a new search per attempt.
+ *
+ * ip-hash: the client's slot, and from there the next one in slot order
+ * that takes it (O(n) at worst), so that while its slot cannot (not ready,
+ * at the bound, stalled) all of a client's connections go to one other
+ * slot, and come home once it can. Holding the connection for its own slot
+ * instead would stop accepting for every client (see hold()).
+ *
+ * Returns true when one took it (fd is then closed here). */
 static bool deliver(Handoff *h, int fd, uint8_t index) {
         unsigned n = h->n_slots;
         bool least = h->balance == BALANCE_LEAST_CONN;
@@ -105,6 +139,9 @@ static bool deliver(Handoff *h, int fd, uint8_t index) {
 
         if (n == 0)
                 return false;
+        uint64_t hash;
+        if (h->balance == BALANCE_IP_HASH && peer_hash(h, fd, &hash))
+                return iphash_deliver(hash, n, take_hashed, &(HashedOffer) { h, fd, index }) >= 0;
         /* least-conn: the lowest load; a silent worker takes turns with it. */
         if (least) {
                 min = UINT64_MAX;
@@ -346,14 +383,36 @@ void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const 
                 h->cursor = 0;
 }
 
+/* ip-hash's key. GRND_NONBLOCK: corrald may start early at boot, and the
+ * key is not worth a start-up that hangs until the kernel's pool is
+ * initialised; then GRND_INSECURE (Linux 5.6) still gives bytes no client
+ * can predict in practice. Only without either is the key derived from
+ * what a local user could guess (time, pid, an address under ASLR). */
+static void draw_hash_key(Handoff *h) {
+        if (getrandom(h->hash_key, sizeof(h->hash_key), GRND_NONBLOCK) == (ssize_t) sizeof(h->hash_key))
+                return;
+#ifdef GRND_INSECURE
+        if (getrandom(h->hash_key, sizeof(h->hash_key), GRND_INSECURE) == (ssize_t) sizeof(h->hash_key))
+                return;
+#endif
+        log_warning("hand-off: no random bytes from the kernel (%m): ip-hash's client-to-worker mapping is "
+                    "guessable");
+        uint64_t seed[3] = { now_usec(), (uint64_t) getpid(), (uint64_t) (uintptr_t) &seed };
+        static const uint8_t zero[IPHASH_KEY_SIZE];
+        uint64_t a = iphash_siphash24(seed, sizeof(seed), zero), b = iphash_siphash24(&a, sizeof(a), zero);
+        memcpy(h->hash_key, &a, sizeof(a));
+        memcpy(h->hash_key + sizeof(a), &b, sizeof(b));
+}
+
 int handoff_start(Handoff *h, uv_loop_t *loop, const ListenerSet *ls) {
         if (h->started)
                 return 0;
         if (ls->n > IPC_LISTENER_INDEX_MAX + 1) {
-                log_error("round-robin and least-conn serve at most %d listeners; there are %u",
+                log_error("balance %s serves at most %d listeners; there are %u", balance_to_string(h->balance),
                           IPC_LISTENER_INDEX_MAX + 1, ls->n);
                 return -E2BIG;
         }
+        draw_hash_key(h);
         h->loop = loop;
         h->n_held = 0;
         h->log_limit = RATELIMIT_INIT(10 * USEC_PER_SEC, 5);

@@ -1,12 +1,15 @@
 /* handoff: the master on the data path (SPEC §5), with balance
- * round-robin or least-conn.
+ * round-robin, least-conn or ip-hash.
  *
  * Watches the listening sockets, accepts in bounded batches and passes
  * each connection to a ready worker over its IPC channel (ipc_send_fd):
  * the next one in turn (round-robin), or the one with the fewest open
  * handed-off connections, ties in turn (least-conn; until a worker sends
  * its first close report every connection handed to it counts as open,
- * and one that never reports takes turns). A hand-off that fails (channel
+ * and one that never reports takes turns), or the client address's slot
+ * (ip-hash, iphash.h: the slot, not the worker, so a slot's replacement
+ * after a crash, a restart or a reload gets the same clients; a peer
+ * without an IP address, on a unix socket, takes turns). A hand-off that fails (channel
  * full, IPC_INFLIGHT_MAX hand-offs unread, worker gone) goes to the next
  * worker. When no worker can take a connection, it is held in the master
  * and accepting pauses, so further connections wait in the kernel's
@@ -23,6 +26,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "iphash.h"
 #include "listener.h"
 #include "policy.h"
 #include "slot.h"
@@ -73,6 +77,9 @@ struct Handoff {
         bool recycle_due;          /* some worker reached max_requests: the owner checks */
         uint64_t n_handed, n_retried, n_accept_errors, n_taken_back, n_lost;
         RateLimit log_limit;
+        /* ip-hash: the instance's SipHash key, drawn at start, carried
+         * across an upgrade (upgrade.c) so that clients keep their slot. */
+        uint8_t hash_key[IPHASH_KEY_SIZE];
 };
 
 /* Start accepting on every listener. Returns 0 or -errno (logged). */

@@ -30,7 +30,7 @@ static void help(void) {
                "  -w, --workers N|auto    number of workers (default: auto = online CPUs)\n"
                "  -l, --listen ADDR       HOST:PORT, [V6]:PORT, PORT or unix:/path, optionally\n"
                "                          NAME=ADDR; repeatable; ignored when socket-activated\n"
-               "  -b, --balance MODE      shared, round-robin or least-conn (default: shared)\n"
+               "  -b, --balance MODE      shared, round-robin, least-conn or ip-hash (default: shared)\n"
                "      --ipc DIALECT       corral, or node: CORRAL_IPC_FD is also Node.js's IPC\n"
                "                          channel (NODE_CHANNEL_FD) (default: corral)\n"
                "  -n, --name NAME         instance name (default: config file name, or corral)\n"
@@ -117,8 +117,8 @@ int main(int argc, char *argv[]) {
                 case 'b': {
                         int b = balance_from_string(optarg);
                         if (b < 0)
-                                return usage_error("--balance: expected shared, round-robin or least-conn, got \"%s\"",
-                                                   optarg);
+                                return usage_error("--balance: expected shared, round-robin, least-conn or ip-hash, "
+                                                   "got \"%s\"", optarg);
                         o.balance = (Balance) b;
                         o.balance_set = true;
                         break;

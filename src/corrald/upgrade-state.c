@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "iphash.h"
 #include "macros.h"
 #include "upgrade-state.h"
 
@@ -79,6 +80,7 @@ _Static_assert(ELEMENTSOF(worker_role_names) == WORKER_LEAVING + 1, "a WorkerRol
 
 static const char * const balance_names[] = {
         [BALANCE_SHARED] = "shared", [BALANCE_ROUND_ROBIN] = "round-robin", [BALANCE_LEAST_CONN] = "least-conn",
+        [BALANCE_IP_HASH] = "ip-hash",
 };
 _Static_assert(ELEMENTSOF(balance_names) == _BALANCE_MAX, "a Balance without a wire name");
 
@@ -147,6 +149,7 @@ static const Field state_fields[] = {
         STR(UpgradeState, written_by, 64, 0),
         NUM(FT_U64, UpgradeState, request_usec, 0, JSON_INT_MAX, 0),
         { "balance", FT_ENUM, offsetof(UpgradeState, balance), 0, ENUM(balance_names) },
+        STR(UpgradeState, hash_key, IPHASH_KEY_STRING_MAX - 1, F_OPTIONAL),
         STR(UpgradeState, config, 1024 * 1024, F_OPTIONAL),   /* absent: no file */
         NUM(FT_FD, UpgradeState, reply_fd, 0, 0, F_ENVELOPE),
         ARRAY(UpgradeState, waiter_fds, n_waiter_fds, FT_FD_ARRAY, UPGRADE_WAITERS_MAX, F_SINCE_2 | F_ENVELOPE, NULL),

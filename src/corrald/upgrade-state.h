@@ -80,6 +80,7 @@ typedef struct UpgradeState {
         char *written_by;
         uint64_t request_usec;
         Balance balance;
+        char *hash_key;          /* ip-hash's key, 32 hex digits; NULL: none (absent in older states) */
         char *config;            /* the running configuration's file text; NULL: re-read the file (version 1) */
         int reply_fd;            /* the client that asked, or -1 */
         int *waiter_fds;         /* other clients that asked while it was prepared */

@@ -27,6 +27,7 @@
 
 #include "fd-util.h"
 #include "ipc.h"
+#include "iphash.h"
 #include "log.h"
 #include "manager.h"
 #include "procfs.h"
@@ -466,6 +467,10 @@ int upgrade_restore(Manager *m) {
         m->n_undeliverable = s->undeliverable;
         m->notify.n_dropped = s->notify_dropped;
         snprintf(m->status, sizeof(m->status), "%s", s->status ? s->status : "");
+        /* ip-hash: the same key, so that every client keeps its slot. */
+        if (s->hash_key && iphash_key_parse(s->hash_key, m->handoff.hash_key) < 0)
+                log_warning("upgrade: the previous corrald's ip-hash key is not 32 hex digits: a new one maps "
+                            "clients to other workers");
 
         /* Slots in id order: m->slots[i] has id i (upgrade-state.c checked
          * that the ids are 0..n-1). */
@@ -634,12 +639,16 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
         const char *fake = getenv("CORRALD_UPGRADE_TEST_VERSION");   /* tests: an incompatible state */
         const Config *config = manager_config(m);
         bool oom = false;
+        char hash_key[IPHASH_KEY_STRING_MAX];
+
+        iphash_key_format(m->handoff.hash_key, hash_key);
 
         *s = (UpgradeState) {
                 .version = fake ? atoi(fake) : UPGRADE_STATE_VERSION,
                 .written_by = dup_or(CORRAL_VERSION, &oom),
                 .request_usec = request_usec,
                 .balance = config->balance,
+                .hash_key = m->handoff.started ? dup_or(hash_key, &oom) : NULL,
                 .config = dup_or(config->source, &oom),
                 .reply_fd = -1,
                 .upgrades = m->upgrades,

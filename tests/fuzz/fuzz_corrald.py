@@ -1197,7 +1197,7 @@ CORRALD_FLAGS = ["-w", "--workers", "-l", "--listen", "-b", "--balance", "-n", "
                  "--workers=", "--listen=", "-w0", "-wauto", "--log=", "--name=", "-", "-vvv", "--conf", "--wor"]
 CLI_VALUES = ["0", "-1", "auto", "AUTO", "4096", "4097", "1e3", "2.5", "", " ", "x" * 5000, "127.0.0.1:99999",
               "127.0.0.1:0", "[::1]:80", "[::1", "unix:", "unix:/" + "u" * 200, "a=b=c", "=127.0.0.1:1",
-              "\xff", "\u00e9", "shared", "round-robin", "least-conn", "journal", "stderr", "auto", "file",
+              "\xff", "\u00e9", "shared", "round-robin", "least-conn", "ip-hash", "journal", "stderr", "auto", "file",
               "/nonexistent", "/dev/zero", "-", "--", "99999999999999999999", "-0", "+1", "0x10", "1 ", "name/x",
               ".hidden", "a" * 65, "web=1.2.3.4:80", "localhost:80", "*:80", "0.0.0.0:-1", ":80", "80"]
 CORRALCTL_CMDS = ["status", "ls", "reload", "restart", "scale", "signal", "send", "logs", "list", "bogus", "",

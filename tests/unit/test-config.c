@@ -234,6 +234,9 @@ static void test_alternative_values(void **state) {
         assert_int_eq(t->c->ipc, IPC_DIALECT_NODE);
         assert_int_eq(t->c->stop_signal, SIGKILL);
 
+        assert_build_ok(t, "{" EXEC ", 'balance': 'ip-hash'}");
+        assert_int_eq(t->c->balance, BALANCE_IP_HASH);
+
         assert_build_ok(t, "{" EXEC ", 'stop': {'signal': 'SIGUSR2'}}");
         assert_int_eq(t->c->stop_signal, SIGUSR2);
 
@@ -439,9 +442,9 @@ static void test_integer_key_errors(void **state) {
 static void test_string_key_errors(void **state) {
         T *t = *state;
         assert_build_error(t, "{" EXEC ", 'balance': 'random'}",
-                           "balance: expected \"shared\", \"round-robin\" or \"least-conn\", got \"random\"");
+                           "balance: expected \"shared\", \"round-robin\", \"least-conn\" or \"ip-hash\", got \"random\"");
         assert_build_error(t, "{" EXEC ", 'balance': 1}",
-                           "balance: expected \"shared\", \"round-robin\" or \"least-conn\", got 1");
+                           "balance: expected \"shared\", \"round-robin\", \"least-conn\" or \"ip-hash\", got 1");
         assert_build_error(t, "{" EXEC ", 'ipc': 'json'}", "ipc: expected \"corral\" or \"node\", got \"json\"");
         assert_build_error(t, "{" EXEC ", 'ready': {'mode': 'fork'}}",
                            "ready.mode: expected \"notify\" or \"spawn\", got \"fork\"");
@@ -1055,6 +1058,7 @@ static void test_balance_strings(void **state) {
         assert_string_equal(balance_to_string(BALANCE_SHARED), "shared");
         assert_string_equal(balance_to_string(BALANCE_ROUND_ROBIN), "round-robin");
         assert_string_equal(balance_to_string(BALANCE_LEAST_CONN), "least-conn");
+        assert_string_equal(balance_to_string(BALANCE_IP_HASH), "ip-hash");
         assert_string_equal(balance_to_string(_BALANCE_MAX), "?");
         assert_string_equal(balance_to_string((Balance) -1), "?");
         for (int b = 0; b < _BALANCE_MAX; b++)

@@ -28,6 +28,7 @@ static void sample(UpgradeState *s) {
                 .written_by = dup("0.1.0"),
                 .request_usec = 123456789,
                 .balance = BALANCE_LEAST_CONN,
+                .hash_key = dup("000102030405060708090a0b0c0d0e0f"),
                 .config = dup("{\"exec\": [\"/bin/true\"], \"workers\": 2}\n"),
                 .reply_fd = 7,
                 .upgrades = 3,
@@ -115,6 +116,7 @@ static void test_round_trip(void **state) {
         assert_string_equal(b.written_by, a.written_by);
         assert_u64_eq(b.request_usec, a.request_usec);
         assert_int_eq(b.balance, a.balance);
+        assert_string_equal(b.hash_key, a.hash_key);
         assert_string_equal(b.config, a.config);
         assert_int_eq(b.reply_fd, a.reply_fd);
         assert_int_eq(b.n_waiter_fds, 2);
@@ -196,6 +198,10 @@ static void test_round_trip(void **state) {
         assert_str_contains(text, "\"role\":\"incoming\"");
         assert_str_contains(text, "\"state\":\"replacing\"");
         assert_true(strncmp(text, "{\"format\":\"corrald-state\",\"version\":2,", 38) == 0);
+        a.balance = BALANCE_IP_HASH;
+        _cleanup_free_ char *hashed = upgrade_state_format(&a);
+        assert_non_null(hashed);
+        assert_str_contains(hashed, "\"balance\":\"ip-hash\"");
         upgrade_state_done(&a);
         upgrade_state_done(&b);
 }
@@ -219,7 +225,7 @@ static bool optional(const char *record, const char *key) {
                                              "workers.ipc_tail", "workers.peer_fd", "workers.fd_limit_reports",
                                              "workers.fd_limit_lost", "clients.unread", "slots.last_failure",
                                              "draining", "reload_failed", "reloads_done", "reloads_failed",
-                                             "scaled", "scaled_file_workers" };
+                                             "scaled", "scaled_file_workers", "hash_key" };
         char k[160];
         snprintf(k, sizeof(k), "%.60s%s%.60s", record, record[0] ? "." : "", key);
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
@@ -321,6 +327,7 @@ static void test_ranges_and_relations(void **state) {
                 { "", "recycle_next", "2", "recycle_next" },
                 { "", "notify_fd", "0", "notify_fd" },
                 { "", "balance", "\"ip-hash \"", "balance" },
+                { "", "hash_key", "\"000102030405060708090a0b0c0d0e0f0\"", "hash_key" },
                 { "", "slots", "[]", "slots" },
                 { "", "waiter_fds", "[-1]", "waiter_fds[0]" },
                 { "clients", "fd", "16", "file descriptor 16 is named twice" },
