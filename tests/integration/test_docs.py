@@ -12,6 +12,7 @@ command"). So adding a flag without documenting it, or documenting one that
 does not exist, fails here."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,27 +20,16 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, eq  # noqa: E402
 from corral import BUILD  # noqa: E402
+from source_tables import (balance_names, config_keys, corrald_source_options, corralctl_source_commands,  # noqa: E402
+                           corralctl_source_options, handled_signals, read)
 
-SRC = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 CORRALD = os.environ.get("CORRALD", os.path.join(BUILD, "src/corrald/corrald"))
 CORRALCTL = os.environ.get("CORRALCTL", os.path.join(BUILD, "src/corralctl/corralctl"))
 TMP = tempfile.mkdtemp(prefix="corral-docs-")
 
 
-def read(*path):
-    with open(os.path.join(SRC, *path)) as f:
-        return f.read()
-
-
 def run(argv, **kw):
     return subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20, **kw)
-
-
-def table(text, name):
-    """The body of the C array `name[...] = { ... };`."""
-    m = re.search(r"\b%s\[[^\]]*\]\s*=\s*\{(.*?)\n\s*\};" % re.escape(name), text, re.S)
-    assert m, "no table %s in the source" % name
-    return m.group(1)
 
 
 def section(scd, title):
@@ -47,57 +37,6 @@ def section(scd, title):
     m = re.search(r"^# %s\n(.*?)(?=^# |\Z)" % re.escape(title), scd, re.S | re.M)
     assert m, "no section %s" % title
     return m.group(1)
-
-
-# ---- what the code accepts -------------------------------------------------
-
-def corrald_source_options():
-    """{(short or None, --long)} from corrald's getopt_long table, checked
-    against its short-option string."""
-    src = read("src", "corrald", "main.c")
-    opts = set()
-    for long_, short in re.findall(r'\{\s*"([\w-]+)",\s*\w+,\s*NULL,\s*([^}\s]+)\s*\}', table(src, "options")):
-        opts.add(("-" + short[1] if short.startswith("'") else None, "--" + long_))
-    shorts = re.search(r'getopt_long\(argc, argv, "\+?([^"]*)"', src).group(1).replace(":", "")
-    eq(sorted(shorts), sorted(s[1] for s, _ in opts if s), "short options of getopt and of the long table")
-    return opts
-
-
-def corralctl_source_options():
-    src = read("src", "corralctl", "main.c")
-    opts = set()
-    for short, long_ in re.findall(r"\{\s*([^,{}]+),\s*\"([\w-]+)\",\s*(?:true|false)\s*\}", table(src, "options")):
-        opts.add(("-" + short.strip()[1] if short.strip().startswith("'") else None, "--" + long_))
-    return opts
-
-
-def corralctl_source_commands():
-    return set(re.findall(r'\{\s*"([\w-]+)",\s*cmd_\w+\s*\}', table(read("src", "corralctl", "main.c"), "commands")))
-
-
-def balance_names():
-    return re.findall(r'\[BALANCE_\w+\]\s*=\s*"([\w-]+)"', table(read("src", "corrald", "config.c"), "balance_table"))
-
-
-def config_keys():
-    """Every key path of config.c's schema: "name", "ready.mode", ..."""
-    src = read("src", "corrald", "config.c")
-    tables = {name: body for name, body in re.findall(r"static const Key (\w+)\[\] = \{(.*?)\n\};", src, re.S)}
-    assert "top_keys" in tables, "config.c has no top_keys table"
-
-    def walk(name, prefix):
-        for key, fn, sub in re.findall(r'\{\s*"(\w+)",\s*(\w+),\s*(\w+)\s*\}', tables[name]):
-            if sub != "NULL":
-                yield from walk(sub, prefix + key + ".")
-            else:
-                yield prefix + key
-    return set(walk("top_keys", ""))
-
-
-def handled_signals():
-    """The signals corrald acts on, without SIGCHLD (its own business)."""
-    src = read("src", "corrald", "manager.c")
-    return set(re.findall(r"\{\s*SIG(\w+),\s*on_\w+\s*\}", table(src, "signal_table"))) - {"CHLD"}
 
 
 # ---- what the documentation says ---------------------------------------------
@@ -257,4 +196,4 @@ def readme_names_every_corrald_flag_and_corralctl_command():
             "README's \"Controlling a running instance\" does not name corralctl %s" % cmd
 
 
-main()
+main(teardown=lambda _: shutil.rmtree(TMP, ignore_errors=True))
