@@ -711,6 +711,27 @@ def recycle_max_age_replaces_every_slot_one_at_a_time():
 
 
 @case
+def recycle_turned_on_by_a_reload():
+    """The recycle timer was armed at start only: a reload that set a
+    recycle key did nothing until corrald restarted."""
+    keys = dict(workers=1, exec=[HELLO], listen=["127.0.0.1:%d" % free_port()])
+    path = config("agereload", **keys)
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        config("agereload", recycle={"max_age_ms": 1000}, **keys)
+        c.signal(signal.SIGHUP)
+        s = wait_status(c, lambda s: s["generation"] == 2 and slot(s, 0)["state"] == "ready" and
+                        not s.get("incoming") and not s.get("leaving"), 20, "the reload done")
+        reloaded = slot(s, 0)["pid"]
+        s = wait_status(c, lambda s: slot(s, 0)["state"] == "ready" and slot(s, 0)["pid"] != reloaded, 20,
+                        "the reloaded worker recycled by age")
+        eq((s["generation"], slot(s, 0)["restarts"]), (2, 0), "a recycle, not a reload or a failure")
+    finally:
+        finish(c, n)
+
+
+@case
 def bad_config_and_check_config():
     import subprocess
     from corral import CORRALD
