@@ -121,8 +121,36 @@ static int cmp_str(const void *a, const void *b) {
         return strcmp(*(char * const *) a, *(char * const *) b);
 }
 
-/* Append the sockets of one directory, sorted. A directory we cannot
- * read (a non-root user and a private /run/corral) simply adds nothing. */
+/* Whether dir/NAME.sock (st: its lstat) is a corral control socket. Other
+ * programs keep sockets in the same directories (the template's own
+ * listening socket is /run/corral/NAME.http.sock), and connecting to a
+ * stranger's socket to ask is neither polite nor safe: it may be a
+ * service that acts on a connection, or one that never answers. So the
+ * file system decides: corrald binds its notify socket as NAME.notify
+ * beside its control socket (notify-server.c), a socket owned by the same
+ * user with no group or other permission bits (it is made 0600). A
+ * corrald killed with SIGKILL leaves both behind, and is still listed
+ * (as unreachable), which is what an operator wants to see.
+ *
+ * Not recognised: a corrald whose notify socket did not fit beside the
+ * control socket (a control path within two bytes of the 107-byte
+ * sun_path limit; it falls back to a directory under /tmp) and one
+ * upgraded in place from a corrald that used an abstract notify name.
+ * Both are still reached with -i NAME or -s PATH. */
+static bool is_control_socket(int dirfd, const char *name, const struct stat *st) {
+        _cleanup_free_ char *notify = NULL;
+        struct stat nst;
+        size_t n = strlen(name) - strlen(".sock");
+
+        if (asprintf(&notify, "%.*s.notify", (int) n, name) < 0)
+                return false;
+        return fstatat(dirfd, notify, &nst, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(nst.st_mode) &&
+               nst.st_uid == st->st_uid && (nst.st_mode & 0077) == 0;
+}
+
+/* Append the control sockets of one directory, sorted. A directory we
+ * cannot read (a non-root user and a private /run/corral) simply adds
+ * nothing. */
 static int discover_dir(const char *dir, char ***l) {
         _cleanup_strv_free_ char **found = NULL;
         DIR *d = opendir(dir);
@@ -135,7 +163,8 @@ static int discover_dir(const char *dir, char ***l) {
                 struct stat st;
                 if (!has_sock_suffix(de->d_name))
                         continue;
-                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode))
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode) ||
+                    !is_control_socket(dirfd(d), de->d_name, &st))
                         continue;
                 if ((r = strv_extendf(&found, "%s/%s", dir, de->d_name)) < 0)
                         break;

@@ -28,8 +28,11 @@ int instance_socket_path(const char *name, char **ret);
  * once (compared by device and inode), existing ones only. */
 int instance_runtime_dirs(char ***ret);
 
-/* Every "*.sock" socket in those directories, in directory order, sorted
- * by name within a directory. Returns 0 or -ENOMEM. */
+/* Every corral control socket in those directories: a "NAME.sock" socket
+ * with corrald's "NAME.notify" socket beside it, owned by the same user
+ * and closed to group and others. Other sockets there are never listed
+ * and never connected to. In directory order, sorted by name within a
+ * directory. Returns 0 or -ENOMEM. */
 int instance_discover(char ***ret);
 
 /* "app" for ".../app.sock"; the basename for other paths. NULL on ENOMEM. */

@@ -390,6 +390,16 @@ static int p_max_rss(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         return get_int(ctx, key, v, 0, 1ULL << 32, &c->recycle_max_rss_mb);
 }
 
+/* Below a second a worker would be replaced about as fast as it can start,
+ * which is a restart loop, not a lifetime. */
+static int p_max_age(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
+        int r = get_int(ctx, key, v, 0, INT_MAX_SANE, &c->recycle_max_age_ms);
+        if (r >= 0 && c->recycle_max_age_ms > 0 && c->recycle_max_age_ms < RECYCLE_MAX_AGE_MIN_MS)
+                return fail(ctx, key, "expected 0 (off) or an integer >= %d (milliseconds), got %s",
+                            RECYCLE_MAX_AGE_MIN_MS, GOT(v));
+        return r;
+}
+
 static int p_max_surge(Ctx *ctx, const char *key, const cJSON *v, Config *c) {
         uint64_t n = 0;
         int r = get_int(ctx, key, v, 1, CORRAL_WORKERS_MAX, &n);
@@ -427,6 +437,7 @@ static const Key restart_keys[] = {
 static const Key recycle_keys[] = {
         { "max_requests", p_max_requests, NULL },
         { "max_rss_mb", p_max_rss, NULL },
+        { "max_age_ms", p_max_age, NULL },
         {},
 };
 static const Key reload_keys[] = {

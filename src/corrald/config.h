@@ -60,6 +60,7 @@ typedef struct Config {
         uint64_t watchdog_ms;        /* 0: off */
         uint64_t recycle_max_requests;
         uint64_t recycle_max_rss_mb;
+        uint64_t recycle_max_age_ms; /* 0: off, else >= RECYCLE_MAX_AGE_MIN_MS */
         unsigned reload_max_surge;
         char *control;               /* NULL: the default path of SPEC §7 */
 } Config;

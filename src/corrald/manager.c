@@ -189,6 +189,7 @@ static void notify_ready(Manager *m, const char *status_prefix) {
 }
 
 static void plan_result(Manager *m, RolloutResult res);
+static void arm_recycle(Manager *m);
 
 static void start_plan(Manager *m, Rollout *r) {
         m->pool.changed = true;   /* STATUS= shows the plan */
@@ -247,6 +248,7 @@ static void plan_failed(Manager *m) {
                 config_unref(m->pool.config);
                 m->pool.config = TAKE_PTR(r->old_config);
                 m->pool.generation = r->old_generation;
+                arm_recycle(m);
                 handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
                 (void) pool_reset_failures(&m->pool);
                 if (m->n_slots > r->old_workers)
@@ -393,6 +395,7 @@ void manager_reload(Manager *m, ControlConn *client) {
         ro->target_workers = target;
         m->pool.config = TAKE_PTR(c);
         m->pool.generation++;
+        arm_recycle(m);      /* recycle.* may have been turned on or off */
         handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
         /* New restart policy, and a reload is a fresh start after giving up. */
         (void) pool_reset_failures(&m->pool);
@@ -683,39 +686,79 @@ static const struct {
 
 static void recycle_slot(Manager *m, unsigned i);
 
-/* recycle.max_rss_mb: a ready worker over the limit gets a replacement
- * started beside it and is stopped once that one is ready — a one-slot
- * plan; nothing happens while another plan runs. */
+/* Whether the ready worker w is due for recycling under recycle.max_age_ms
+ * or (when check_rss) recycle.max_rss_mb: the priority to log it at, with
+ * the reason in why; or -1. */
+static int recycle_reason(const Config *c, const Worker *w, uint64_t now, bool check_rss, char *why, size_t n) {
+        if (c->recycle_max_age_ms > 0) {
+                uint64_t max_usec = c->recycle_max_age_ms * USEC_PER_MSEC;
+                /* The pid and the start time together, so that a pid the
+                 * kernel reuses draws anew. */
+                uint64_t seed = (uint64_t) w->pid ^ w->start_usec;
+                if (now >= recycle_age_deadline(w->start_usec, max_usec, seed)) {
+                        snprintf(why, n, "%llu ms old, recycle.max_age_ms=%llu",
+                                 (unsigned long long) ((now - w->start_usec) / USEC_PER_MSEC),
+                                 (unsigned long long) c->recycle_max_age_ms);
+                        return LOG_INFO;
+                }
+        }
+        ProcStats ps;
+        if (check_rss && c->recycle_max_rss_mb > 0 && procfs_read_stats(w->pid, &ps) >= 0 &&
+            ps.rss_kb > c->recycle_max_rss_mb * 1024) {
+                snprintf(why, n, "RSS %llu MiB exceeds recycle.max_rss_mb=%llu",
+                         (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) c->recycle_max_rss_mb);
+                return LOG_NOTICE;
+        }
+        return -1;
+}
+
+/* recycle.max_age_ms and recycle.max_rss_mb: a ready worker past either
+ * limit gets a replacement started beside it and is stopped once that one
+ * is ready — a one-slot plan; nothing happens while another plan runs, so
+ * two slots are never recycled at once. (recycle.max_requests takes the
+ * same path from check_max_requests().) */
 static void on_recycle_check(uv_timer_t *t) {
         Manager *m = t->data;
         const Config *c = manager_config(m);
-        uint64_t limit_kb = c->recycle_max_rss_mb * 1024;
+        uint64_t now = now_usec();
 
-        if (!limit_kb || m->pool.stopping || m->rollout || now_usec() < m->recycle_pause_until)
+        if (m->pool.stopping || m->rollout || now < m->recycle_pause_until)
                 return;
+        /* The timer may tick faster than once a second for a short
+         * max_age_ms; RSS is read from /proc for every worker, so that
+         * stays at once a second. */
+        bool check_rss = now >= m->recycle_rss_usec + USEC_PER_SEC;
+        if (check_rss)
+                m->recycle_rss_usec = now;
         /* Round the slots from where the last recycle was, so one slot
          * that is always over the limit does not starve the others. */
         for (unsigned k = 0; k < m->n_slots; k++) {
                 unsigned i = (m->recycle_next + k) % m->n_slots;
                 Worker *w = slot_ready_worker(m->slots[i]);
-                ProcStats ps;
-                if (!w || slot_state(m->slots[i]) != SLOT_READY || procfs_read_stats(w->pid, &ps) < 0 ||
-                    ps.rss_kb <= limit_kb)
+                char why[128];
+                int prio;
+                if (!w || slot_state(m->slots[i]) != SLOT_READY ||
+                    (prio = recycle_reason(c, w, now, check_rss, why, sizeof(why))) < 0)
                         continue;
                 LogFields f = LOG_FIELDS_NONE;
                 f.worker_id = (int) w->id;
                 f.pid = w->pid;
                 f.generation = w->generation;
-                log_emit(LOG_NOTICE, &f, "recycling %s: RSS %llu MiB exceeds recycle.max_rss_mb=%llu", w->who,
-                         (unsigned long long) (ps.rss_kb / 1024), (unsigned long long) c->recycle_max_rss_mb);
+                log_emit(prio, &f, "recycling %s: %s", w->who, why);
                 recycle_slot(m, i);
                 return;
         }
 }
 
+/* Called at start and whenever the configuration changes (a reload, and
+ * its failure restoring the old one). The checks run once a second, or at
+ * a tenth of recycle.max_age_ms when that is shorter, so that a worker is
+ * replaced within its jitter window (recycle_age_deadline()). */
 static void arm_recycle(Manager *m) {
-        if (manager_config(m)->recycle_max_rss_mb > 0 && !m->pool.stopping)
-                uv_timer_start(&m->recycle, on_recycle_check, 1000, 1000);
+        const Config *c = manager_config(m);
+        uint64_t ms = c->recycle_max_age_ms > 0 ? MIN(1000, c->recycle_max_age_ms / 10) : 1000;
+        if ((c->recycle_max_rss_mb > 0 || c->recycle_max_age_ms > 0) && !m->pool.stopping)
+                uv_timer_start(&m->recycle, on_recycle_check, ms, ms);
         else
                 uv_timer_stop(&m->recycle);
 }

@@ -48,7 +48,8 @@ typedef struct Manager {
         Rollout *rollout;          /* the plan in progress, or NULL */
         unsigned rollout_serial;
         uint64_t recycle_pause_until; /* after a failed recycle */
-        unsigned recycle_next;     /* the slot the next RSS check looks at first */
+        unsigned recycle_next;     /* the slot the next recycle check looks at first */
+        uint64_t recycle_rss_usec; /* when RSS was last read for recycle.max_rss_mb */
 
         uint64_t start_usec;       /* of the instance: kept across upgrades */
         uint64_t orphans_reaped;   /* as PID 1 or --subreaper: children that were no worker */
@@ -70,7 +71,7 @@ typedef struct Manager {
         uv_signal_t signals[MANAGER_N_SIGNALS]; /* one per entry of manager.c's signal table */
         sigset_t handled_signals;  /* the same signals: an upgrade blocks them across execve() */
         uv_timer_t watchdog;       /* pings systemd's watchdog */
-        uv_timer_t recycle;        /* checks RSS against recycle.max_rss_mb */
+        uv_timer_t recycle;        /* checks recycle.max_age_ms and recycle.max_rss_mb */
         uv_timer_t deadline;       /* the Pool's earliest deadline */
         uint64_t deadline_armed;   /* when it fires, 0 = not armed */
         uv_prepare_t prepare;      /* drains outcomes once per iteration */

@@ -15,6 +15,20 @@ uint64_t backoff_delay_ms(uint64_t min_ms, uint64_t max_ms, unsigned n) {
         return d < max_ms ? d : max_ms;
 }
 
+/* splitmix64's finaliser: every bit of x affects every bit of the result,
+ * so neighbouring pids land far apart. */
+static uint64_t mix64(uint64_t x) {
+        x += 0x9e3779b97f4a7c15ULL;
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        return x ^ (x >> 31);
+}
+
+uint64_t recycle_age_deadline(uint64_t start_usec, uint64_t max_age_usec, uint64_t seed) {
+        uint64_t spread = max_age_usec / 10;
+        return start_usec + max_age_usec + (spread ? mix64(seed) % spread : 0);
+}
+
 int failure_window_init(FailureWindow *w, unsigned limit, uint64_t window_usec) {
         *w = (FailureWindow) { .limit = limit, .window_usec = window_usec };
         w->stamps = calloc((size_t) limit + 1, sizeof(uint64_t));

@@ -11,6 +11,24 @@
  * min, doubling per failure, capped at max. n == 0 gives 0. */
 uint64_t backoff_delay_ms(uint64_t min_ms, uint64_t max_ms, unsigned n);
 
+/* recycle.max_age_ms: the smallest value config.c accepts (besides 0). */
+#define RECYCLE_MAX_AGE_MIN_MS 1000
+
+/* When a worker started at start_usec is due for recycling under
+ * recycle.max_age_ms = max_age_usec: in [start + max_age, start +
+ * max_age * 1.1), the offset drawn from seed (the worker's pid, say).
+ *
+ * Why jitter: workers started together (at start-up, by a reload) would
+ * otherwise all come due in the same instant and be replaced back to back,
+ * every max_age, their warm-up costs (JIT, caches) landing together. A
+ * fresh draw per worker spreads them over a tenth of max_age, and since
+ * every replacement draws again, their phases drift further apart with
+ * each round instead of staying locked. Why a hash rather than random():
+ * the same worker gets the same deadline at every check, after a reload
+ * and across an upgrade (its pid and start time are carried), with no
+ * state to store; and tests can check the bounds exactly. */
+uint64_t recycle_age_deadline(uint64_t start_usec, uint64_t max_age_usec, uint64_t seed);
+
 /* Remembers the times of the last limit+1 failures. */
 typedef struct FailureWindow {
         uint64_t *stamps;   /* ring of capacity limit+1 */

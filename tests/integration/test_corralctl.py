@@ -143,7 +143,7 @@ class FakeServer:
     number sleeps, an Event is waited for, "close" shuts the connection.
     Every request is recorded."""
 
-    def __init__(self, replies=None, path=None, mode=0o600):
+    def __init__(self, replies=None, path=None, mode=0o600, notify=True):
         if path is None:
             d = tempfile.mkdtemp(dir=TMP)
             os.chmod(d, 0o755)
@@ -152,6 +152,8 @@ class FakeServer:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(path)
         os.chmod(path, mode)
+        self.notify = notify_sibling(path) if notify else None
+        self.accepted = 0
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.replies = dict(DEFAULT_REPLIES)
@@ -170,6 +172,8 @@ class FakeServer:
             except OSError:
                 return
             conn.settimeout(None)
+            with self.lock:
+                self.accepted += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -208,17 +212,35 @@ class FakeServer:
     def close(self):
         self.closed = True
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for p in (self.path, self.notify):
+            try:
+                if p:
+                    os.unlink(p)
+            except OSError:
+                pass
 
 
-def stale_socket(path):
-    """A socket file nobody listens on, as a killed corrald leaves it."""
+def notify_sibling(control, mode=0o600, uid=None):
+    """What marks a control socket NAME.sock as corrald's: its notify
+    socket NAME.notify beside it, a 0600 datagram socket file."""
+    path = control[:-len(".sock")] + ".notify" if control.endswith(".sock") else control + ".notify"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.close()
+    os.chmod(path, mode)
+    if uid is not None:
+        os.chown(path, uid, -1)
+    return path
+
+
+def stale_socket(path, notify=True):
+    """A socket file nobody listens on, as a killed corrald leaves it (with
+    its notify socket beside it)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
     s.close()
+    if notify:
+        notify_sibling(path)
     return path
 
 
@@ -663,6 +685,41 @@ def list_shows_live_and_stale_instances():
         expect(ctl("list", env=base_env(RUNTIME_DIRECTORY=empty), prefix=pre), 0)
     finally:
         s.close()
+
+
+@case
+def list_skips_sockets_that_are_not_corrals():
+    """A runtime directory holds other sockets too: the template unit's own
+    listening socket /run/corral/NAME.http.sock, a worker's. Only a
+    NAME.sock with corrald's NAME.notify beside it (same owner, 0600) is
+    an instance; the others are neither listed nor connected to."""
+    pre = isolated()
+    rd = tempfile.mkdtemp(dir=TMP)
+    env = base_env(RUNTIME_DIRECTORY=rd)
+    app = FakeServer(path=os.path.join(rd, "app.sock"))
+    strays = [
+        FakeServer(path=os.path.join(rd, "app.http.sock"), mode=0o660, notify=False),   # a worker's listener
+        FakeServer(path=os.path.join(rd, "foreign.sock"), notify=False),
+        FakeServer(path=os.path.join(rd, "other.sock"), notify=False),
+        FakeServer(path=os.path.join(rd, "open.sock"), notify=False),
+    ]
+    notify_sibling(strays[2].path, uid=NOBODY)     # someone else's .notify
+    notify_sibling(strays[3].path, mode=0o666)      # open to all: not corrald's
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # a lone .notify names nothing
+    s.bind(os.path.join(rd, "lone.notify"))
+    s.close()
+    try:
+        p = expect(ctl("list", env=env, prefix=pre), 0)
+        eq(rows(p.out, "NAME"), [["app", "1234", "3", "1/2", "running", app.path]], "list")
+        p = expect(ctl("list", "--json", env=env, prefix=pre), 0)
+        eq([e["name"] for e in json.loads(p.out)], ["app"], "list --json")
+        # The only instance is found without -i despite the strays.
+        p = expect(ctl("status", env=env, prefix=pre), 0, "the one instance among strays")
+        assert "Instance:   app" in p.out, p.out
+        eq([x.accepted for x in strays], [0] * len(strays), "connections made to strangers' sockets")
+    finally:
+        for x in [app] + strays:
+            x.close()
 
 
 @case

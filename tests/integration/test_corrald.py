@@ -14,7 +14,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, wait_for, eq, Skip  # noqa: E402
+from tap import case, diag, main, wait_for, eq, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, HELLO, TWORKER, finish, free_port, http_get,  # noqa: E402
                     listening, pid_alive, proc_environ, slot, status, wait_status)
 
@@ -644,6 +644,89 @@ def recycle_max_rss_replaces_a_bloated_worker():
         c.assert_logged(r"recycling worker 0 \(pid %d\): RSS \d+ MiB exceeds recycle.max_rss_mb=40" % first)
         c.assert_logged(r"worker 0 \(pid %d\) exited" % first)
         eq(c.count("unexpectedly"), 0, "recycling is not a failure")
+    finally:
+        finish(c, n)
+
+
+@case
+def recycle_max_age_replaces_every_slot_one_at_a_time():
+    """recycle.max_age_ms: each slot's worker is replaced once it is that
+    old (plus jitter), gracefully, never two replacements starting at
+    once, and no request fails."""
+    port, n_slots = free_port(), 3
+    life = os.path.join(TMP, "age.life")
+    path = config("age", workers=n_slots, listen=["127.0.0.1:%d" % port], exec=TWORKER + ["serve"],
+                  recycle={"max_age_ms": 1500}, restart={"limit": 100})
+    c, n = run(["-c", path], env={"CORRAL_TEST_LIFELOG": life})
+    stop, counts, errors = threading.Event(), {"ok": 0, "bad": 0}, []
+
+    def load():
+        while not stop.is_set():
+            try:
+                code = http_get(port, timeout=10)[0]
+                counts["ok" if code == 200 else "bad"] += 1
+            except OSError as e:
+                counts["bad"] += 1
+                errors.append(repr(e))
+    t = threading.Thread(target=load, daemon=True)
+    try:
+        n.wait("READY", "1")
+        first = {x["id"]: x["pid"] for x in status(c)["slots"]}
+        t.start()
+        seen = {i: {p} for i, p in first.items()}
+        most_incoming = [0]
+
+        def replaced_twice(s):
+            most_incoming[0] = max(most_incoming[0], len(s.get("incoming") or []))
+            for x in s["slots"]:
+                if x["pid"] is not None and x["state"] == "ready":
+                    seen[x["id"]].add(x["pid"])
+            return all(len(p) >= 3 for p in seen.values())
+        s = wait_status(c, replaced_twice, 40, "every slot's worker replaced twice")
+        stop.set()
+        t.join(30)
+        assert most_incoming[0] <= 1, "at most one replacement starting at a time, saw %d" % most_incoming[0]
+        eq([x["restarts"] for x in s["slots"]], [0] * n_slots, "recycling is not a failure")
+        eq(s["generation"], 1, "no reload happened")
+        eq(counts["bad"], 0, "failed requests (%d served): %s" % (counts["ok"], errors[:5]))
+        assert counts["ok"] > 0, "requests were served"
+        # The workers' own account: a worker's start up to its READY=1 never
+        # overlaps another's, once the first generation is up.
+        starting, initial, replacements = set(), set(first.values()), 0
+        with open(life) as f:
+            for line in f:
+                what, pid, _ = line.split()
+                if what == "spawn" and int(pid) not in initial:
+                    assert not starting, "pid %s started while %s was starting" % (pid, sorted(starting))
+                    starting.add(pid)
+                    replacements += 1
+                elif what == "ready":
+                    starting.discard(pid)
+        assert replacements >= 2 * n_slots, "the workers saw %d replacements" % replacements
+        diag("%d requests served while %d workers were replaced" % (counts["ok"], replacements))
+        assert not c.count("unexpectedly"), "no failure logged\n" + c.output()
+    finally:
+        stop.set()
+        finish(c, n)
+
+
+@case
+def recycle_turned_on_by_a_reload():
+    """The recycle timer was armed at start only: a reload that set a
+    recycle key did nothing until corrald restarted."""
+    keys = dict(workers=1, exec=[HELLO], listen=["127.0.0.1:%d" % free_port()])
+    path = config("agereload", **keys)
+    c, n = run(["-c", path])
+    try:
+        n.wait("READY", "1")
+        config("agereload", recycle={"max_age_ms": 1000}, **keys)
+        c.signal(signal.SIGHUP)
+        s = wait_status(c, lambda s: s["generation"] == 2 and slot(s, 0)["state"] == "ready" and
+                        not s.get("incoming") and not s.get("leaving"), 20, "the reload done")
+        reloaded = slot(s, 0)["pid"]
+        s = wait_status(c, lambda s: slot(s, 0)["state"] == "ready" and slot(s, 0)["pid"] != reloaded, 20,
+                        "the reloaded worker recycled by age")
+        eq((s["generation"], slot(s, 0)["restarts"]), (2, 0), "a recycle, not a reload or a failure")
     finally:
         finish(c, n)
 

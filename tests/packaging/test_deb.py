@@ -41,6 +41,8 @@ EXPECTED = [
     "/usr/share/man/man8/corrald.8.gz",
     "/usr/share/man/man1/corralctl.1.gz",
     "/usr/share/man/man5/corral.json.5.gz",
+    "/usr/share/bash-completion/completions/corrald",
+    "/usr/share/bash-completion/completions/corralctl",
     "/usr/share/doc/corral/examples/app.socket",
     "/usr/share/doc/corral/examples/app.service",
     "/usr/share/doc/corral/examples/app.json",
@@ -300,6 +302,11 @@ def installs_in_a_systemd_sandbox(ctx):
     # (/lib is /usr/lib on a merged-/usr system.)
     assert "/usr/bin/corrald" in installed and {UNITDIR + "/corral@.service", "/usr" + UNITDIR + "/corral@.service"} & installed, \
         "the file list does not see the installed files: %s" % sorted(installed)
+    # bash-completion loads /usr/share/bash-completion/completions/NAME for
+    # NAME on first use; the installed file must work there as it is.
+    r = sb.run(["bash", "-c", "source /usr/share/bash-completion/completions/corralctl && "
+                "COMP_WORDS=(corralctl st) COMP_CWORD=1 && _corralctl && echo \"${COMPREPLY[*]}\""])
+    eq(r.stdout.strip(), "status", "installed corralctl completion")
     ctx["installed"] = True
 
 

@@ -170,7 +170,7 @@ static void test_all_keys(void **state) {
                            "  'stop': { 'signal': 'SIGINT', 'timeout_ms': 2500 },"
                            "  'restart': { 'limit': 3, 'window_ms': 5000, 'backoff_ms': [50, 800], 'on_giveup': 'stay' },"
                            "  'watchdog_ms': 3000,"
-                           "  'recycle': { 'max_requests': 1000, 'max_rss_mb': 512 },"
+                           "  'recycle': { 'max_requests': 1000, 'max_rss_mb': 512, 'max_age_ms': 3600000 },"
                            "  'reload': { 'max_surge': 2 },"
                            "  'control': '/run/corral/web.sock' }");
         Config *c = t->c;
@@ -214,6 +214,7 @@ static void test_all_keys(void **state) {
         assert_u64_eq(c->watchdog_ms, 3000);
         assert_u64_eq(c->recycle_max_requests, 1000);
         assert_u64_eq(c->recycle_max_rss_mb, 512);
+        assert_u64_eq(c->recycle_max_age_ms, 3600000);
         assert_int_eq(c->reload_max_surge, 2);
         assert_string_equal(c->control, "/run/corral/web.sock");
 }
@@ -256,7 +257,8 @@ static void test_range_limits_accepted(void **state) {
         T *t = *state;
         assert_build_ok(t, "{" EXEC ", 'workers': 1, 'restart': {'limit': 1, 'window_ms': 1, 'backoff_ms': [0, 0]},"
                            " 'ready': {'timeout_ms': 0}, 'stop': {'timeout_ms': 1}, 'watchdog_ms': 0,"
-                           " 'recycle': {'max_requests': 0, 'max_rss_mb': 0}, 'reload': {'max_surge': 1}}");
+                           " 'recycle': {'max_requests': 0, 'max_rss_mb': 0, 'max_age_ms': 0}, 'reload': {'max_surge': 1}}");
+        assert_u64_eq(t->c->recycle_max_age_ms, 0);
         assert_int_eq(t->c->workers, 1);
         assert_int_eq(t->c->restart_limit, 1);
         assert_u64_eq(t->c->restart_window_ms, 1);
@@ -306,6 +308,7 @@ static void test_defaults(void **state) {
         assert_u64_eq(c->watchdog_ms, 0);
         assert_u64_eq(c->recycle_max_requests, 0);
         assert_u64_eq(c->recycle_max_rss_mb, 0);
+        assert_u64_eq(c->recycle_max_age_ms, 0);
         assert_int_eq(c->reload_max_surge, 1);
         assert_null(c->control);
 }
@@ -433,6 +436,17 @@ static void test_integer_key_errors(void **state) {
         /* A representative set, exactly. */
         assert_build_error(t, "{" EXEC ", 'recycle': {'max_rss_mb': 4294967297}}",
                            "recycle.max_rss_mb: expected an integer between 0 and 4294967296, got 4294967297");
+        /* recycle.max_age_ms: 0 is off; below a second is a restart loop. */
+        assert_build_ok(t, "{" EXEC ", 'recycle': {'max_age_ms': 1000}}");
+        assert_u64_eq(t->c->recycle_max_age_ms, 1000);
+        assert_build_error(t, "{" EXEC ", 'recycle': {'max_age_ms': 999}}",
+                           "recycle.max_age_ms: expected 0 (off) or an integer >= 1000 (milliseconds), got 999");
+        assert_build_error(t, "{" EXEC ", 'recycle': {'max_age_ms': 1}}",
+                           "recycle.max_age_ms: expected 0 (off) or an integer >= 1000 (milliseconds), got 1");
+        assert_build_error(t, "{" EXEC ", 'recycle': {'max_age_ms': -1000}}",
+                           "recycle.max_age_ms: expected an integer >= 0, got -1000");
+        assert_build_error(t, "{" EXEC ", 'recycle': {'max_age_ms': '1h'}}",
+                           "recycle.max_age_ms: expected an integer >= 0, got \"1h\"");
         assert_build_error(t, "{" EXEC ", 'reload': {'max_surge': 4097}}",
                            "reload.max_surge: expected an integer between 1 and 4096, got 4097");
         assert_build_error_has(t, "{" EXEC ", 'stop': {'timeout_ms': 0}}", ", got 0");

@@ -292,9 +292,46 @@ static void test_ratelimit_time_zero_and_zero_burst(void **state) {
         assert_int_eq(sup, 1);
 }
 
+/* ---- recycle.max_age_ms -------------------------------------------------- */
+
+static void test_recycle_age_deadline_bounds_and_spread(void **state) {
+        const uint64_t start = 5000000, age = 1500000;   /* 1.5 s, as the integration test */
+        uint64_t lo = UINT64_MAX, hi = 0;
+        unsigned buckets[10] = { 0 };
+
+        /* Neighbouring pids: the draws must not cluster. */
+        for (uint64_t pid = 1000; pid < 3000; pid++) {
+                uint64_t d = recycle_age_deadline(start, age, pid);
+                assert_true(d >= start + age);
+                assert_true(d < start + age + age / 10);
+                lo = d < lo ? d : lo;
+                hi = d > hi ? d : hi;
+                buckets[(d - start - age) * 10 / (age / 10)]++;
+                /* The same worker, the same deadline, at every check. */
+                assert_u64_eq(recycle_age_deadline(start, age, pid), d);
+        }
+        /* Nearly the whole window is used, and every tenth of it gets a
+         * fair share (200 expected each). */
+        assert_true(hi - lo > age / 10 * 9 / 10);
+        for (unsigned i = 0; i < 10; i++)
+                assert_true(buckets[i] > 100 && buckets[i] < 300);
+}
+
+static void test_recycle_age_deadline_small_and_large(void **state) {
+        /* Under 10 us there is no room for jitter: exactly max_age. */
+        assert_u64_eq(recycle_age_deadline(7, 9, 12345), 16);
+        assert_u64_eq(recycle_age_deadline(0, 0, 1), 0);
+        /* The largest value config.c accepts does not overflow. */
+        uint64_t age = (1ULL << 52) * 1000, start = 1ULL << 40;
+        uint64_t d = recycle_age_deadline(start, age, 99);
+        assert_true(d >= start + age && d < start + age + age / 10);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test(test_backoff_doubling_and_cap),
+                cmocka_unit_test(test_recycle_age_deadline_bounds_and_spread),
+                cmocka_unit_test(test_recycle_age_deadline_small_and_large),
                 cmocka_unit_test(test_backoff_n_zero),
                 cmocka_unit_test(test_backoff_min_equals_max),
                 cmocka_unit_test(test_backoff_min_zero),

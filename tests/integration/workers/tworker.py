@@ -2,7 +2,10 @@
 """A configurable test worker for corral's integration tests.
 
 Usage: tworker.py MODE [ARGS]; behaviour by mode:
-  serve          HTTP server on fd 3 (LISTEN_FDS), READY=1, graceful on SIGTERM
+  serve          HTTP server on fd 3 (LISTEN_FDS), READY=1, graceful on SIGTERM; with
+                 CORRAL_TEST_LIFELOG=FILE it appends "spawn PID SLOT" when it starts and
+                 "ready PID SLOT" just before READY=1, so a test can tell which workers
+                 were starting at the same time
   dump FILE      write env + /proc/self/fd listing as JSON to FILE.<pid>, READY=1, wait
   exit CODE      exit with CODE right away (after an optional READY=1 if READY_FIRST=1)
   never-ready    run forever without READY=1
@@ -37,7 +40,17 @@ def notify(msg):
     s.close()
 
 
+def lifelog(what):
+    path = os.environ.get("CORRAL_TEST_LIFELOG")
+    if path:
+        # One O_APPEND write per line: lines of concurrent workers never mix.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(fd, ("%s %d %s\n" % (what, os.getpid(), os.environ.get("CORRAL_WORKER_ID"))).encode())
+        os.close(fd)
+
+
 def serve():
+    lifelog("spawn")
     class H(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
@@ -63,6 +76,7 @@ def serve():
     def stop(*_):
         threading.Thread(target=srv.shutdown).start()
     signal.signal(signal.SIGTERM, stop)
+    lifelog("ready")
     notify("READY=1\nSTATUS=serving")
     srv.serve_forever(poll_interval=0.05)
     srv.server_close()      # joins request threads: in-flight requests finish
