@@ -48,6 +48,8 @@ EXPECTED = [
     "/usr/share/doc/corral/examples/app.json",
     "/usr/share/doc/corral/examples/corral-metrics.socket",
     "/usr/share/doc/corral/examples/corral-metrics@.service",
+    "/usr/share/doc/corral/examples/node-worker.js",
+    "/usr/share/doc/corral/node.md.gz",   # dh_compress: over 4 KiB
     "/usr/share/doc/corral/copyright",
     "/usr/share/doc/corral/changelog.gz",
 ]
