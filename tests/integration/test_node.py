@@ -138,6 +138,22 @@ def messages_reach_process_on_message_and_go_between_workers():
 
 
 @case
+def ip_hash_keeps_each_client_on_one_node_worker():
+    c, n, port = start("ip-hash", workers=3)
+    try:
+        homes = {}
+        for i in range(2, 8):
+            client = "127.0.0.%d" % i
+            seen = {http_get(port, source=client)[1]["x-worker"] for _ in range(10)}
+            eq(len(seen), 1, "all 10 requests of %s on one slot: %r" % (client, seen))
+            homes[client] = seen.pop()
+        diag("slots of 6 clients: %r" % homes)
+        eq(sum(x["handed"] for x in status(c)["slots"]), 60, "every connection handed over the Node channel")
+    finally:
+        finish(c, n)
+
+
+@case
 def notify_line_readiness_gates_a_rolling_reload():
     c, n, port = start("round-robin", env={"READY_DELAY_MS": "1500"})
     try:

@@ -59,8 +59,9 @@ def free_port():
     return port
 
 
-def http_get(port, path="/", timeout=10, host="127.0.0.1", unix=None):
-    """One request on a fresh connection to host:port, or to the unix
+def http_get(port, path="/", timeout=10, host="127.0.0.1", unix=None, source=None):
+    """One request on a fresh connection to host:port (from address
+    `source`, e.g. 127.0.0.2: all of 127/8 is loopback), or to the unix
     socket at `unix`; returns (status, headers, body)."""
     if unix:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -71,7 +72,8 @@ def http_get(port, path="/", timeout=10, host="127.0.0.1", unix=None):
             s.close()
             raise
     else:
-        s = socket.create_connection((host, port), timeout=timeout)
+        s = socket.create_connection((host, port), timeout=timeout,
+                                     source_address=(source, 0) if source else None)
     try:
         s.sendall(("GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path).encode())
         data = b""
