@@ -13,9 +13,21 @@
 #include "upgrade.h"
 #include "util.h"
 
-static void add_number_or_null(cJSON *o, const char *key, double v, bool valid) {
+/* A whole number, as a raw item: cJSON prints a number with
+ * sprintf("%1.15g") and checks it with sscanf(), which with 2,000 workers
+ * (14 numbers each) was most of what status cost. */
+static void add_uint(cJSON *o, const char *key, uint64_t v) {
+        char buf[24], *p = buf + sizeof(buf);
+        *--p = 0;
+        do
+                *--p = (char) ('0' + v % 10);
+        while ((v /= 10));
+        cJSON_AddRawToObject(o, key, p);
+}
+
+static void add_number_or_null(cJSON *o, const char *key, uint64_t v, bool valid) {
         if (valid)
-                cJSON_AddNumberToObject(o, key, v);
+                add_uint(o, key, v);
         else
                 cJSON_AddNullToObject(o, key);
 }
@@ -27,30 +39,33 @@ static cJSON *describe_worker(const Worker *w, const Slot *s, const char *state,
         ProcStats ps;
         bool alive = w && w->pid > 0;
         bool stats = alive && procfs_read_stats(w->pid, &ps) >= 0;
-        cJSON_AddNumberToObject(o, "id", s ? slot_id(s) : w->id);
+        add_uint(o, "id", s ? slot_id(s) : w->id);
         cJSON_AddStringToObject(o, "state", state);
         add_number_or_null(o, "pid", alive ? w->pid : 0, alive);
         add_number_or_null(o, "generation", w ? w->generation : 0, w != NULL);
-        add_number_or_null(o, "uptime_ms", w ? (double) ((now - w->start_usec) / USEC_PER_MSEC) : 0, w != NULL);
-        cJSON_AddNumberToObject(o, "restarts", s ? slot_restarts(s) : 0);
-        add_number_or_null(o, "cpu_ms", stats ? (double) ps.cpu_ms : 0, stats);
-        add_number_or_null(o, "rss_kb", stats ? (double) ps.rss_kb : 0, stats);
+        add_number_or_null(o, "uptime_ms", w ? ((now - w->start_usec) / USEC_PER_MSEC) : 0, w != NULL);
+        add_uint(o, "restarts", s ? slot_restarts(s) : 0);
+        add_number_or_null(o, "cpu_ms", stats ? ps.cpu_ms : 0, stats);
+        add_number_or_null(o, "rss_kb", stats ? ps.rss_kb : 0, stats);
         bool handing = w && handoff;
-        add_number_or_null(o, "connections", handing ? (double) handoff_open(w) : 0, handing && w->reports_closes);
-        add_number_or_null(o, "handed", handing ? (double) w->handed : 0, handing);
+        add_number_or_null(o, "connections", handing ? handoff_open(w) : 0, handing && w->reports_closes);
+        add_number_or_null(o, "handed", handing ? w->handed : 0, handing);
         /* Hand-offs it has not read (SPEC §5: at most IPC_INFLIGHT_MAX), and
          * whether it gets none for now, having left them unread. */
-        add_number_or_null(o, "unread", handing && w->ipc ? (double) ipc_inflight(w->ipc) : 0, handing && w->ipc);
+        add_number_or_null(o, "unread", handing && w->ipc ? ipc_inflight(w->ipc) : 0, handing && w->ipc);
         if (handing) {
                 cJSON_AddBoolToObject(o, "stalled", w->stalled_until && now_usec() < w->stalled_until);
                 /* docs/protocol.md, "At your fd limit". */
-                cJSON_AddNumberToObject(o, "fd_limit_reports", (double) w->fd_limit_reports);
-                cJSON_AddNumberToObject(o, "fd_limit_lost", (double) w->fd_limit_lost);
+                add_uint(o, "fd_limit_reports", w->fd_limit_reports);
+                add_uint(o, "fd_limit_lost", w->fd_limit_lost);
         }
         if (w && w->host) {
-                cJSON_AddNumberToObject(o, "messages_dropped", (double) (w->ipc ? w->ipc->dropped : 0));
+                /* Its channel hit EOF (it closed CORRAL_IPC_FD): it gets no
+                 * hand-off and no message any more. */
+                cJSON_AddBoolToObject(o, "channel", w->ipc && w->ipc->open);
+                add_uint(o, "messages_dropped", w->ipc ? w->ipc->dropped : 0);
                 /* SPEC §6: malformed lines are counted; this is where the count shows. */
-                cJSON_AddNumberToObject(o, "messages_malformed", (double) (w->ipc ? w->ipc->malformed : 0));
+                add_uint(o, "messages_malformed", w->ipc ? w->ipc->malformed : 0);
         }
         if (w && w->status[0])
                 cJSON_AddStringToObject(o, "status", w->status);
@@ -105,6 +120,7 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
                 cJSON_AddNumberToObject(k, "handoffs_retried", (double) m->handoff.n_retried);
                 cJSON_AddNumberToObject(k, "handoffs_taken_back", (double) m->handoff.n_taken_back);
                 cJSON_AddNumberToObject(k, "handoffs_lost", (double) m->handoff.n_lost);
+                cJSON_AddNumberToObject(k, "held", (double) handoff_held(&m->handoff));
                 cJSON_AddNumberToObject(k, "accept_errors", (double) m->handoff.n_accept_errors);
         }
 
