@@ -388,6 +388,15 @@ static int parse_line(const char *line, size_t len, Direction dir, IpcMessage *r
                 *ret = m;
                 return 0;
         }
+        /* Node's answer to every hand-off (ipc "node"), as it writes it. */
+        static const char ack[] = "{\"cmd\":\"NODE_HANDLE_ACK\"}";
+        if (dir == FROM_WORKER && len == sizeof(ack) - 1 && memcmp(line, ack, len) == 0) {
+                m.type = IPC_MSG_NODE;
+                m.cmd = line + 8;
+                m.cmd_len = strlen("NODE_HANDLE_ACK");
+                *ret = m;
+                return 0;
+        }
 
         skip_ws(&s);
         if (!at(&s, '{')) {
