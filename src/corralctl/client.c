@@ -306,3 +306,35 @@ int client_call(Client *c, const cJSON *request, uint64_t timeout_usec, client_p
                         return r;
         }
 }
+
+static bool is_busy(const cJSON *result) {
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(result, "code");
+        return cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(result, "ok")) && cJSON_IsString(code) &&
+               strcmp(code->valuestring, "busy") == 0;
+}
+
+int client_request(const char *path, uint64_t timeout_usec, const cJSON *request, client_progress_t progress,
+                   void *userdata, cJSON **ret_result) {
+        uint64_t deadline = now_usec() + timeout_usec;
+        for (unsigned attempt = 0;; attempt++) {
+                _cleanup_client_free_ Client *c = NULL;
+                cJSON *result = NULL;
+                uint64_t now = now_usec();
+                if (now >= deadline)
+                        return -ETIMEDOUT;
+                int r = client_connect(path, deadline - now, &c);
+                if (r < 0)
+                        return r;
+                r = client_call(c, request, deadline - now_usec(), progress, userdata, &result);
+                if (r < 0)
+                        return r;
+                /* Spread the retries of many clients refused together. */
+                uint64_t pause = (10 + (uint64_t) (getpid() + attempt * 7) % 30) * USEC_PER_MSEC;
+                if (!is_busy(result) || now_usec() + pause >= deadline) {
+                        *ret_result = result;
+                        return 0;
+                }
+                cJSON_Delete(result);
+                sleep_usec(pause);
+        }
+}

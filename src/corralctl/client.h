@@ -55,3 +55,10 @@ void client_set_interrupt(Client *c, volatile sig_atomic_t *flag);
  * CLIENT_LINE_MAX); -EINTR (see client_set_interrupt); -ENOMEM; -errno. */
 int client_call(Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
                 void *userdata, cJSON **ret_result);
+
+/* Connect to path and make one request, as client_connect() and
+ * client_call(). When corrald answers "busy" (all its control connections
+ * have a request in progress), try again on a new connection after
+ * 10-40 ms, until the deadline; then that answer is the result. */
+int client_request(const char *path, uint64_t timeout_usec, const cJSON *request, client_progress_t progress,
+                   void *userdata, cJSON **ret_result);

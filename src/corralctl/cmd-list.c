@@ -14,12 +14,8 @@
 #include "util.h"
 
 int ctl_call_path(const char *path, const cJSON *req, cJSON **ret) {
-        _cleanup_client_free_ Client *c = NULL;
         cJSON *res = NULL;
-        int r = client_connect(path, CTL_LIST_TIMEOUT_USEC, &c);
-        if (r < 0)
-                return r;
-        r = client_call(c, req, CTL_LIST_TIMEOUT_USEC, NULL, NULL, &res);
+        int r = client_request(path, CTL_LIST_TIMEOUT_USEC, req, NULL, NULL, &res);
         if (r < 0)
                 return r;
         if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "ok"))) {

@@ -171,10 +171,9 @@ int ctl_connect(Ctl *ctl, Client **ret) {
         return 0;
 }
 
-int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
-             void *userdata, cJSON **ret_result) {
-        cJSON *result = NULL;
-        int r = client_call(c, request, timeout_usec, progress, userdata, &result);
+/* The result of a call (client_call(), client_request()): ok, or the
+ * error printed, with the exit code it means. */
+static int ctl_result(Ctl *ctl, int r, cJSON *result, cJSON **ret_result) {
         if (r == -ENOMEM)
                 return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
         if (r < 0)
@@ -194,13 +193,21 @@ int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, c
         return CTL_EXIT_OK;
 }
 
+int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
+             void *userdata, cJSON **ret_result) {
+        cJSON *result = NULL;
+        int r = client_call(c, request, timeout_usec, progress, userdata, &result);
+        return ctl_result(ctl, r, result, ret_result);
+}
+
 int ctl_request(Ctl *ctl, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
                 void *userdata, cJSON **ret_result) {
-        _cleanup_client_free_ Client *c = NULL;
-        int r = ctl_connect(ctl, &c);
+        cJSON *result = NULL;
+        int r = ctl_resolve(ctl);
         if (r != 0)
                 return r;
-        return ctl_call(ctl, c, request, timeout_usec, progress, userdata, ret_result);
+        r = client_request(ctl->path, timeout_usec, request, progress, userdata, &result);
+        return ctl_result(ctl, r, result, ret_result);
 }
 
 int ctl_request_plain(Ctl *ctl, const char *command, char **args, cJSON **ret_result) {

@@ -556,7 +556,16 @@ static void conn_start(ControlConn *c) {
                 if (ratelimit_below(&s->refuse_log, now_usec(), NULL))
                         log_warning("control: refused a client (pid %d): %u connections, each with a request in progress",
                                     (int) c->pid, s->n_conns - 1);
-                send_simple(c, "result", false, "error", "too many control connections");
+                /* "busy": corralctl tries again shortly (a scrape storm). */
+                cJSON *o = cJSON_CreateObject();
+                if (o) {
+                        cJSON_AddStringToObject(o, "type", "result");
+                        cJSON_AddBoolToObject(o, "ok", false);
+                        cJSON_AddStringToObject(o, "code", "busy");
+                        cJSON_AddStringToObject(o, "error", "too many control connections");
+                        conn_send(c, o);
+                        cJSON_Delete(o);
+                }
                 conn_close(c);
                 return;
         }

@@ -7,11 +7,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, finish, free_port, http_get,  # noqa: E402
-                    shipped_unit, status, wait_status)
+                    shipped_unit, slot, status, wait_status)
 from sandbox import Sandbox  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-fleet-")
@@ -160,6 +161,74 @@ def metrics_in_the_prometheus_format_for_one_instance_or_all():
     finally:
         for c, n in instances:
             finish(c, n)
+
+
+@case
+def metrics_after_a_crash_a_reload_and_a_give_up_pass_promtool():
+    flag = os.path.join(TMP, "fail-%d" % free_port())
+    script = os.path.join(TMP, "maybe-fail-%d.sh" % free_port())
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\n[ -e "%s" ] && exit 3\nexec "%s"\n' % (flag, HELLO))
+    os.chmod(script, 0o755)
+    c, n, port, path = start(exec=[script], restart={"limit": 2, "window_ms": 60000, "backoff_ms": [10, 20],
+                                                      "on_giveup": "stay"})
+    try:
+        victim = slot(status(c), 0)["pid"]
+        os.kill(victim, signal.SIGKILL)
+        wait_status(c, lambda s: slot(s, 0)["restarts"] == 1 and s["ready"] == 2, 20, "the crash to be replaced")
+        eq(ctl(c, "reload").returncode, 0, "a reload")
+        # From now on every new worker fails at once: with both killed, the
+        # instance gives up (and stays).
+        open(flag, "w").close()
+        for w in status(c)["slots"]:
+            os.kill(w["pid"], signal.SIGKILL)
+        wait_status(c, lambda s: s["state"] == "gave-up", 30, "the instance to give up")
+        m = ctl(c, "metrics")
+        eq(m.returncode, 0, "metrics: " + m.stderr)
+        promtool_check(m.stdout)
+        name = status(c)["instance"]
+        eq(sample(m.stdout, "corral_gave_up", instance=name), 1, "gave up")
+        eq(sample(m.stdout, "corral_reloads_total", instance=name, result="done"), 1, "the reload")
+        assert sample(m.stdout, "corral_worker_restarts_total", instance=name, slot="0") >= 1, "the crash"
+    finally:
+        finish(c, n)
+
+
+@case
+def six_hundred_workers_and_a_scrape_storm():
+    """Metrics and health within 50 ms with 600 workers (corralctl's whole
+    run: exec, connect, answer, format), and 100 scrapes at once: every one
+    answered (corrald answers "busy" past 64 connections in progress and
+    corralctl tries again), and status still answers meanwhile."""
+    sanitized = os.environ.get("CORRAL_SANITIZED") == "1"
+    c, n, port, path = start(exec=["/bin/sh", "-c", "exec sleep 3600"], workers=600, ready={"mode": "spawn"})
+    try:
+        wait_status(c, lambda s: s["ready"] == 600, 120, "600 ready workers")
+
+        def timed(*args):
+            t0 = time.monotonic()
+            r = ctl(c, *args)
+            return time.monotonic() - t0, r
+        for what in ("metrics", "health"):
+            runs = sorted(timed(what) for _ in range(7))
+            eq(runs[3][1].returncode, 0, what)
+            diag("%s with 600 workers: median %.1f ms" % (what, runs[3][0] * 1000))
+            limit = 0.05 if not sanitized else 0.4
+            assert runs[3][0] < limit, "%s took %.0f ms (limit %.0f ms)" % (what, runs[3][0] * 1000, limit * 1000)
+
+        storm = [subprocess.Popen([CORRALCTL, "-s", c.control, "metrics"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(100)]
+        worst = 0.0
+        while any(p.poll() is None for p in storm):
+            t0 = time.monotonic()
+            status(c, 30)
+            worst = max(worst, time.monotonic() - t0)
+        failed = [p.stderr.read() for p in storm if p.wait() != 0]
+        diag("status during 100 concurrent scrapes: worst %.0f ms" % (worst * 1000))
+        eq(failed, [], "every scrape answered")
+        assert worst < (2.0 if not sanitized else 8.0), "status took %.0f ms during the storm" % (worst * 1000)
+    finally:
+        finish(c, n)
 
 
 def http(port, path):
