@@ -458,6 +458,35 @@ static ControlConn *conn_new(ControlServer *s, uv_loop_t *loop) {
 
 static void conn_start(ControlConn *c);
 
+static void drop_connection(ControlServer *s);
+
+static void on_drop_closed(uv_handle_t *h) {
+        ControlServer *s = h->data;
+        s->drop_busy = false;
+        if (s->drop_pending) {
+                s->drop_pending = false;
+                drop_connection(s);
+        }
+}
+
+/* Out of memory for a client: accept it and close it at once, or libuv
+ * stops watching the listener until something is accepted. The handle
+ * lives in the server, as libuv uses it until its close callback (one on
+ * the stack was used after its frame was gone); one at a time, and the
+ * next waits for the close (uv_accept() then says EAGAIN when there is
+ * nothing left). */
+static void drop_connection(ControlServer *s) {
+        if (s->drop_busy) {
+                s->drop_pending = true;
+                return;
+        }
+        s->drop_busy = true;
+        uv_pipe_init(s->pipe.loop, &s->drop, 0);
+        s->drop.data = s;
+        (void) uv_accept((uv_stream_t *) &s->pipe, (uv_stream_t *) &s->drop);
+        uv_close((uv_handle_t *) &s->drop, on_drop_closed);
+}
+
 static void on_connection(uv_stream_t *server, int status) {
         ControlServer *s = server->data;
 
@@ -465,11 +494,7 @@ static void on_connection(uv_stream_t *server, int status) {
                 return;
         ControlConn *c = conn_new(s, server->loop);
         if (!c) {
-                /* Accept and drop, or the listener stays readable forever. */
-                uv_pipe_t tmp;
-                uv_pipe_init(server->loop, &tmp, 0);
-                if (uv_accept(server, (uv_stream_t *) &tmp) == 0)
-                        uv_close((uv_handle_t *) &tmp, NULL);
+                drop_connection(s);
                 return;
         }
         if (uv_accept(server, (uv_stream_t *) &c->pipe) < 0) {

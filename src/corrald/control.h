@@ -41,6 +41,8 @@ struct ControlServer {
         uv_timer_t sweep;          /* closes idle and half-sent connections */
         bool sweep_active;
         RateLimit evict_log, refuse_log;
+        uv_pipe_t drop;            /* accepts and closes a client we have no memory for */
+        bool drop_busy, drop_pending;
 };
 
 /* Work out the socket path of SPEC §7 for instance `name`: explicit
