@@ -257,8 +257,9 @@ int corral_add_listener(int fd);
  * corral_closed() sends at once. Then stop watching the fds of
  * corral_poll_fds(), take the kept connections with corral_next() or
  * corral_next_nonblock() (neither waits any more) until they return
- * -ESHUTDOWN, serve what you have and exit. Idempotent. Returns how many
- * connections are kept (>= 0), or a negative errno from sd_notify(). */
+ * -ESHUTDOWN, serve what you have and exit. Idempotent (STOPPING=1 is said
+ * once). Returns how many connections are kept (>= 0), or a negative
+ * errno from sd_notify(). */
 int corral_drain(void);
 
 #ifdef __cplusplus

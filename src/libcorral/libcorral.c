@@ -762,9 +762,9 @@ int corral_next_nonblock(unsigned *ret_listener) {
 }
 
 int corral_drain(void) {
-        int r = corral_stopping();
         if (ch.draining)
-                return r < 0 ? r : (int) ch.n_pending;
+                return (int) ch.n_pending;
+        int r = corral_stopping();
         ch.draining = true;
         ch.batching = false;
         ls.in_turn = false;
