@@ -2,24 +2,24 @@
  * world on libuv and libcorral. Copy it: everything a worker needs is here,
  * and nothing else.
  *
- * Where connections come from (SPEC §5), decided by what the master gave:
- *   - "shared" balance: listening sockets in LISTEN_FDS (corral_listen_fds(),
- *     exactly as systemd socket activation passes them). Every worker polls
- *     the same sockets and accepts ONE connection per wakeup, then yields
- *     the CPU and goes back to the loop, so that a busy worker does not
- *     drain the whole backlog while its siblings wait (see
- *     on_listener_readable() and bench/fairness.sh).
- *   - "round-robin" / "least-conn": no LISTEN_FDS, but CORRAL_IPC_FD; the
- *     master accepts and hands each connection over that channel, which
- *     <corral-uv.h> turns into accepted libuv handles. Every such connection
- *     is reported with corral_closed() when it ends, so least-conn knows our
- *     load. Messages from the master or other workers arrive on the same
- *     channel, in both modes, and are logged.
- *   - neither (run by hand): --listen ADDRESS binds its own sockets.
+ * Where connections come from (SPEC §5) is libcorral's business:
+ * corral_poll_fds() gives the fds to watch and corral_next_nonblock() the
+ * next connection, in any balance mode: accepted from the LISTEN_FDS
+ * sockets in "shared" balance (one connection per listener per wakeup, the
+ * fair way: a busy worker does not drain the backlog while its siblings
+ * wait; see take_connections() and bench/fairness.sh), handed off by the
+ * master over CORRAL_IPC_FD in "round-robin", "least-conn" and "ip-hash",
+ * or, run by hand, accepted from the sockets --listen ADDRESS binds. Every
+ * connection is reported with corral_closed() when it ends (the library
+ * reports only the handed-off ones, so least-conn knows our load), once
+ * per loop turn (corral_flush() before the loop waits). Messages from the
+ * master or other workers arrive on the channel in any mode and are
+ * logged.
  *
  * Lifecycle: READY=1 and STATUS= once serving, WATCHDOG=1 at half of
- * WATCHDOG_USEC, and on SIGTERM/SIGINT STOPPING=1 then a graceful stop:
- * stop accepting, close idle keep-alive connections, let requests in flight
+ * WATCHDOG_USEC, and on SIGTERM/SIGINT a graceful stop: corral_drain()
+ * (STOPPING=1, nothing new taken, the hand-offs already sent kept and
+ * served), close idle keep-alive connections, let requests in flight
  * finish with "Connection: close", give a connection accepted just before
  * the stop STOP_GRACE_MS to send its request, and exit 0 once the last
  * connection is gone.
@@ -57,7 +57,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <corral-uv.h>
 #include <corral.h>
 #include <systemd/sd-daemon.h>
 #include <uv.h>
@@ -82,8 +81,8 @@
 /* During a stop, how long a connection that has a request arriving (or
  * responses stuck in its socket) may take before we close it. */
 #define STOP_GRACE_MS 3000
-/* On EMFILE and friends, stop accepting for a moment instead of spinning on
- * a level-triggered listener we cannot drain. */
+/* On EMFILE and friends, stop watching the listeners for a moment instead
+ * of spinning on a level-triggered listener we cannot drain. */
 #define ACCEPT_PAUSE_MS 100
 /* Defaults of --header-timeout and --idle-timeout. A real client sends a
  * request head in milliseconds, and 10 s leaves room for a slow mobile
@@ -103,14 +102,19 @@ static const char bad_body[] = "Bad Request\n";
 
 typedef struct Server Server;
 
-typedef struct Listener {
+/* An fd of corral_poll_fds(): the channel or a listener. */
+typedef struct Source {
         uv_poll_t poll;
         Server *server;
         int fd;
-        bool is_unix;
-        bool polling;           /* poll handle initialised and not closed */
-        char *unlink_path;      /* a unix socket we bound ourselves */
-} Listener;
+        bool open;              /* poll handle initialised and not closed */
+} Source;
+
+/* A socket --listen bound (run by hand): ours to close, and to unlink. */
+typedef struct Bound {
+        int fd;
+        char *unlink_path;
+} Bound;
 
 typedef struct Conn {
         uv_stream_t *stream;    /* a malloc'ed uv_tcp_t or uv_pipe_t */
@@ -121,7 +125,6 @@ typedef struct Conn {
         struct Conn *prev, *next;
         unsigned pending_closes;
 
-        bool handed_off;        /* came from the master: report its close */
         bool reading;           /* uv_read_start() is in effect */
         bool writing;           /* a uv_write() of out[] is in flight */
         bool delayed;           /* the response to `pending` waits on timer */
@@ -141,11 +144,12 @@ typedef struct Conn {
 
 struct Server {
         uv_loop_t loop;
-        Listener *listeners;
-        size_t n_listeners;
-        CorralUv channel;       /* CORRAL_IPC_FD: hand-offs and messages */
-        bool channel_open, channel_reading;
-        uv_check_t drain;       /* during a stop: until the channel is read empty */
+        Source *sources;        /* what corral_poll_fds() gave */
+        size_t n_sources;
+        Bound *bound;
+        size_t n_bound;
+        bool shared;            /* we accept ourselves: yield after a turn */
+        uv_prepare_t flush;     /* close reports, once per loop turn */
         uv_signal_t sigterm, sigint;
         uv_timer_t watchdog, accept_pause;
         uv_timer_t sweep;       /* header and idle timeouts */
@@ -252,9 +256,9 @@ static void conn_unref(Conn *c) {
         if (--c->pending_closes > 0)
                 return;
         s->n_conns--;
-        /* least-conn counts our open connections from these reports. */
-        if (c->handed_off)
-                (void) corral_closed(1);
+        /* least-conn counts our open connections from these reports; the
+         * library drops those of connections it accepted itself. */
+        (void) corral_closed(1);
         free(c);
 }
 
@@ -531,20 +535,22 @@ static void conn_pump(Conn *c) {
 }
 
 /* Serve an accepted stream (initialised, open; owned by us from here). */
-static void conn_start(Server *s, uv_stream_t *stream, bool handed_off) {
+static void on_free_closed(uv_handle_t *h) {
+        free(h);
+}
+
+static void conn_start(Server *s, uv_stream_t *stream) {
         Conn *c = malloc(sizeof(*c));
 
         if (!c) {
-                uv_close((uv_handle_t *) stream, corral_uv_free_on_close);
-                if (handed_off)
-                        (void) corral_closed(1);
+                uv_close((uv_handle_t *) stream, on_free_closed);
+                (void) corral_closed(1);
                 return;
         }
         /* The buffers need no zeroing; skip 12 KiB of memset per accept. */
         memset(c, 0, offsetof(Conn, in));
         c->server = s;
         c->stream = stream;
-        c->handed_off = handed_off;
         stream->data = c;
         (void) uv_timer_init(&s->loop, &c->timer);
         c->timer.data = c;
@@ -559,7 +565,7 @@ static void conn_start(Server *s, uv_stream_t *stream, bool handed_off) {
         s->n_conns++;
         s->n_accepted++;
         conn_set_reading(c, true);
-        /* Handed off before our stop began, read from the channel after. */
+        /* Handed off before our stop began, kept by corral_drain(). */
         if (s->stopping && !c->closing)
                 conn_begin_stop(c);
 }
@@ -618,56 +624,73 @@ static void sweep_start(Server *s) {
         uv_unref((uv_handle_t *) &s->sweep);
 }
 
-/* ---- shared balance: accepting from listening sockets ------------------- */
+/* ---- taking connections, in any balance mode ------------------------------ */
 
-static void on_listener_readable(uv_poll_t *p, int status, int events);
-
-static void listener_release(Listener *l) {
-        /* Our copy only: the socket stays open in the other workers. */
-        close(l->fd);
-        l->fd = -1;
-        if (l->unlink_path)
-                (void) unlink(l->unlink_path);
-}
-
-static void on_listener_closed(uv_handle_t *h) {
-        listener_release(h->data);
-}
-
-static void listener_close(Listener *l) {
-        if (!l->polling)
+static void source_close(Source *src) {
+        if (!src->open)
                 return;
-        l->polling = false;
-        uv_close((uv_handle_t *) &l->poll, on_listener_closed);
+        src->open = false;
+        /* The fd is libcorral's (a listener or the channel): not closed. */
+        uv_close((uv_handle_t *) &src->poll, NULL);
 }
 
-static void listeners_poll(Server *s, bool on) {
-        for (size_t i = 0; i < s->n_listeners; i++)
-                if (s->listeners[i].polling) {
-                        if (on)
-                                (void) uv_poll_start(&s->listeners[i].poll, UV_READABLE, on_listener_readable);
-                        else
-                                (void) uv_poll_stop(&s->listeners[i].poll);
-                }
+static void sources_close(Server *s) {
+        for (size_t i = 0; i < s->n_sources; i++)
+                source_close(&s->sources[i]);
+}
+
+/* After an error the library may have dropped a source (a listener that
+ * failed, the channel the master closed): stop watching what it no longer
+ * lists. */
+static void sources_sync(Server *s) {
+        int fds[64];
+        int n = corral_poll_fds(fds, sizeof(fds) / sizeof(fds[0]));
+
+        for (size_t i = 0; i < s->n_sources; i++) {
+                bool listed = false;
+                for (int k = 0; k < n && k < (int) (sizeof(fds) / sizeof(fds[0])); k++)
+                        listed = listed || fds[k] == s->sources[i].fd;
+                if (!listed)
+                        source_close(&s->sources[i]);
+        }
+}
+
+static void on_source_readable(uv_poll_t *p, int status, int events);
+
+/* Watch the listeners (not the channel) or stop for a while. */
+static void sources_pause(Server *s, bool pause) {
+        int channel = corral_ipc_fd();
+
+        for (size_t i = 0; i < s->n_sources; i++) {
+                Source *src = &s->sources[i];
+                if (!src->open || src->fd == channel)
+                        continue;
+                if (pause)
+                        (void) uv_poll_stop(&src->poll);
+                else
+                        (void) uv_poll_start(&src->poll, UV_READABLE, on_source_readable);
+        }
 }
 
 static void on_accept_resume(uv_timer_t *t) {
         Server *s = t->data;
 
         if (!s->stopping)
-                listeners_poll(s, true);
+                sources_pause(s, false);
 }
 
-/* Wrap an accepted fd in a libuv stream and serve it; closes it on failure. */
-static void serve_fd(Server *s, int fd, bool is_unix) {
+/* Wrap a connection in a libuv stream and serve it; closes it on failure. */
+static void serve_fd(Server *s, int fd) {
         uv_stream_t *stream;
-        int r;
+        int domain = 0, r;
+        socklen_t len = sizeof(domain);
 
-        if (is_unix) {
+        (void) getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+        if (domain == AF_UNIX) {
                 uv_pipe_t *p = malloc(sizeof(*p));
                 r = p ? uv_pipe_init(&s->loop, p, 0) : UV_ENOMEM;
                 if (r >= 0 && (r = uv_pipe_open(p, fd)) < 0)
-                        uv_close((uv_handle_t *) p, corral_uv_free_on_close);
+                        uv_close((uv_handle_t *) p, on_free_closed);
                 else if (r < 0)
                         free(p);
                 stream = (uv_stream_t *) p;
@@ -675,120 +698,114 @@ static void serve_fd(Server *s, int fd, bool is_unix) {
                 uv_tcp_t *t = malloc(sizeof(*t));
                 r = t ? uv_tcp_init(&s->loop, t) : UV_ENOMEM;
                 if (r >= 0 && (r = uv_tcp_open(t, fd)) < 0)
-                        uv_close((uv_handle_t *) t, corral_uv_free_on_close);
+                        uv_close((uv_handle_t *) t, on_free_closed);
                 else if (r < 0)
                         free(t);
                 stream = (uv_stream_t *) t;
         }
         if (r < 0) {
                 close(fd);
+                (void) corral_closed(1);
                 return;
         }
-        conn_start(s, stream, false);
+        conn_start(s, stream);
 }
 
-static void on_listener_readable(uv_poll_t *p, int status, int events) {
-        Listener *l = p->data;
-        Server *s = l->server;
-        int fd;
+/* Take what this wakeup has: every hand-off read, at most one connection
+ * per readable listener (libcorral's turn, SPEC §5). */
+static void take_connections(Server *s) {
+        unsigned taken = 0;
+
+        for (;;) {
+                int fd = corral_next_nonblock(NULL);
+
+                if (fd >= 0) {
+                        serve_fd(s, fd);
+                        taken++;
+                        continue;
+                }
+                switch (fd) {
+                case -EAGAIN:           /* this turn is over */
+                case -ESHUTDOWN:        /* stopping: the kept hand-offs are taken */
+                        break;
+                case -EMFILE:
+                case -ENFILE:
+                case -ENOBUFS:
+                case -ENOMEM:
+                        /* The connection stays queued, and the level-triggered
+                         * poll would spin: pause, and leave it to a sibling. */
+                        log_msg(LOG_WARNING, "accept: %s; pausing %d ms", strerror(-fd), ACCEPT_PAUSE_MS);
+                        sources_pause(s, true);
+                        uv_timer_start(&s->accept_pause, on_accept_resume, ACCEPT_PAUSE_MS, 0);
+                        break;
+                case -ECONNRESET:
+                        /* The master is gone: no connection will come. */
+                        sources_close(s);
+                        break;
+                default:
+                        log_msg(LOG_ERR, "Taking a connection failed, no longer serving that socket: %s",
+                                strerror(-fd));
+                        sources_sync(s);
+                        break;
+                }
+                break;
+        }
+        /* Fairness in shared balance, the second rule: give up the CPU
+         * after taking connections, so that a sibling woken by the same
+         * burst but waiting for a CPU runs now rather than after we took
+         * it all. bench/fairness.sh, 2 workers, wrk -c50 keep-alive, on a
+         * busy 2-CPU machine: busiest/idlest worker median 1.87 over 11
+         * runs with one accept per wakeup alone, 1.17 over 25 with both;
+         * it costs about 20% of the connection-per-request rate there. For
+         * an exact split, use round-robin or least-conn. */
+        if (taken > 0 && s->shared)
+                (void) sched_yield();
+}
+
+static void on_source_readable(uv_poll_t *p, int status, int events) {
+        Source *src = p->data;
 
         (void) events;
         if (status < 0) {
-                log_msg(LOG_ERR, "Polling a listener failed, no longer serving it: %s", uv_strerror(status));
-                listener_close(l);
+                log_msg(LOG_ERR, "Polling fd %d failed, no longer serving it: %s", src->fd, uv_strerror(status));
+                source_close(src);
                 return;
         }
-        /* Fairness in shared balance, two rules any worker can copy: one
-         * accept per wakeup (back to the loop, where a sibling woken by the
-         * same connections gets its chance at the next one), then give up
-         * the CPU, so that a sibling that was woken but waits for a CPU
-         * runs now rather than after we took the whole burst.
-         * bench/fairness.sh, 2 workers, wrk -c50 keep-alive, on a busy
-         * 2-CPU machine: busiest/idlest worker median 1.87 over 11 runs
-         * with the first rule alone, 1.17 over 25 with both; it costs
-         * about 20% of the connection-per-request rate there. For an exact
-         * split, use round-robin or least-conn. */
-        fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd >= 0) {
-                serve_fd(s, fd, l->is_unix);
-                (void) sched_yield();
-                return;
-        }
-        switch (errno) {
-        case EAGAIN:            /* a sibling took it */
-        case EINTR:
-        case ECONNABORTED:      /* accept(2): network errors of the new connection */
-        case EPROTO:
-        case ENOPROTOOPT:
-        case EHOSTDOWN:
-        case ENONET:
-        case EHOSTUNREACH:
-        case ENETDOWN:
-        case ENETUNREACH:
-        case EOPNOTSUPP:
-        case ETIMEDOUT:
-                return;
-        case EMFILE:
-        case ENFILE:
-        case ENOBUFS:
-        case ENOMEM:
-                /* The connection stays queued, and the level-triggered
-                 * poll would spin: pause, and leave it to a sibling. */
-                log_msg(LOG_WARNING, "accept: %m; pausing %d ms", ACCEPT_PAUSE_MS);
-                listeners_poll(s, false);
-                uv_timer_start(&s->accept_pause, on_accept_resume, ACCEPT_PAUSE_MS, 0);
-                return;
-        default:
-                log_msg(LOG_ERR, "accept failed, no longer serving this listener: %m");
-                listener_close(l);
-                return;
-        }
+        take_connections(src->server);
 }
 
-/* ---- round-robin / least-conn: the master's channel ---------------------- */
-
-static void on_handoff(CorralUv *cu, uv_stream_t *client, unsigned listener_index) {
-        (void) listener_index;
-        conn_start(cu->data, client, true);
+/* Before the loop waits: the close reports of this turn, as one line. */
+static void on_flush(uv_prepare_t *h) {
+        (void) h;
+        (void) corral_flush();
 }
 
-static void on_message(CorralUv *cu, const CorralMessage *msg) {
-        (void) cu;
-        if (msg->from == CORRAL_CTL)
-                log_msg(LOG_INFO, "message from corralctl: %.*s", (int) (msg->data_len < 400 ? msg->data_len : 400), msg->data);
+static void on_message(const CorralMessage *msg, void *userdata) {
+        CorralPeer from;
+        int len = (int) (msg->data_len < 400 ? msg->data_len : 400);
+
+        (void) userdata;
+        if (corral_message_from(msg, &from) < 0)
+                return;
+        if (from.kind == CORRAL_PEER_CTL)
+                log_msg(LOG_INFO, "message from corralctl: %.*s", len, msg->data);
         else
-                log_msg(LOG_INFO, "message from worker %d: %.*s", msg->from, (int) (msg->data_len < 400 ? msg->data_len : 400),
-                        msg->data);
+                log_msg(LOG_INFO, "message from worker %u: %.*s", from.slot, len, msg->data);
 }
 
-/* Stop taking hand-offs, but keep the socket open: close reports of the
- * connections still being served go out on it until we exit. */
-static void channel_stop_reading(Server *s) {
-        if (!s->channel_reading)
-                return;
-        s->channel_reading = false;
-        uv_check_stop(&s->drain);
-        uv_read_stop((uv_stream_t *) &s->channel.pipe);
-}
-
-/* Bytes the master wrote that we have not read yet. */
-static int channel_unread(Server *s) {
-        int n = 0;
-        uv_os_fd_t fd;
-
-        if (uv_fileno((uv_handle_t *) &s->channel.pipe, &fd) < 0 || ioctl(fd, FIONREAD, &n) == -1)
-                return 0;
-        return n;
-}
-
-/* During a stop: the master hands no connection to a stopping worker, but
- * those it handed off before our SIGTERM may still sit unread in the
- * channel. Keep reading until it is empty, then close it. */
-static void on_drain_check(uv_check_t *h) {
-        Server *s = h->data;
-
-        if (s->channel.status < 0 || channel_unread(s) == 0)
-                channel_stop_reading(s);
+/* Close the sockets --listen bound (our copies) and unlink their paths. */
+static void bound_release(Server *s) {
+        for (size_t i = 0; i < s->n_bound; i++) {
+                Bound *b = &s->bound[i];
+                if (b->fd >= 0)
+                        close(b->fd);
+                b->fd = -1;
+                if (b->unlink_path) {
+                        (void) unlink(b->unlink_path);
+                        free(b->unlink_path);
+                        b->unlink_path = NULL;
+                }
+        }
 }
 
 /* ---- lifecycle ------------------------------------------------------------- */
@@ -802,19 +819,16 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
                         next = c->next;
                         conn_close(c);
                 }
-                channel_stop_reading(s);
                 return;
         }
         s->stopping = true;
-        (void) corral_stopping();
         log_msg(LOG_INFO, "%s: stopping, %zu connections open", strsignal(signum), s->n_conns);
+        /* STOPPING=1, nothing new taken, the hand-offs already sent kept. */
+        (void) corral_drain();
         uv_timer_stop(&s->accept_pause);
-        for (size_t i = 0; i < s->n_listeners; i++)
-                listener_close(&s->listeners[i]);
-        if (s->channel_reading) {
-                uv_check_start(&s->drain, on_drain_check);
-                on_drain_check(&s->drain);
-        }
+        sources_close(s);
+        bound_release(s);
+        take_connections(s);
         for (Conn *c = s->conns, *next; c; c = next) {
                 next = c->next;
                 conn_begin_stop(c);
@@ -830,49 +844,8 @@ static void on_watchdog(uv_timer_t *t) {
 
 /* ---- setup ----------------------------------------------------------------- */
 
-static int listeners_add(Server *s, int fd, bool is_unix, const char *unlink_path) {
-        Listener *n = realloc(s->listeners, (s->n_listeners + 1) * sizeof(*n));
-
-        if (!n)
-                return -ENOMEM;
-        s->listeners = n;
-        n[s->n_listeners++] = (Listener) { .server = s, .fd = fd, .is_unix = is_unix,
-                                           .unlink_path = unlink_path ? strdup(unlink_path) : NULL };
-        return 0;
-}
-
-/* Take the sockets passed in LISTEN_FDS. Returns how many, or -errno. */
-static int listeners_inherit(Server *s) {
-        int n = corral_listen_fds(NULL);
-
-        if (n < 0) {
-                log_msg(LOG_ERR, "Invalid LISTEN_FDS/LISTEN_PID: %s", strerror(-n));
-                return n;
-        }
-        for (int fd = CORRAL_LISTEN_FDS_START; fd < CORRAL_LISTEN_FDS_START + n; fd++) {
-                int domain = 0, fl;
-                socklen_t len = sizeof(domain);
-
-                if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0) {
-                        log_msg(LOG_WARNING, "fd %d is not a listening stream socket, ignoring it", fd);
-                        continue;
-                }
-                /* O_NONBLOCK is shared with every worker, which all need
-                 * it: a sibling may take the connection between our wakeup
-                 * and our accept. No listen(): it would reset the backlog. */
-                if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) == -1 ||
-                    (fl = fcntl(fd, F_GETFL)) == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1) {
-                        log_msg(LOG_ERR, "Setting up listening fd %d: %m", fd);
-                        return -errno;
-                }
-                if (listeners_add(s, fd, domain == AF_UNIX, NULL) < 0)
-                        return -ENOMEM;
-        }
-        return n;
-}
-
 /* Bind one --listen address (SPEC §2 syntax, as corrald parses it). */
-static int listeners_bind(Server *s, const char *spec) {
+static int listen_bind(Server *s, const char *spec) {
         ListenAddr a;
         const char *reason;
         int fd, one = 1;
@@ -898,9 +871,17 @@ static int listeners_bind(Server *s, const char *spec) {
                 close(fd);
                 return r;
         }
-        if (listeners_add(s, fd, is_unix, is_unix ? ((struct sockaddr_un *) &a.addr)->sun_path : NULL) < 0) {
+        Bound *n = realloc(s->bound, (s->n_bound + 1) * sizeof(*n));
+        if (!n) {
                 close(fd);
                 return -ENOMEM;
+        }
+        s->bound = n;
+        n[s->n_bound++] = (Bound) { fd, is_unix ? strdup(((struct sockaddr_un *) &a.addr)->sun_path) : NULL };
+        int r = corral_add_listener(fd);
+        if (r < 0) {
+                log_msg(LOG_ERR, "Cannot serve %s: %s", a.display, strerror(-r));
+                return r;
         }
         return 0;
 }
@@ -963,7 +944,9 @@ int main(int argc, char *argv[]) {
         static Server server;
         Server *s = &server;
         uint64_t watchdog_usec = 0;
-        int opt, r, n_inherited, ret = EXIT_FAILURE;
+        int opt, r, n_inherited, *fds = NULL, ret = EXIT_FAILURE;
+        size_t n_listeners;
+        bool channel;
 
         s->pid = getpid();
         s->slot = corral_worker_id();
@@ -1004,9 +987,12 @@ int main(int argc, char *argv[]) {
                 log_msg(LOG_ERR, "unexpected argument '%s'; see --help", argv[optind]);
                 goto out;
         }
-        n_inherited = listeners_inherit(s);
-        if (n_inherited < 0)
+        /* LISTEN_FDS (shared balance), checked by the library. */
+        n_inherited = corral_listen_fds(NULL);
+        if (n_inherited < 0) {
+                log_msg(LOG_ERR, "Invalid LISTEN_FDS/LISTEN_PID: %s", strerror(-n_inherited));
                 goto out;
+        }
         /* Second pass over the options (optind = 0 restarts getopt): only
          * --listen is left. */
         for (optind = 0; (opt = getopt_long(argc, argv, "l:h", options, NULL)) >= 0;)
@@ -1014,41 +1000,56 @@ int main(int argc, char *argv[]) {
                         continue;
                 else if (n_inherited > 0)
                         log_msg(LOG_WARNING, "Sockets were passed in LISTEN_FDS; ignoring --listen %s", optarg);
-                else if (listeners_bind(s, optarg) < 0)
+                else if (listen_bind(s, optarg) < 0)
                         goto out;
 
-        /* The master's channel, when there is one: hand-offs (round-robin,
-         * least-conn) and messages (any balance). */
-        r = corral_uv_start(&s->channel, &s->loop, on_handoff, on_message);
-        if (r >= 0) {
-                s->channel.data = s;
-                s->channel_open = s->channel_reading = true;
-                (void) uv_check_init(&s->loop, &s->drain);
-                s->drain.data = s;
-        } else if (r != -ENOENT)
+        r = corral_ipc_fd();
+        if (r < 0 && r != -ENOENT)
                 log_msg(LOG_WARNING, "Cannot read CORRAL_IPC_FD: %s", strerror(-r));
-        if (s->n_listeners == 0 && !s->channel_open) {
+        channel = r >= 0;
+        corral_set_message_handler(on_message, s);
+
+        /* What to watch: the master's channel (hand-offs and messages) and
+         * the listeners, whichever there are. */
+        r = corral_poll_fds(NULL, 0);
+        if (r < 0) {
+                log_msg(LOG_ERR, "Cannot set up the listening sockets: %s", strerror(-r));
+                goto out;
+        }
+        if (r == 0) {
                 log_msg(LOG_ERR, "Nothing to serve: no LISTEN_FDS, no CORRAL_IPC_FD, no --listen; see --help");
                 goto out;
         }
+        s->sources = calloc((size_t) r, sizeof(Source));
+        fds = calloc((size_t) r, sizeof(int));
+        if (!s->sources || !fds)
+                goto out;
+        s->n_sources = (size_t) corral_poll_fds(fds, (size_t) r);
+        n_listeners = s->n_sources - channel;
+        s->shared = n_listeners > 0;
+        for (size_t i = 0; i < s->n_sources; i++) {
+                Source *src = &s->sources[i];
 
-        for (size_t i = 0; i < s->n_listeners; i++) {
-                Listener *l = &s->listeners[i];
-
-                if ((r = uv_poll_init(&s->loop, &l->poll, l->fd)) < 0) {
-                        log_msg(LOG_ERR, "Cannot poll listening fd %d: %s", l->fd, uv_strerror(r));
+                *src = (Source) { .server = s, .fd = fds[i] };
+                if ((r = uv_poll_init(&s->loop, &src->poll, src->fd)) < 0) {
+                        log_msg(LOG_ERR, "Cannot poll fd %d: %s", src->fd, uv_strerror(r));
                         goto out;
                 }
-                l->poll.data = l;
-                l->polling = true;
+                src->poll.data = src;
+                src->open = true;
+                (void) uv_poll_start(&src->poll, UV_READABLE, on_source_readable);
         }
-        listeners_poll(s, true);
+        (void) uv_prepare_init(&s->loop, &s->flush);
+        if (channel) {
+                (void) uv_prepare_start(&s->flush, on_flush);
+                uv_unref((uv_handle_t *) &s->flush);
+        }
         (void) uv_timer_init(&s->loop, &s->accept_pause);
         s->accept_pause.data = s;
         sweep_start(s);
 
         /* These never keep the loop alive by themselves: it runs as long
-         * as listeners, the channel or connections do. */
+         * as the sources or connections do. */
         (void) uv_signal_init(&s->loop, &s->sigterm);
         (void) uv_signal_init(&s->loop, &s->sigint);
         s->sigterm.data = s->sigint.data = s;
@@ -1064,8 +1065,8 @@ int main(int argc, char *argv[]) {
         }
 
         (void) corral_ready();
-        if (s->n_listeners > 0)
-                (void) corral_status("serving on %zu listener%s", s->n_listeners, s->n_listeners == 1 ? "" : "s");
+        if (n_listeners > 0)
+                (void) corral_status("serving on %zu listener%s", n_listeners, n_listeners == 1 ? "" : "s");
         else
                 (void) corral_status("serving connections handed off by corrald");
 
@@ -1087,21 +1088,14 @@ out:
                 next = c->next;
                 conn_close(c);
         }
-        for (size_t i = 0; i < s->n_listeners; i++) {
-                Listener *l = &s->listeners[i];
-                if (l->polling)
-                        listener_close(l);
-                else if (l->fd >= 0)
-                        listener_release(l);
-        }
-        if (s->channel_open)
-                corral_uv_stop(&s->channel, NULL);
+        sources_close(s);
+        bound_release(s);
         uv_walk(&s->loop, on_walk_close, NULL);
         uv_run(&s->loop, UV_RUN_DEFAULT);
         if ((r = uv_loop_close(&s->loop)) < 0)
                 log_msg(LOG_WARNING, "uv_loop_close: %s", uv_strerror(r));
-        for (size_t i = 0; i < s->n_listeners; i++)
-                free(s->listeners[i].unlink_path);
-        free(s->listeners);
+        free(s->sources);
+        free(s->bound);
+        free(fds);
         return ret;
 }

@@ -1,7 +1,9 @@
 /* libcorral: the worker side of corral. See corral.h for the API and
  * docs/protocol.md for the wire protocol it speaks.
  *
- * The only state is the IPC channel reader (`ch`). The channel is one
+ * The state is the IPC channel reader (`ch`) and, for corral_next() and
+ * its kin, the listening sockets (`ls`) with the readiness of the current
+ * turn. The channel is one
  * stream carrying, at every line boundary, either a message line (starts
  * with '{', ends with '\n') or a hand-off: one byte, the listener index,
  * with the connection's fd in SCM_RIGHTS.
@@ -20,7 +22,15 @@
  * (scm_detach_fds() in net/core/scm.c), and the connection is closed.
  * That byte is recorded as a lost hand-off, not a stray byte, and the
  * master is told with an fd-limit line (docs/protocol.md), at most once
- * per FD_LIMIT_REPORT_USEC, so that it sends connections elsewhere. */
+ * per FD_LIMIT_REPORT_USEC, so that it sends connections elsewhere.
+ *
+ * corral_next() hides the balance mode: one poll(2) over the channel and
+ * the listeners begins a turn; a turn reads the channel until it is empty
+ * (hand-offs returned, messages dispatched) and accepts at most one
+ * connection from each listener that was readable, in turn (SPEC §5: never
+ * until EAGAIN). Close reports are counted and sent once per turn, before
+ * the wait, instead of one line per connection: each line is a read and a
+ * parse in the master (issue 18). */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -60,6 +70,10 @@
  * stays at its limit tells it again as soon as it gets another hand-off,
  * and a worker that loses many at once costs one line. */
 #define FD_LIMIT_REPORT_USEC 1000000ULL
+/* A listener whose accept failed for want of fds or memory is left alone
+ * this long by corral_next(), as corral-hello always did: the connection
+ * stays queued for a sibling, and a level-triggered poll would spin. */
+#define ACCEPT_PAUSE_USEC 100000ULL
 
 typedef struct Attachment {
         uint64_t pos;           /* absolute stream offset of the byte */
@@ -96,9 +110,28 @@ static struct Channel {
         void *userdata;
         unsigned long dropped;
         unsigned closed_pending;
+        bool batching;                  /* corral_closed() counts, a wait point sends */
+        bool draining;                  /* corral_drain() was called */
         unsigned fd_limit_pending;      /* hand-offs lost, not reported yet */
         uint64_t fd_limit_sent_usec;    /* when the last report went out */
 } ch;
+
+typedef struct Listener {
+        int fd;                 /* -EBADF once dropped after an error */
+        unsigned index;
+        bool readable;          /* in this turn, not accepted from yet */
+        uint64_t paused_until;  /* CLOCK_MONOTONIC µs; 0: not paused */
+} Listener;
+
+static struct Listeners {
+        bool looked_up;
+        Listener *l;
+        unsigned n;
+        unsigned next;          /* where the next turn's search starts */
+        bool in_turn;           /* a poll() began a turn not yet used up */
+        bool channel_readable;  /* in this turn, not read empty yet */
+        unsigned long own_open; /* self-accepted connections returned, not reported closed */
+} ls;
 
 /* The data of a message line without "data": null. Callers of
  * corral_parse_message() terminate data in place; older copies of
@@ -106,6 +139,13 @@ static struct Channel {
  * used to write that NUL into a string literal (a crash). A writable
  * array that already holds the NUL keeps such binaries alive. */
 static char absent_data[] = "null";
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
+                return 0;
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
 
 /* ---- environment and notify -------------------------------------------- */
 
@@ -194,6 +234,7 @@ static int channel_init(void) {
 
 static void drop_attachments(uint64_t from, uint64_t to);
 static int flush_fd_limit(int fd);
+static int flush_closed(int fd, bool block);
 
 /* Read once. Returns 1 when bytes were added, 0 at EOF (ch.eof set),
  * -EAGAIN when nothing is there and !block, or a negative errno. */
@@ -210,8 +251,11 @@ static int read_more(int fd, bool block) {
          * line only gets them dropped earlier. */
         if (ch.n_att >= ATTACH_MAX)
                 drop_attachments(0, UINT64_MAX);
-        /* Lost hand-offs that waited for the report interval to pass. */
+        /* Lost hand-offs that waited for the report interval to pass, and
+         * close reports counted since the last wait: we are talking to the
+         * master anyway. */
         (void) flush_fd_limit(fd);
+        (void) flush_closed(fd, false);
         for (;;) {
                 union {
                         struct cmsghdr align;
@@ -378,6 +422,44 @@ static void keep_handoff(const Item *it) {
         ch.pending_index[i] = (unsigned char) it->index;
 }
 
+/* Give a hand-off to the caller: the master's O_NONBLOCK came along with
+ * the file, so set what the call promises (without a second syscall when
+ * it is already so). */
+static int handoff_return(int conn, unsigned index, bool block, unsigned *ret_listener_index) {
+        int fl = fcntl(conn, F_GETFL);
+        if (fl >= 0 && !!(fl & O_NONBLOCK) == block)
+                (void) fcntl(conn, F_SETFL, block ? fl & ~O_NONBLOCK : fl | O_NONBLOCK);
+        if (ret_listener_index)
+                *ret_listener_index = index;
+        return conn;
+}
+
+/* The next hand-off the library already holds: kept, or parsed out of the
+ * buffered bytes (messages on the way are dispatched). No syscall besides
+ * the fd's flags. Returns the fd or -EAGAIN. */
+static int channel_take_buffered(unsigned *ret_listener_index, bool block) {
+        if (ch.n_pending > 0) {
+                int conn = ch.pending_fd[ch.pending_head];
+                unsigned index = ch.pending_index[ch.pending_head];
+                ch.pending_head = (ch.pending_head + 1) % PENDING_MAX;
+                ch.n_pending--;
+                return handoff_return(conn, index, block, ret_listener_index);
+        }
+        if (!ch.buf)
+                return -EAGAIN;
+        for (;;) {
+                Item it;
+                ItemKind k = parse_one(&it);
+                if (k == ITEM_MESSAGE) {
+                        keep_message(&it.msg);
+                        continue;
+                }
+                if (k == ITEM_HANDOFF)
+                        return handoff_return(it.fd, it.index, block, ret_listener_index);
+                return -EAGAIN;
+        }
+}
+
 static int accept_impl(unsigned *ret_listener_index, bool block) {
         int fd = channel_init(), r;
         if (fd < 0)
@@ -403,16 +485,8 @@ static int accept_impl(unsigned *ret_listener_index, bool block) {
                                 index = it.index;
                         }
                 }
-                if (conn >= 0) {
-                        /* The master's O_NONBLOCK came along with the file: set
-                         * what this call promises. */
-                        int fl = fcntl(conn, F_GETFL);
-                        if (fl >= 0)
-                                fcntl(conn, F_SETFL, block ? fl & ~O_NONBLOCK : fl | O_NONBLOCK);
-                        if (ret_listener_index)
-                                *ret_listener_index = index;
-                        return conn;
-                }
+                if (conn >= 0)
+                        return handoff_return(conn, index, block, ret_listener_index);
                 if (ch.eof)
                         return -ECONNRESET;
                 if ((r = read_more(fd, block)) < 0)
@@ -426,6 +500,294 @@ int corral_accept(unsigned *ret_listener_index) {
 
 int corral_accept_nonblock(unsigned *ret_listener_index) {
         return accept_impl(ret_listener_index, false);
+}
+
+/* ---- connections in any balance mode -------------------------------------- */
+
+static int listener_add(int fd, unsigned index) {
+        Listener *n = realloc(ls.l, (ls.n + 1) * sizeof(*n));
+        if (!n)
+                return -ENOMEM;
+        ls.l = n;
+        n[ls.n++] = (Listener) { .fd = fd, .index = index };
+        return 0;
+}
+
+/* Take the listening sockets of LISTEN_FDS, once. fds that are not
+ * listening stream sockets are skipped; their indexes stay unused, so that
+ * an index always names the same LISTEN_FDS entry. */
+static int listeners_init(void) {
+        if (ls.looked_up)
+                return 0;
+        int n = corral_listen_fds(NULL), r;
+        if (n < 0)
+                return n;
+        for (int i = 0; i < n; i++) {
+                int fd = CORRAL_LISTEN_FDS_START + i;
+                if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+                        continue;
+                if ((r = fd_nonblock(fd, true)) < 0 || (r = listener_add(fd, (unsigned) i)) < 0) {
+                        free(ls.l);
+                        ls.l = NULL;
+                        ls.n = 0;
+                        return r;
+                }
+        }
+        ls.looked_up = true;
+        return 0;
+}
+
+int corral_add_listener(int fd) {
+        int r = listeners_init();
+        if (r < 0)
+                return r;
+        if (fd < 0 || sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+                return -ENOTSOCK;
+        unsigned index = 0;
+        int n = corral_listen_fds(NULL);
+        if (n > 0)
+                index = (unsigned) n;
+        for (unsigned i = 0; i < ls.n; i++)
+                index = MAX(index, ls.l[i].index + 1);
+        if (index > INT_MAX)
+                return -ERANGE;
+        if ((r = fd_nonblock(fd, true)) < 0 || (r = listener_add(fd, index)) < 0)
+                return r;
+        return (int) index;
+}
+
+/* The channel, when there is one to read: its fd, or -ENOENT. A channel
+ * that cannot be used (CORRAL_IPC_FD not a socket) is no source; its error
+ * is returned by the calls that need it. */
+static int channel_source(void) {
+        if (ch.eof || ch.draining)
+                return -ENOENT;
+        int fd = channel_init();
+        return fd < 0 ? -ENOENT : fd;
+}
+
+int corral_poll_fds(int *ret_fds, size_t size) {
+        int r = listeners_init();
+        if (r < 0)
+                return r;
+        if (ch.draining)
+                return 0;
+        size_t n = 0;
+        int fd = channel_source();
+        if (fd >= 0) {
+                if (n < size)
+                        ret_fds[n] = fd;
+                n++;
+        }
+        for (unsigned i = 0; i < ls.n; i++)
+                if (ls.l[i].fd >= 0) {
+                        if (n < size)
+                                ret_fds[n] = ls.l[i].fd;
+                        n++;
+                }
+        return (int) MIN(n, (size_t) INT_MAX);
+}
+
+/* Begin a turn: poll the channel and the listeners not paused, waiting at
+ * most timeout_ms (-1: forever, unless a listener is paused). Returns 0
+ * with the readiness recorded (possibly none), -ENOENT when there is
+ * nothing to poll, or -errno (-EINTR). */
+static int turn_begin(int timeout_ms) {
+        struct pollfd stack[16], *p = stack;
+        uint64_t now = 0;
+        int chfd = channel_source(), r;
+        unsigned n = 0, live = 0;
+
+        if (ls.n + 1 > ELEMENTSOF(stack)) {
+                p = malloc((ls.n + 1) * sizeof(*p));
+                if (!p)
+                        return -ENOMEM;
+        }
+        if (chfd >= 0)
+                p[n++] = (struct pollfd) { .fd = chfd, .events = POLLIN };
+        for (unsigned i = 0; i < ls.n; i++) {
+                Listener *l = &ls.l[i];
+                l->readable = false;
+                if (l->fd < 0)
+                        continue;
+                live++;
+                if (l->paused_until != 0) {
+                        if (now == 0)
+                                now = now_usec();
+                        if (now < l->paused_until) {
+                                /* Wake up when the pause ends. */
+                                int left = (int) ((l->paused_until - now + 999) / 1000);
+                                if (timeout_ms < 0 || left < timeout_ms)
+                                        timeout_ms = left;
+                                p[n++] = (struct pollfd) { .fd = -1 };
+                                continue;
+                        }
+                        l->paused_until = 0;
+                }
+                p[n++] = (struct pollfd) { .fd = l->fd, .events = POLLIN };
+        }
+        if (chfd < 0 && live == 0) {
+                r = -ENOENT;
+                goto out;
+        }
+        if (poll(p, n, timeout_ms) == -1) {
+                r = -errno;
+                goto out;
+        }
+        unsigned k = 0;
+        ls.channel_readable = chfd >= 0 && p[k++].revents != 0;
+        for (unsigned i = 0; i < ls.n; i++)
+                if (ls.l[i].fd >= 0)
+                        ls.l[i].readable = p[k++].revents != 0;
+        ls.in_turn = true;
+        r = 0;
+out:
+        if (p != stack)
+                free(p);
+        return r;
+}
+
+/* Accept one connection from l. Returns the fd, -EAGAIN when there was
+ * none after all (a sibling was faster, or the connection failed before
+ * we took it), -EMFILE and the like at a resource limit, or another
+ * -errno, after which l is dropped. */
+static int listener_accept(Listener *l, bool block) {
+        int fd = accept4(l->fd, NULL, NULL, SOCK_CLOEXEC | (block ? 0 : SOCK_NONBLOCK));
+        if (fd >= 0)
+                return fd;
+        switch (errno) {
+        case EAGAIN:
+        case EINTR:
+        case ECONNABORTED:      /* accept(2): network errors of the new connection */
+        case EPROTO:
+        case ENOPROTOOPT:
+        case EHOSTDOWN:
+        case ENONET:
+        case EHOSTUNREACH:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EOPNOTSUPP:
+        case ETIMEDOUT:
+                return -EAGAIN;
+        case EMFILE:
+        case ENFILE:
+        case ENOBUFS:
+        case ENOMEM:
+                return -errno;
+        default: {
+                /* EBADF, EINVAL (no longer listening), ENOTSOCK...: this
+                 * listener is done for. Our copy only: not closed. */
+                int e = errno;
+                l->fd = -EBADF;
+                return -e;
+        }
+        }
+}
+
+static int next_impl(unsigned *ret_listener, bool block) {
+        int r = listeners_init();
+        if (r < 0)
+                return r;
+        int chfd = channel_init();
+        if (chfd < 0 && chfd != -ENOENT && ls.n == 0)
+                return chfd;    /* hand-off mode with an unusable channel */
+
+        if (ch.draining) {
+                /* Only what corral_drain() kept; never wait. */
+                r = channel_take_buffered(ret_listener, block);
+                return r == -EAGAIN ? -ESHUTDOWN : r;
+        }
+        /* corral_next() is a wait point: close reports can wait for it. */
+        if (block)
+                ch.batching = true;
+        for (;;) {
+                r = channel_take_buffered(ret_listener, block);
+                if (r != -EAGAIN)
+                        return r;
+                if (ch.eof)
+                        return -ECONNRESET;
+                if (!ls.in_turn) {
+                        if (block && chfd >= 0) {
+                                (void) flush_fd_limit(chfd);
+                                (void) flush_closed(chfd, false);
+                        }
+                        if ((r = turn_begin(block ? -1 : 0)) < 0)
+                                return r;
+                }
+                if (ls.channel_readable) {
+                        /* Read until empty, a hand-off at a time (a
+                         * read stops after the bytes an fd came with). */
+                        r = read_more(chfd, false);
+                        if (r == -EAGAIN)
+                                ls.channel_readable = false;
+                        else if (r < 0)
+                                return r;
+                        continue;
+                }
+                /* One connection from the next readable listener, in turn. */
+                for (unsigned k = 0; k < ls.n; k++) {
+                        unsigned i = (ls.next + k) % ls.n;
+                        Listener *l = &ls.l[i];
+                        if (!l->readable || l->fd < 0)
+                                continue;
+                        l->readable = false;
+                        r = listener_accept(l, block);
+                        if (r >= 0) {
+                                ls.next = (i + 1) % ls.n;
+                                ls.own_open++;
+                                if (ret_listener)
+                                        *ret_listener = l->index;
+                                return r;
+                        }
+                        if (r == -EAGAIN)
+                                continue;
+                        if (block && (r == -EMFILE || r == -ENFILE || r == -ENOBUFS || r == -ENOMEM)) {
+                                l->paused_until = now_usec() + ACCEPT_PAUSE_USEC;
+                                continue;
+                        }
+                        return r;
+                }
+                ls.in_turn = false;
+                if (!block)
+                        return -EAGAIN;
+        }
+}
+
+int corral_next(unsigned *ret_listener) {
+        return next_impl(ret_listener, true);
+}
+
+int corral_next_nonblock(unsigned *ret_listener) {
+        return next_impl(ret_listener, false);
+}
+
+int corral_drain(void) {
+        if (ch.draining)
+                return (int) ch.n_pending;
+        int r = corral_stopping();
+        ch.draining = true;
+        ch.batching = false;
+        ls.in_turn = false;
+        int fd = channel_init();
+        if (fd >= 0) {
+                /* What the channel holds now: hand-offs the master sent
+                 * before it saw STOPPING=1 are kept for corral_next();
+                 * later ones (it may have sent one just before) go back to
+                 * it when we exit, and to another worker. */
+                while (!ch.eof && ch.n_pending < PENDING_MAX) {
+                        Item it;
+                        ItemKind k = parse_one(&it);
+                        if (k == ITEM_HANDOFF)
+                                keep_handoff(&it);
+                        else if (k == ITEM_MESSAGE)
+                                keep_message(&it.msg);
+                        else if (read_more(fd, false) < 0)
+                                break;
+                }
+                (void) flush_fd_limit(fd);
+                (void) flush_closed(fd, false);
+        }
+        return r < 0 ? r : (int) ch.n_pending;
 }
 
 int corral_recv_message(CorralMessage *ret) {
@@ -495,6 +857,18 @@ int corral_parse_message(const char *line, size_t len, CorralMessage *ret) {
         return 0;
 }
 
+int corral_message_from(const CorralMessage *msg, CorralPeer *ret_from) {
+        if (!msg || !ret_from)
+                return -EINVAL;
+        if (msg->from >= 0 && (unsigned) msg->from <= IPC_SLOT_MAX)
+                *ret_from = (CorralPeer) { CORRAL_PEER_SLOT, (unsigned) msg->from };
+        else if (msg->from == CORRAL_CTL)
+                *ret_from = (CorralPeer) { CORRAL_PEER_CTL, 0 };
+        else
+                return -EINVAL;
+        return 0;
+}
+
 /* ---- writing ------------------------------------------------------------- */
 
 /* Write all of buf, waiting for room; a line must never be left half
@@ -551,14 +925,34 @@ static int flush_closed(int fd, bool block) {
 }
 
 int corral_closed(unsigned n) {
+        if (n == 0)
+                return -EINVAL;
+        /* Connections corral_next() accepted itself were never the
+         * master's: theirs are not reported (see corral.h). */
+        unsigned long own = MIN((unsigned long) n, ls.own_open);
+        ls.own_open -= own;
+        n -= (unsigned) own;
+        if (n == 0)
+                return 0;
         int fd = corral_ipc_fd();
         if (fd < 0)
                 return fd;
-        if (n == 0)
-                return -EINVAL;
         uint64_t total = (uint64_t) ch.closed_pending + n;
         ch.closed_pending = (unsigned) MIN(total, (uint64_t) IPC_CLOSED_MAX);
+        /* Batching: the worker comes back to a wait point, which sends. */
+        if (ch.batching)
+                return 0;
         /* A close frees an fd: a good moment for a held fd-limit report. */
+        (void) flush_fd_limit(fd);
+        return flush_closed(fd, false);
+}
+
+int corral_flush(void) {
+        int fd = corral_ipc_fd();
+        if (fd < 0)
+                return fd;
+        /* The caller promises to come back before it waits. */
+        ch.batching = !ch.draining;
         (void) flush_fd_limit(fd);
         return flush_closed(fd, false);
 }
@@ -567,12 +961,13 @@ int corral_closed(unsigned n) {
  * least FD_LIMIT_REPORT_USEC ago; never waits for room, but never leaves
  * a line half written either. */
 static int flush_fd_limit(int fd) {
-        struct timespec ts;
         char line[64];
 
-        if (ch.fd_limit_pending == 0 || clock_gettime(CLOCK_MONOTONIC, &ts) == -1)
+        if (ch.fd_limit_pending == 0)
                 return 0;
-        uint64_t now = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+        uint64_t now = now_usec();
+        if (now == 0)
+                return 0;
         if (ch.fd_limit_sent_usec != 0 && now - ch.fd_limit_sent_usec < FD_LIMIT_REPORT_USEC)
                 return 0;
         ssize_t k = ipc_msg_format_fd_limit(line, sizeof(line) - 1, ch.fd_limit_pending);
@@ -597,26 +992,47 @@ int corral_fd_limit(unsigned n) {
 }
 
 int corral_send(int to, const char *json) {
+        switch (to) {
+        case CORRAL_MASTER:
+                return corral_send_to((CorralPeer) { CORRAL_PEER_MASTER, 0 }, json);
+        case CORRAL_ALL:
+                return corral_send_to((CorralPeer) { CORRAL_PEER_ALL, 0 }, json);
+        case CORRAL_OTHERS:
+                return corral_send_to((CorralPeer) { CORRAL_PEER_OTHERS, 0 }, json);
+        default:
+                if (to < 0) {
+                        /* Checked after the channel, as it always was. */
+                        int fd = corral_ipc_fd();
+                        return fd < 0 ? fd : -EINVAL;
+                }
+                return corral_send_to((CorralPeer) { CORRAL_PEER_SLOT, (unsigned) to }, json);
+        }
+}
+
+int corral_send_to(CorralPeer to, const char *json) {
         IpcPeer peer;
         int fd = corral_ipc_fd(), r;
         if (fd < 0)
                 return fd;
         if (!json)
                 return -EINVAL;
-        switch (to) {
-        case CORRAL_MASTER:
+        switch (to.kind) {
+        case CORRAL_PEER_MASTER:
                 peer = IPC_PEER_MASTER;
                 break;
-        case CORRAL_ALL:
+        case CORRAL_PEER_ALL:
                 peer = IPC_PEER_ALL;
                 break;
-        case CORRAL_OTHERS:
+        case CORRAL_PEER_OTHERS:
                 peer = IPC_PEER_OTHERS;
                 break;
-        default:
-                if (to < 0 || (unsigned) to > IPC_SLOT_MAX)
+        case CORRAL_PEER_SLOT:
+                if (to.slot > IPC_SLOT_MAX)
                         return -EINVAL;
                 peer = IPC_PEER_SLOT;
+                break;
+        default:        /* CORRAL_PEER_CTL is a sender only */
+                return -EINVAL;
         }
         size_t len = strlen(json);
         if (len > IPC_LINE_MAX)
@@ -624,7 +1040,7 @@ int corral_send(int to, const char *json) {
         char *line = malloc(len + IPC_MSG_OVERHEAD + 1);
         if (!line)
                 return -ENOMEM;
-        ssize_t k = ipc_msg_format_to(line, len + IPC_MSG_OVERHEAD, peer, peer == IPC_PEER_SLOT ? (unsigned) to : 0,
+        ssize_t k = ipc_msg_format_to(line, len + IPC_MSG_OVERHEAD, peer, peer == IPC_PEER_SLOT ? to.slot : 0,
                                       json, len);
         if (k < 0) {
                 free(line);
@@ -653,6 +1069,9 @@ void libcorral_reset_for_tests(void) {
         free(ch.returned);
         free(ch.buf);
         memset(&ch, 0, sizeof(ch));
+        /* The listening sockets are the test's: forgotten, not closed. */
+        free(ls.l);
+        memset(&ls, 0, sizeof(ls));
 }
 
 void libcorral_fd_limit_rearm_for_tests(void) {

@@ -3,6 +3,8 @@
  * interleaves message lines, sends 64 KiB lines and garbage, and checks
  * what the library returns and that no fd leaks. */
 #include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -13,6 +15,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "test-helpers.h"
@@ -561,6 +564,421 @@ static void test_fd_limit(void **state) {
         assert_int_eq(corral_fd_limit(0), -EINVAL);
 }
 
+/* ---- corral_next(): any balance mode --------------------------------------- */
+
+/* A listening TCP socket on 127.0.0.1 (port chosen by the kernel), or an
+ * abstract unix one (autobind); *addr gets its address. */
+static int tcp_listener(struct sockaddr_storage *addr, socklen_t *len) {
+        int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        assert_true(fd >= 0);
+        assert_int_eq(bind(fd, (struct sockaddr *) &sin, sizeof(sin)), 0);
+        assert_int_eq(listen(fd, 16), 0);
+        *len = sizeof(*addr);
+        assert_int_eq(getsockname(fd, (struct sockaddr *) addr, len), 0);
+        return fd;
+}
+
+static int unix_listener(struct sockaddr_storage *addr, socklen_t *len) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sa_family_t family = AF_UNIX;
+        assert_true(fd >= 0);
+        assert_int_eq(bind(fd, (struct sockaddr *) &family, sizeof(family)), 0);     /* autobind */
+        assert_int_eq(listen(fd, 16), 0);
+        *len = sizeof(*addr);
+        assert_int_eq(getsockname(fd, (struct sockaddr *) addr, len), 0);
+        return fd;
+}
+
+/* A client connected to addr; for unix and loopback TCP the connection is
+ * in the listener's backlog when connect() returns. */
+static int client_of(const struct sockaddr_storage *addr, socklen_t len) {
+        int fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        assert_true(fd >= 0);
+        assert_int_eq(connect(fd, (const struct sockaddr *) addr, len), 0);
+        return fd;
+}
+
+static bool readable(int fd) {
+        struct pollfd p = { .fd = fd, .events = POLLIN };
+        return poll(&p, 1, 0) == 1;
+}
+
+static void assert_is_socket(int fd, bool nonblock) {
+        assert_true(fd >= 0);
+        int type = 0;
+        socklen_t len = sizeof(type);
+        assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len), 0);
+        assert_int_eq(type, SOCK_STREAM);
+        assert_true(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        assert_int_eq(!!(fcntl(fd, F_GETFL) & O_NONBLOCK), nonblock);
+}
+
+/* Shared balance: a connection and a message line arrive together. One
+ * corral_next() returns the connection and has run the handler. */
+static void test_next_shared_connection_and_message(void **state) {
+        Fixture *f = *state;
+        struct sockaddr_storage a;
+        socklen_t alen;
+        int l = tcp_listener(&a, &alen);
+        unsigned index = 99;
+
+        handler_calls = 0;
+        corral_set_message_handler(handler, &handler_calls);
+        assert_int_eq(corral_add_listener(l), 0);
+        assert_true(fcntl(l, F_GETFL) & O_NONBLOCK);
+        int fds[4];
+        assert_int_eq(corral_poll_fds(fds, 4), 2);
+        assert_int_eq(fds[0], f->worker);
+        assert_int_eq(fds[1], l);
+
+        int c = client_of(&a, alen);
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\",\"data\":\"together\"}");
+        int conn = corral_next(&index);
+        assert_is_socket(conn, false);
+        assert_int_eq(index, 0);
+        assert_int_eq(handler_calls, 1);
+        assert_string_equal(handler_last, "-4:\"together\"");
+        close(conn);
+        /* Nothing more: the non-blocking call ends the turn. */
+        assert_int_eq(corral_next_nonblock(NULL), -EAGAIN);
+        /* Closing a connection the worker accepted itself reports nothing. */
+        assert_int_eq(corral_closed(1), 0);
+        char buf[64];
+        assert_int_eq(recv(f->master, buf, sizeof(buf), MSG_DONTWAIT), -1);
+        assert_int_eq(errno, EAGAIN);
+
+        /* A message alone: dispatched by the non-blocking call. */
+        master_line(f, "{\"type\":\"message\",\"from\":3,\"data\":4}");
+        assert_int_eq(corral_next_nonblock(NULL), -EAGAIN);
+        assert_int_eq(handler_calls, 2);
+        assert_string_equal(handler_last, "3:4");
+        corral_set_message_handler(NULL, NULL);
+        close(c);
+        close(l);
+}
+
+/* LISTEN_FDS as corrald and systemd pass it: fd 3, LISTEN_PID ours. */
+static void test_next_listen_fds(void **state) {
+        (void) state;
+        struct sockaddr_storage a;
+        socklen_t alen;
+        int l = tcp_listener(&a, &alen);
+        int saved = fcntl(CORRAL_LISTEN_FDS_START, F_DUPFD_CLOEXEC, 100);   /* whatever the runner had there */
+        char pid[16];
+
+        assert_int_eq(dup2(l, CORRAL_LISTEN_FDS_START), CORRAL_LISTEN_FDS_START);
+        snprintf(pid, sizeof(pid), "%d", (int) getpid());
+        setenv("LISTEN_PID", pid, 1);
+        setenv("LISTEN_FDS", "1", 1);
+        libcorral_reset_for_tests();
+
+        int c = client_of(&a, alen);
+        unsigned index = 99;
+        int conn = corral_next_nonblock(&index);
+        assert_is_socket(conn, true);
+        assert_int_eq(index, 0);
+        close(conn);
+        close(c);
+        assert_int_eq(corral_next_nonblock(NULL), -EAGAIN);
+
+        unsetenv("LISTEN_PID");
+        unsetenv("LISTEN_FDS");
+        libcorral_reset_for_tests();
+        if (saved >= 0)
+                assert_int_eq(dup2(saved, CORRAL_LISTEN_FDS_START), CORRAL_LISTEN_FDS_START);
+        else
+                close(CORRAL_LISTEN_FDS_START);
+        safe_close(saved);
+        close(l);
+}
+
+/* SPEC §5 fairness: two listeners with three connections each. Each turn
+ * takes one from each, never a listener's whole backlog; blocking calls
+ * alternate. */
+static void test_next_fair_across_listeners(void **state) {
+        (void) state;
+        struct sockaddr_storage a[2];
+        socklen_t alen[2];
+        int l[2], c[2][3];
+
+        for (unsigned i = 0; i < 2; i++) {
+                l[i] = unix_listener(&a[i], &alen[i]);
+                assert_int_eq(corral_add_listener(l[i]), (int) i);
+                for (unsigned k = 0; k < 3; k++)
+                        c[i][k] = client_of(&a[i], alen[i]);
+        }
+        for (unsigned turn = 0; turn < 2; turn++) {
+                unsigned seen[2] = {}, index;
+                int conn;
+                while ((conn = corral_next_nonblock(&index)) >= 0) {
+                        assert_is_socket(conn, true);
+                        assert_true(index < 2);
+                        seen[index]++;
+                        close(conn);
+                }
+                assert_int_eq(conn, -EAGAIN);
+                assert_int_eq(seen[0], 1);
+                assert_int_eq(seen[1], 1);
+                /* The rest of each backlog stays there for the siblings. */
+                assert_true(readable(l[0]));
+                assert_true(readable(l[1]));
+        }
+        /* The last two, by blocking calls: one from each, in turn. */
+        unsigned first = 99, second = 99;
+        int conn = corral_next(&first);
+        assert_is_socket(conn, false);
+        close(conn);
+        conn = corral_next(&second);
+        assert_is_socket(conn, false);
+        close(conn);
+        assert_int_eq(first + second, 1);
+        assert_false(readable(l[0]));
+        assert_false(readable(l[1]));
+        assert_int_eq(corral_next_nonblock(NULL), -EAGAIN);
+        for (unsigned i = 0; i < 2; i++) {
+                for (unsigned k = 0; k < 3; k++)
+                        close(c[i][k]);
+                close(l[i]);
+        }
+}
+
+/* Hand-off mode (no listener): corral_next() is corral_accept() with the
+ * messages dispatched, and waits. */
+static void test_next_handoff(void **state) {
+        Fixture *f = *state;
+        pthread_t t;
+        unsigned index = 0;
+        int fds[2];
+
+        assert_int_eq(corral_poll_fds(fds, 2), 1);
+        assert_int_eq(fds[0], f->worker);
+        handler_calls = 0;
+        corral_set_message_handler(handler, &handler_calls);
+        master_line(f, "{\"type\":\"message\",\"from\":1,\"data\":\"a\"}");
+        master_handoff(f, 4);
+        master_handoff(f, 5);
+        int fd = corral_next(&index);
+        assert_is_pipe(f, fd);
+        assert_int_eq(index, 4);
+        assert_false(fcntl(fd, F_GETFL) & O_NONBLOCK);
+        close(fd);
+        assert_int_eq(handler_calls, 1);
+        fd = corral_next_nonblock(&index);
+        assert_is_pipe(f, fd);
+        assert_int_eq(index, 5);
+        assert_true(fcntl(fd, F_GETFL) & O_NONBLOCK);
+        close(fd);
+        assert_int_eq(corral_next_nonblock(NULL), -EAGAIN);
+
+        /* It waits, and what arrives meanwhile is dispatched. */
+        assert_int_eq(pthread_create(&t, NULL, late_master, f), 0);
+        fd = corral_next(&index);
+        assert_int_eq(pthread_join(t, NULL), 0);
+        assert_is_pipe(f, fd);
+        assert_int_eq(index, 9);
+        close(fd);
+        assert_int_eq(handler_calls, 2);
+        assert_string_equal(handler_last, "-4:\"late\"");
+        corral_set_message_handler(NULL, NULL);
+
+        /* The master gone. */
+        f->master = safe_close(f->master);
+        assert_int_eq(corral_next(NULL), -ECONNRESET);
+        assert_int_eq(corral_next_nonblock(NULL), -ECONNRESET);
+}
+
+static void test_next_nothing_to_serve(void **state) {
+        (void) state;
+        unsetenv("CORRAL_IPC_FD");
+        libcorral_reset_for_tests();
+        assert_int_eq(corral_poll_fds(NULL, 0), 0);
+        assert_int_eq(corral_next(NULL), -ENOENT);
+        assert_int_eq(corral_next_nonblock(NULL), -ENOENT);
+        int p[2];
+        assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        assert_int_eq(corral_add_listener(p[0]), -ENOTSOCK);
+        close(p[0]);
+        close(p[1]);
+}
+
+/* corral_next() in shared mode also sees the master leave. */
+static void test_next_shared_master_gone(void **state) {
+        Fixture *f = *state;
+        struct sockaddr_storage a;
+        socklen_t alen;
+        int l = unix_listener(&a, &alen);
+        assert_int_eq(corral_add_listener(l), 0);
+        f->master = safe_close(f->master);
+        assert_int_eq(corral_next(NULL), -ECONNRESET);
+        close(l);
+}
+
+/* Reads a datagram from the notify socket, NUL-terminated. */
+static void notify_expect(int sock, const char *text) {
+        char buf[256];
+        ssize_t n = recv(sock, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+        if (n < 0)
+                fail_msg("no notify datagram, expected %s", text);
+        buf[n] = 0;
+        assert_string_equal(buf, text);
+}
+
+static void test_drain(void **state) {
+        Fixture *f = *state;
+        IpcMessage m[8];
+        static char storage[4096];
+        struct sockaddr_storage a;
+        socklen_t alen;
+        int l = unix_listener(&a, &alen);
+
+        /* NOTIFY_SOCKET: an abstract datagram socket of ours. */
+        int nsock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sa_family_t family = AF_UNIX;
+        struct sockaddr_un sun;
+        socklen_t sunlen = sizeof(sun);
+        assert_int_eq(bind(nsock, (struct sockaddr *) &family, sizeof(family)), 0);
+        assert_int_eq(getsockname(nsock, (struct sockaddr *) &sun, &sunlen), 0);
+        char name[64] = "@";
+        memcpy(name + 1, sun.sun_path + 1, sunlen - offsetof(struct sockaddr_un, sun_path) - 1);
+        setenv("NOTIFY_SOCKET", name, 1);
+
+        assert_int_eq(corral_add_listener(l), 0);
+        int c = client_of(&a, alen);
+        int conn = corral_next_nonblock(NULL);
+        assert_is_socket(conn, true);
+        /* Three hand-offs and a message wait in the channel; a close
+         * report is counted (batching). */
+        assert_int_eq(corral_flush(), 0);
+        master_handoff(f, 1);
+        master_line(f, "{\"type\":\"message\",\"data\":\"bye\"}");
+        master_handoff(f, 2);
+        master_handoff(f, 3);
+        assert_int_eq(corral_closed(2), 0);     /* one self-accepted, one handed off */
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 0);
+        int c2 = client_of(&a, alen);   /* arrives after the stop began */
+
+        assert_int_eq(corral_drain(), 3);
+        notify_expect(nsock, "STOPPING=1");
+        /* The report went out with the drain. */
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].type, IPC_MSG_CLOSED);
+        assert_int_eq(m[0].n_closed, 1);
+        /* Nothing to watch any more; the kept hand-offs, then -ESHUTDOWN,
+         * without waiting and without accepting from the listener. */
+        assert_int_eq(corral_poll_fds(NULL, 0), 0);
+        for (unsigned i = 1; i <= 3; i++) {
+                unsigned index = 0;
+                int fd = i == 2 ? corral_next(&index) : corral_next_nonblock(&index);
+                assert_is_pipe(f, fd);
+                assert_int_eq(index, i);
+                close(fd);
+        }
+        assert_int_eq(corral_next(NULL), -ESHUTDOWN);
+        assert_int_eq(corral_next_nonblock(NULL), -ESHUTDOWN);
+        assert_true(readable(l));
+        recv_expect(CORRAL_CTL, "\"bye\"");
+        /* From here each close is reported at once. */
+        assert_int_eq(corral_closed(3), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].n_closed, 3);
+        /* Idempotent: STOPPING=1 is said once. */
+        assert_int_eq(corral_drain(), 0);
+        char buf[64];
+        assert_int_eq(recv(nsock, buf, sizeof(buf), MSG_DONTWAIT), -1);
+
+        unsetenv("NOTIFY_SOCKET");
+        close(conn);
+        close(c);
+        close(c2);
+        close(l);
+        close(nsock);
+}
+
+/* Close reports: counted while the worker works, one line per turn. */
+static void test_closed_once_per_turn(void **state) {
+        Fixture *f = *state;
+        IpcMessage m[8];
+        static char storage[4096];
+        pthread_t t;
+
+        /* Not batching yet: every call sends, as before. */
+        assert_int_eq(corral_closed(1), 0);
+        assert_int_eq(corral_closed(1), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 2);
+
+        /* An event loop: corral_flush() before each wait. */
+        assert_int_eq(corral_flush(), 0);
+        for (unsigned i = 0; i < 5; i++)
+                assert_int_eq(corral_closed(1), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 0);
+        assert_int_eq(corral_flush(), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].type, IPC_MSG_CLOSED);
+        assert_int_eq(m[0].n_closed, 5);
+        assert_int_eq(corral_flush(), 0);       /* nothing counted: no line */
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 0);
+
+        /* A read of the channel sends them too, before it reads. */
+        assert_int_eq(corral_closed(2), 0);
+        master_handoff(f, 1);
+        int fd = corral_next_nonblock(NULL);
+        assert_is_pipe(f, fd);
+        close(fd);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].n_closed, 2);
+
+        /* corral_next() sends them before it waits: the master sees the
+         * report while the worker is still waiting. */
+        assert_int_eq(corral_closed(3), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 0);
+        assert_int_eq(pthread_create(&t, NULL, late_master, f), 0);
+        fd = corral_next(NULL);
+        assert_int_eq(pthread_join(t, NULL), 0);
+        assert_is_pipe(f, fd);
+        close(fd);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 1);
+        assert_int_eq(m[0].n_closed, 3);
+        recv_expect(CORRAL_CTL, "\"late\"");
+}
+
+static void test_typed_peers(void **state) {
+        Fixture *f = *state;
+        IpcMessage m[8];
+        static char storage[4096];
+        CorralPeer p;
+
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_MASTER, 0 }, "1"), 0);
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_ALL, 0 }, "2"), 0);
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_OTHERS, 0 }, "3"), 0);
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_SLOT, 65535 }, "4"), 0);
+        assert_int_eq(master_read(f, m, 8, storage, sizeof(storage)), 4);
+        assert_int_eq(m[0].peer, IPC_PEER_MASTER);
+        assert_int_eq(m[1].peer, IPC_PEER_ALL);
+        assert_int_eq(m[2].peer, IPC_PEER_OTHERS);
+        assert_int_eq(m[3].peer, IPC_PEER_SLOT);
+        assert_int_eq(m[3].slot, 65535);
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_SLOT, 65536 }, "1"), -EINVAL);
+        assert_int_eq(corral_send_to((CorralPeer) { CORRAL_PEER_CTL, 0 }, "1"), -EINVAL);
+        assert_int_eq(corral_send_to((CorralPeer) { 0 }, "1"), -EINVAL);
+        assert_int_eq(corral_send_to((CorralPeer) { 99, 0 }, "1"), -EINVAL);
+
+        master_line(f, "{\"type\":\"message\",\"from\":\"ctl\",\"data\":1}");
+        master_line(f, "{\"type\":\"message\",\"from\":7,\"data\":2}");
+        CorralMessage msg;
+        assert_int_eq(corral_recv_message(&msg), 0);
+        assert_int_eq(corral_message_from(&msg, &p), 0);
+        assert_int_eq(p.kind, CORRAL_PEER_CTL);
+        assert_int_eq(msg.from, CORRAL_CTL);    /* the old field, unchanged */
+        assert_int_eq(corral_recv_message(&msg), 0);
+        assert_int_eq(corral_message_from(&msg, &p), 0);
+        assert_int_eq(p.kind, CORRAL_PEER_SLOT);
+        assert_int_eq(p.slot, 7);
+        assert_int_eq(msg.from, 7);
+        msg.from = CORRAL_ALL;
+        assert_int_eq(corral_message_from(&msg, &p), -EINVAL);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_environment, setup, teardown),
@@ -577,6 +995,15 @@ int main(void) {
                 cmocka_unit_test_setup_teardown(test_send_and_closed, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_closed_coalesces, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_fd_limit, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_shared_connection_and_message, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_listen_fds, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_fair_across_listeners, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_handoff, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_nothing_to_serve, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_next_shared_master_gone, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_drain, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_closed_once_per_turn, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_typed_peers, setup, teardown),
         };
         return cmocka_run_group_tests_name("libcorral", tests, NULL, NULL);
 }
