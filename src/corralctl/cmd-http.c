@@ -80,7 +80,7 @@ static void health(const char *name) {
         _cleanup_json_ cJSON *req = ctl_new_request("health");
         int r = req ? instance_socket_path(name, &path) : -ENOMEM;
         if (r >= 0)
-                r = ctl_call_path(path, req, &res);
+                r = ctl_call_path(path, req, CTL_METRICS_TIMEOUT_USEC, &res);
         if (r < 0 || !res) {
                 snprintf(line, sizeof(line), "down: %s does not answer", name);
                 respond_text(503, "Service Unavailable", line);
@@ -107,7 +107,7 @@ static void metrics(void) {
                 respond_text(500, "Internal Server Error", "out of memory");
                 return;
         }
-        metrics_write(f, paths);
+        metrics_write(f, paths, CTL_METRICS_TIMEOUT_USEC);
         if (fclose(f) != 0) {
                 free(text);
                 respond_text(500, "Internal Server Error", "out of memory");

@@ -13,9 +13,9 @@
 #include "table.h"
 #include "util.h"
 
-int ctl_call_path(const char *path, const cJSON *req, cJSON **ret) {
+int ctl_call_path(const char *path, const cJSON *req, uint64_t timeout_usec, cJSON **ret) {
         cJSON *res = NULL;
-        int r = client_request(path, CTL_LIST_TIMEOUT_USEC, req, NULL, NULL, &res);
+        int r = client_request(path, timeout_usec, req, NULL, NULL, &res);
         if (r < 0)
                 return r;
         if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(res, "ok"))) {
@@ -26,9 +26,9 @@ int ctl_call_path(const char *path, const cJSON *req, cJSON **ret) {
         return 0;
 }
 
-int ctl_status_of(const char *path, cJSON **ret) {
+int ctl_status_of(const char *path, uint64_t timeout_usec, cJSON **ret) {
         _cleanup_json_ cJSON *req = ctl_new_request("status");
-        return req ? ctl_call_path(path, req, ret) : -ENOMEM;
+        return req ? ctl_call_path(path, req, timeout_usec, ret) : -ENOMEM;
 }
 
 static const char *probe_state(int r) {
@@ -51,7 +51,7 @@ static int list_one(Table *t, cJSON *json_out, const char *path) {
 
         if (!name)
                 return -ENOMEM;
-        int r = ctl_status_of(path, &res);
+        int r = ctl_status_of(path, CTL_LIST_TIMEOUT_USEC, &res);
         if (r == -ENOMEM)
                 return r;
         if (json_out) {

@@ -199,14 +199,14 @@ static void metrics_print(FILE *f, char * const *names, cJSON * const *statuses,
         }
 }
 
-size_t metrics_write(FILE *f, char * const *paths) {
+size_t metrics_write(FILE *f, char * const *paths, uint64_t timeout_usec) {
         size_t n = strv_length(paths);
         char *names[n + 1];
         cJSON *statuses[n + 1];
         size_t answered = 0;
         for (size_t i = 0; i < n; i++) {
                 statuses[i] = NULL;
-                if (ctl_status_of(paths[i], &statuses[i]) >= 0)
+                if (ctl_status_of(paths[i], timeout_usec, &statuses[i]) >= 0)
                         answered++;
                 const char *inst = statuses[i] ? ctl_json_str(statuses[i], "instance") : NULL;
                 names[i] = inst ? strdup(inst) : instance_name_from_path(paths[i]);
@@ -233,7 +233,10 @@ int cmd_metrics(Ctl *ctl, char **args) {
         } else if (instance_discover(&paths) < 0)
                 return ctl_error(CTL_EXIT_FAILED, "Out of memory.");
 
-        size_t answered = metrics_write(stdout, paths);
+        /* One instance: as long as any request; every instance: each
+         * briefly, so one that hangs does not hold up the others. */
+        bool one = ctl->instance || ctl->socket;
+        size_t answered = metrics_write(stdout, paths, one ? CTL_TIMEOUT_USEC : CTL_METRICS_TIMEOUT_USEC);
         /* With -i or -s the one instance must answer; every instance found
          * is reported up or down. */
         if ((ctl->instance || ctl->socket) && answered == 0)

@@ -22,6 +22,9 @@ enum {
 #define CTL_TIMEOUT_USEC (30 * USEC_PER_SEC)          /* any ordinary request */
 #define CTL_ROLLOUT_TIMEOUT_USEC (600 * USEC_PER_SEC) /* reload, restart: rollouts can be slow */
 #define CTL_LIST_TIMEOUT_USEC (2 * USEC_PER_SEC)      /* per instance in list */
+/* Per instance in metrics of every instance: a scrape storm queues them
+ * (each is a full status), and Prometheus waits 10 s by default. */
+#define CTL_METRICS_TIMEOUT_USEC (5 * USEC_PER_SEC)
 
 static inline void json_deletep(cJSON **j) {
         cJSON_Delete(*j);
@@ -104,16 +107,16 @@ int cmd_list(Ctl *ctl, char **args);
 int cmd_upgrade(Ctl *ctl, char **args);
 int cmd_metrics(Ctl *ctl, char **args);
 
-/* Ask the instance on socket path for its status, with the short timeout
- * of `list`. Returns 0 with the result (caller frees), or -errno. Does not
- * print. */
-int ctl_status_of(const char *path, cJSON **ret);
+/* Ask the instance on socket path for its status, within timeout_usec
+ * (CTL_LIST_TIMEOUT_USEC for `list`). Returns 0 with the result (caller
+ * frees), or -errno. Does not print. */
+int ctl_status_of(const char *path, uint64_t timeout_usec, cJSON **ret);
 /* The same for any request. */
-int ctl_call_path(const char *path, const cJSON *req, cJSON **ret);
+int ctl_call_path(const char *path, const cJSON *req, uint64_t timeout_usec, cJSON **ret);
 /* The metrics of the instances on these sockets (cmd-metrics.c); each
- * asked with ctl_status_of(), one that does not answer as corral_up 0.
- * Returns how many answered. */
-size_t metrics_write(FILE *f, char * const *paths);
+ * asked with ctl_status_of() within timeout_usec, one that does not answer
+ * as corral_up 0. Returns how many answered. */
+size_t metrics_write(FILE *f, char * const *paths, uint64_t timeout_usec);
 int cmd_serve_http(Ctl *ctl, char **args);
 int cmd_health(Ctl *ctl, char **args);
 int cmd_drain(Ctl *ctl, char **args);

@@ -12,7 +12,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, finish, free_port, http_get,  # noqa: E402
-                    shipped_unit, slot, status, wait_status)
+                    request, shipped_unit, slot, status, wait_status)
 from sandbox import Sandbox  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-fleet-")
@@ -221,12 +221,14 @@ def six_hundred_workers_and_a_scrape_storm():
         worst = 0.0
         while any(p.poll() is None for p in storm):
             t0 = time.monotonic()
-            status(c, 30)
+            # As corralctl does: "busy" (64 requests in progress) means again.
+            while request(c, {"command": "status"}, 30).get("code") == "busy":
+                time.sleep(0.02)
             worst = max(worst, time.monotonic() - t0)
         failed = [p.stderr.read() for p in storm if p.wait() != 0]
         diag("status during 100 concurrent scrapes: worst %.0f ms" % (worst * 1000))
         eq(failed, [], "every scrape answered")
-        assert worst < (2.0 if not sanitized else 8.0), "status took %.0f ms during the storm" % (worst * 1000)
+        assert worst < (5.0 if not sanitized else 15.0), "status took %.0f ms during the storm" % (worst * 1000)
     finally:
         finish(c, n)
 
