@@ -19,7 +19,6 @@
 #include "manager.h"
 #include "procfs.h"
 #include "spawn.h"
-#include "upgrade.h"
 #include "util.h"
 
 unsigned manager_count_ready(const Manager *m) {
@@ -590,7 +589,8 @@ void manager_stop(Manager *m, int exit_code) {
         LogFields f = event(m, "stop");
         log_emit(LOG_INFO, &f, "stopping %u worker%s", m->pool.n_workers, plural(m->pool.n_workers));
         (void) sd_notify(0, "STOPPING=1");
-        upgrade_cancel(m);
+        if (m->upgrade && m->upgrade->cancel)
+                m->upgrade->cancel(m);
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
         manager_unfollow_messages(m);
@@ -616,7 +616,8 @@ void manager_reap(Manager *m) {
                 if (waitpid(w->pid, &st, WNOHANG) == w->pid)
                         slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
-        upgrade_reap_strays();
+        if (m->upgrade && m->upgrade->reap)
+                m->upgrade->reap();
 
         /* As PID 1 or a subreaper, the orphans of workers' children are
          * ours too: reap them quietly. A worker that exited since the loop
@@ -669,8 +670,10 @@ static void on_sigttin(uv_signal_t *h, int signum) {
 
 static void on_sigusr2(uv_signal_t *h, int signum) {
         Manager *m = h->data;
+        if (!m->upgrade || !m->upgrade->request)
+                return;
         log_info("received SIGUSR2: upgrading in place");
-        upgrade_request(m, NULL);
+        m->upgrade->request(m, NULL);
 }
 
 /* Every signal the manager handles, once: m->handled_signals, which the
@@ -810,12 +813,10 @@ void manager_close(Manager *m) {
         closer_stop();
 }
 
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands) {
-        char *error = NULL;
-        int r;
-
+int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o,
+                 const ManagerUpgradeOps *upgrade) {
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF, .start_config = config_ref(config),
+                         .notify.fd = -EBADF, .start_config = config_ref(config), .upgrade = upgrade,
                          .message_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
 
         /* Every handle exists from here on, so manager_close() is safe
@@ -835,15 +836,19 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         m->prepare.data = m;
         uv_idle_init(loop, &m->busy);
 
-        r = pool_init(&m->pool, &manager_slot_ops, m, now_usec, config);
+        int r = pool_init(&m->pool, &manager_slot_ops, m, now_usec, config);
         if (r < 0)
                 return log_error_errno(r, "cannot allocate the failure window: %m");
+        return 0;
+}
 
-        /* Re-executed by an upgrade: adopt what the previous corrald held. */
-        int notify_fd = -EBADF, control_fd = -EBADF, restored = 0;
-        if (upgrade_pending() && (restored = upgrade_adopt_fds(m, &notify_fd, &control_fd)) < 0)
-                return restored;
-        r = restored || m->listeners.n > 0 ? 0 : listener_set_acquire(&m->listeners, config, &error);
+int manager_start(Manager *m, ControlHandler commands, bool adopted, int notify_fd, int control_fd) {
+        const Config *config = manager_config(m);
+        uv_loop_t *loop = m->loop;
+        char *error = NULL;
+        int r;
+
+        r = adopted || m->listeners.n > 0 ? 0 : listener_set_acquire(&m->listeners, config, &error);
         if (r < 0) {
                 log_error("%s", error ? error : "out of memory");
                 free(error);
@@ -891,19 +896,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
         arm_recycle(m);
+        return 0;
+}
 
-        if (restored) {
-                r = upgrade_restore(m);
-                /* Workers that exited while we were exec'ing are zombies
-                 * waiting for us; what they said first is still in the
-                 * notify socket (manager_reap() reads it before). */
-                if (r >= 0)
-                        manager_reap(m);
-                return r;
-        }
-        if (upgrade_pending())
-                upgrade_stop_orphans(m);
-
+int manager_start_workers(Manager *m) {
+        const Config *config = manager_config(m);
         unsigned n = config_worker_count(config), max, open;
         if (manager_fd_room(m, n, &max, &open) < 0) {
                 log_error("%u workers do not fit in the open-file limit of %u (%u open, %u per worker, %d spare); "

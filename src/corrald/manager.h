@@ -31,7 +31,10 @@
 /* The signals the manager handles (manager.c's table). */
 #define MANAGER_N_SIGNALS 7
 
-typedef struct Manager {
+typedef struct Manager Manager;
+typedef struct ManagerUpgradeOps ManagerUpgradeOps;
+
+struct Manager {
         uv_loop_t *loop;
         const ConfigOverrides *overrides;
         Config *start_config;      /* what the listeners and balance were set up from */
@@ -77,6 +80,7 @@ typedef struct Manager {
         uv_prepare_t prepare;      /* drains outcomes once per iteration */
         uv_idle_t busy;            /* active while spawns wait for the next iteration */
         uint64_t watchdog_usec;
+        const ManagerUpgradeOps *upgrade; /* may be NULL */
 
         /* messages.c */
         char *kept[MESSAGES_KEPT]; /* the last messages for the master, as JSON objects, oldest at kept_head */
@@ -86,7 +90,7 @@ typedef struct Manager {
         uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
         ControlConn *followers[MESSAGES_FOLLOWERS_MAX]; /* `messages -f` clients (references) */
         unsigned n_followers;
-} Manager;
+};
 
 /* Most workers spawned per loop iteration, and most time spent spawning in
  * one: a mass scale-up leaves the loop free for signals, the control
@@ -98,11 +102,38 @@ typedef struct Manager {
 #define SPAWN_BATCH 16
 #define SPAWN_BATCH_USEC 2000
 
-/* Set up everything (listeners, notify socket, signals) and queue the first
- * generation's spawns; control requests go to `commands` (commands.c's
- * dispatcher, given by main()). Takes a reference to config. Returns 0 or a negative
- * errno after logging what failed. */
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands);
+/* What the manager passes on to the in-place upgrade (upgrade.c). The
+ * upgrade sits above the manager (it reads and restores the manager's
+ * whole state), so the manager does not call it by name: main() fills
+ * these in. Any may be NULL. */
+struct ManagerUpgradeOps {
+        /* SIGUSR2: upgrade in place (client is NULL). */
+        void (*request)(Manager *m, ControlConn *client);
+        /* manager_stop(): end a check in progress, refusing its clients. */
+        void (*cancel)(Manager *m);
+        /* SIGCHLD, after the workers and before any orphan (--subreaper):
+         * reap the children that are no worker (probes, orphans). */
+        void (*reap)(void);
+};
+
+/* Part 1 of the start: every loop handle (so that manager_close() is safe
+ * from here on, whatever fails later) and the Pool with config's
+ * generation. Takes a reference to config. Returns 0 or a negative errno
+ * after logging. */
+int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o,
+                 const ManagerUpgradeOps *upgrade);
+
+/* Part 2: the listeners (unless adopted: `adopted`, or m->listeners
+ * already holds some), the hand-off, the control and notify sockets
+ * (adopting notify_fd and control_fd when >= 0), signals and timers.
+ * Control requests go to `commands` (commands.c's dispatcher, given by
+ * main()). No worker is started yet. Returns 0 or a negative errno after
+ * logging what failed. */
+int manager_start(Manager *m, ControlHandler commands, bool adopted, int notify_fd, int control_fd);
+
+/* Part 3 of a clean start: queue the first generation's spawns. Returns 0,
+ * or -EMFILE (logged) when they do not fit in the open-file limit. */
+int manager_start_workers(Manager *m);
 
 /* Ask every worker to stop; the loop ends when the last one has exited and
  * every handle is closed. exit_code is what main() should return. */
