@@ -67,6 +67,12 @@ static void update_status(Manager *m) {
 
 /* ---- slots -------------------------------------------------------------- */
 
+/* The slot array or its length changed: tell those that route to slots. */
+static void slots_changed(Manager *m) {
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        messages_set_slots(&m->messages, m->slots, m->n_slots);
+}
+
 /* Add empty slots up to n (nothing is spawned in them). Returns the new
  * slot count, smaller than n only when out of memory (logged). */
 static unsigned grow_slots(Manager *m, unsigned n) {
@@ -83,7 +89,7 @@ static unsigned grow_slots(Manager *m, unsigned n) {
                 if (!(m->slots[i] = slot_new(&m->pool, i)))
                         break;
         m->n_slots = i;
-        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        slots_changed(m);
         return i;
 }
 
@@ -94,7 +100,7 @@ static void shrink_slots(Manager *m, unsigned n) {
                 slot_dispatch(m->slots[i], SLOT_EV_REMOVE, NULL, 0);
         m->n_slots = n;
         m->n_unstarted = MIN(m->n_unstarted, n);
-        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        slots_changed(m);
 }
 
 static void set_slot_count(Manager *m, unsigned n) {
@@ -593,7 +599,7 @@ void manager_stop(Manager *m, int exit_code) {
                 m->upgrade->cancel(m);
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
-        manager_unfollow_messages(m);
+        messages_unfollow_all(&m->messages);
         shrink_slots(m, 0);
 }
 
@@ -816,8 +822,10 @@ void manager_close(Manager *m) {
 int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o,
                  const ManagerUpgradeOps *upgrade) {
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF, .start_config = config_ref(config), .upgrade = upgrade,
-                         .message_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+                         .notify.fd = -EBADF, .start_config = config_ref(config), .upgrade = upgrade };
+        messages_init(&m->messages);
+        m->host = (Host) { .loop = loop, .listeners = &m->listeners, .notify = &m->notify,
+                           .handoff = &m->handoff, .messages = &m->messages };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
@@ -836,7 +844,7 @@ int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverri
         m->prepare.data = m;
         uv_idle_init(loop, &m->busy);
 
-        int r = pool_init(&m->pool, &manager_slot_ops, m, now_usec, config);
+        int r = pool_init(&m->pool, &host_slot_ops, &m->host, now_usec, config);
         if (r < 0)
                 return log_error_errno(r, "cannot allocate the failure window: %m");
         return 0;
@@ -920,6 +928,6 @@ void manager_done(Manager *m) {
         free(m->slots);
         listener_set_done(&m->listeners);
         config_unref(m->start_config);
-        manager_messages_done(m);
+        messages_done(&m->messages);
         pool_done(&m->pool);
 }

@@ -18,15 +18,12 @@
 #include "config.h"
 #include "control.h"
 #include "handoff.h"
+#include "host.h"
 #include "listener.h"
+#include "messages.h"
 #include "notify-server.h"
 #include "rollout.h"
 #include "slot.h"
-
-/* How many worker messages to the master `corralctl messages` shows, and
- * how many clients may follow them at once. */
-#define MESSAGES_KEPT 64
-#define MESSAGES_FOLLOWERS_MAX 16
 
 /* The signals the manager handles (manager.c's table). */
 #define MANAGER_N_SIGNALS 7
@@ -43,6 +40,8 @@ struct Manager {
         NotifyServer notify;
         ControlServer control;
         Handoff handoff;           /* balance round-robin/least-conn: started at start-up */
+        Messages messages;         /* worker messages: routing, the last ones kept, followers */
+        Host host;                 /* the Pool's host: its parts above, as host.c sees them */
 
         Slot **slots;
         unsigned n_slots;
@@ -82,14 +81,6 @@ struct Manager {
         uint64_t watchdog_usec;
         const ManagerUpgradeOps *upgrade; /* may be NULL */
 
-        /* messages.c */
-        char *kept[MESSAGES_KEPT]; /* the last messages for the master, as JSON objects, oldest at kept_head */
-        unsigned kept_head, n_kept;
-        uint64_t n_messages;       /* messages for the master, ever */
-        RateLimit message_log;     /* those messages in the log, all workers together */
-        uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
-        ControlConn *followers[MESSAGES_FOLLOWERS_MAX]; /* `messages -f` clients (references) */
-        unsigned n_followers;
 };
 
 /* Most workers spawned per loop iteration, and most time spent spawning in
@@ -174,38 +165,9 @@ int manager_check_program(const Config *c, char **ret_error);
 void manager_reload(Manager *m, ControlConn *client);
 void manager_restart(Manager *m, int slot, ControlConn *client);
 
-
 /* Reap every worker that exited (after reading what the notify socket
  * holds), by pid. */
 void manager_reap(Manager *m);
 
 /* The number of slots with a ready worker. */
 unsigned manager_count_ready(const Manager *m);
-
-/* workers.c: the host that starts workers for the Pool (SlotOps): fork and
- * exec through spawn.c, the IPC channel and, in stderr log mode, the
- * output pipe. */
-extern const SlotOps manager_slot_ops;
-/* Upgrade: the fds the master holds for w (-EBADF when none: its channel,
- * the worker's end of it kept for hand-offs, its output pipe), and giving
- * an adopted worker its I/O again (takes every fd, even on failure).
- * Returns 0 or -ENOMEM. */
-int worker_io_fds(Worker *w, int *ret_ipc, int *ret_peer, int *ret_output);
-int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_fd);
-
-/* messages.c: worker messages (SPEC §6) — routed between workers, and
- * those for the master logged, kept (the last MESSAGES_KEPT) and streamed
- * to `corralctl messages -f`. */
-struct IpcMessage;
-void manager_on_message(Manager *m, Worker *from, const struct IpcMessage *msg);
-/* Send data (one JSON value) from "ctl" to the worker of slot `slot`, or
- * to every slot's worker when slot < 0. Returns how many took it, their
- * pids in ret_pids (room for n_slots; may be NULL). */
-unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids);
-/* Stream every message for the master to c from now on (`messages -f`),
- * after the kept ones. Returns 0, or -EBUSY when too many follow. */
-int manager_follow_messages(Manager *m, ControlConn *c);
-/* End every follower's request: we are stopping. */
-void manager_unfollow_messages(Manager *m);
-/* The same, and free what is kept. */
-void manager_messages_done(Manager *m);

@@ -134,11 +134,6 @@ void slot_on_notify(Worker *w, const NotifyMsg *msg);
  * deadline left (0 = none) and sets Pool.earliest to it. */
 uint64_t pool_on_time(Pool *p, uint64_t now);
 
-/* Send a signal to a running worker. Returns 0 or -ESRCH. */
-int worker_signal(Worker *w, int sig);
-/* For the host's release: free the lifecycle's part of w. */
-void worker_free(Worker *w);
-
 SlotState slot_state(const Slot *s);
 const char *slot_state_to_string(SlotState s);
 /* What `corralctl status` shows: the state of the slot's worker, or
