@@ -165,7 +165,7 @@ void pool_done(Pool *p) {
         p->config = config_unref(p->config);
 }
 
-int pool_reset_failures(Pool *p) {
+static int reset_failures(Pool *p) {
         FailureWindow fw;
         int r = failure_window_init(&fw, p->config->restart_limit, p->config->restart_window_ms * USEC_PER_MSEC);
         if (r < 0)
@@ -174,6 +174,13 @@ int pool_reset_failures(Pool *p) {
         p->failures = fw;
         p->gave_up = false;
         return 0;
+}
+
+int pool_set_config(Pool *p, Config *config, unsigned generation) {
+        config_unref(p->config);
+        p->config = config;
+        p->generation = generation;
+        return reset_failures(p);
 }
 
 Outcome *pool_pop_outcome(Pool *p) {

@@ -112,8 +112,11 @@ typedef struct Pool {
 /* Takes a reference to config. Returns 0 or -ENOMEM. */
 int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config);
 void pool_done(Pool *p);
-/* Replace the restart policy's failure window (a reload). Returns 0 or -ENOMEM. */
-int pool_reset_failures(Pool *p);
+/* Make config (taken) the configuration new workers start in, as
+ * `generation`: a reload, or a failed one going back. The restart
+ * policy's failure window starts afresh (a reload is a fresh start after
+ * giving up). Returns 0, or -ENOMEM when the old window had to stay. */
+int pool_set_config(Pool *p, Config *config, unsigned generation);
 /* Take the oldest outcome; the caller frees it with free(). NULL when empty. */
 Outcome *pool_pop_outcome(Pool *p);
 Worker *pool_find_worker(Pool *p, pid_t pid);
