@@ -47,6 +47,7 @@ typedef enum SlotEvent {
         SLOT_EV_READY,             /* the worker sent READY=1 */
         SLOT_EV_STOPPING,          /* the worker sent STOPPING=1 */
         SLOT_EV_EXIT,              /* the worker was reaped */
+        SLOT_EV_WATCHDOG,          /* the worker's watchdog fired (w->failure says how): any role */
         _SLOT_EVENT_MAX,
 } SlotEvent;
 
