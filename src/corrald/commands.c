@@ -113,8 +113,8 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         if (k) {
                 cJSON_AddNumberToObject(k, "reloads_done", (double) m->reloads_done);
                 cJSON_AddNumberToObject(k, "reloads_failed", (double) m->reloads_failed);
-                cJSON_AddNumberToObject(k, "messages", (double) m->n_messages);
-                cJSON_AddNumberToObject(k, "messages_undeliverable", (double) m->n_undeliverable);
+                cJSON_AddNumberToObject(k, "messages", (double) m->messages.n_messages);
+                cJSON_AddNumberToObject(k, "messages_undeliverable", (double) m->messages.n_undeliverable);
                 cJSON_AddNumberToObject(k, "notify_dropped", (double) m->notify.n_dropped);
                 cJSON_AddNumberToObject(k, "handed", (double) m->handoff.n_handed);
                 cJSON_AddNumberToObject(k, "handoffs_retried", (double) m->handoff.n_retried);
@@ -312,7 +312,7 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
                 control_reply_error(c, "out of memory");
                 return;
         }
-        unsigned n = manager_send(m, t, text, len, pids);
+        unsigned n = messages_send(&m->messages, t, text, len, pids);
         if (n == 0) {
                 /* Nothing reached anyone: that is a failure (exit 1), not
                  * "delivered to 0 workers". */
@@ -342,20 +342,20 @@ static void cmd_send(Manager *m, ControlConn *c, const cJSON *req) {
  * or the client goes. */
 static void cmd_messages(Manager *m, ControlConn *c, const cJSON *req) {
         if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(req, "follow"))) {
-                if (manager_follow_messages(m, c) < 0)
+                if (messages_follow(&m->messages, c) < 0)
                         control_reply_error(c, "too many clients follow messages (at most %d)",
                                             MESSAGES_FOLLOWERS_MAX);
                 return;
         }
         cJSON *o = cJSON_CreateObject();
         cJSON *a = o ? cJSON_AddArrayToObject(o, "messages") : NULL;
-        for (unsigned k = 0; a && k < m->n_kept; k++) {
-                cJSON *e = cJSON_Parse(m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
+        for (unsigned k = 0; a && k < m->messages.n_kept; k++) {
+                cJSON *e = cJSON_Parse(messages_kept(&m->messages, k));
                 if (e)
                         cJSON_AddItemToArray(a, e);
         }
         if (o)
-                cJSON_AddNumberToObject(o, "total", (double) m->n_messages);
+                cJSON_AddNumberToObject(o, "total", (double) m->messages.n_messages);
         control_reply_ok(c, o);
 }
 

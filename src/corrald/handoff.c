@@ -129,9 +129,8 @@ static bool take_hashed(unsigned i, void *userdata) {
  * at the bound, stalled) all of a client's connections go to one other
  * slot, and come home once it can. Holding the connection for its own slot
  * instead would stop accepting for every client (see hold()).
- *
- * Returns true when one took it (fd is then closed here). */
-static bool deliver(Handoff *h, int fd, uint8_t index) {
+ */
+bool handoff_deliver(Handoff *h, int fd, uint8_t index) {
         unsigned n = h->n_slots;
         bool least = h->balance == BALANCE_LEAST_CONN;
         uint64_t min = 0;
@@ -348,7 +347,7 @@ static void on_readable(uv_poll_t *p, int status, int events) {
                                 continue;
                         }
                 }
-                if (!deliver(h, fd, l->index)) {
+                if (!handoff_deliver(h, fd, l->index)) {
                         (void) hold(h, fd, l->index, false);
                         return;
                 }
@@ -359,7 +358,7 @@ void handoff_kick(Handoff *h) {
         if (!h->started)
                 return;
         unsigned done = 0;
-        while (done < h->n_held && deliver(h, h->held_fd[done], h->held_index[done]))
+        while (done < h->n_held && handoff_deliver(h, h->held_fd[done], h->held_index[done]))
                 done++;
         if (done > 0) {
                 memmove(h->held_fd, h->held_fd + done, (h->n_held - done) * sizeof(int));

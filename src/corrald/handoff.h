@@ -95,6 +95,14 @@ void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const 
 /* A worker may have become able to take connections: retry now. */
 void handoff_kick(Handoff *h);
 
+/* The choice of worker: pass fd (accepted on listener `index`) to a ready
+ * worker by the balance mode, trying the others when the first choice
+ * cannot take it. Returns true when one took it (fd is then closed here),
+ * false when none could (fd is the caller's still). Does not log. Called
+ * for every accepted or held connection; tests/unit/test-handoff.c calls
+ * it with fake slots. */
+bool handoff_deliver(Handoff *h, int fd, uint8_t index);
+
 /* Take back every connection w has not read from its channel (it is gone,
  * stalled or at its fd limit): each goes to another worker before any new
  * one (closed while stopping), and no longer counts as open for w.

@@ -65,6 +65,40 @@ enum {
         ARG_IPC,
 };
 
+/* The in-place upgrade sits above the manager: the manager hands it
+ * SIGUSR2, its stop and SIGCHLD through these. */
+static const ManagerUpgradeOps upgrade_ops = {
+        .request = upgrade_request,
+        .cancel = upgrade_cancel,
+        .reap = upgrade_reap_strays,
+};
+
+/* After manager_init(): a corrald re-executed by an upgrade adopts what
+ * the previous one held and restores its workers without spawning;
+ * otherwise (or when the state cannot be used) the first generation
+ * starts. Returns 0 or a negative errno after logging. */
+static int start(Manager *m) {
+        int notify_fd = -EBADF, control_fd = -EBADF, restored = 0, r;
+
+        if (upgrade_pending() && (restored = upgrade_adopt_fds(m, &notify_fd, &control_fd)) < 0)
+                return restored;
+        r = manager_start(m, commands_dispatch, restored > 0, notify_fd, control_fd);
+        if (r < 0)
+                return r;
+        if (restored) {
+                r = upgrade_restore(m);
+                /* Workers that exited while we were exec'ing are zombies
+                 * waiting for us; what they said first is still in the
+                 * notify socket (manager_reap() reads it before). */
+                if (r >= 0)
+                        manager_reap(m);
+                return r;
+        }
+        if (upgrade_pending())
+                upgrade_stop_orphans(m);
+        return manager_start_workers(m);
+}
+
 int main(int argc, char *argv[]) {
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
@@ -247,7 +281,9 @@ int main(int argc, char *argv[]) {
                 return 1;
         }
         Manager m;
-        r = manager_start(&m, loop, config, &o, commands_dispatch);
+        r = manager_init(&m, loop, config, &o, &upgrade_ops);
+        if (r >= 0)
+                r = start(&m);
         if (r < 0) {
                 manager_close(&m);
                 uv_run(loop, UV_RUN_DEFAULT);

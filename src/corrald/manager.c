@@ -19,7 +19,6 @@
 #include "manager.h"
 #include "procfs.h"
 #include "spawn.h"
-#include "upgrade.h"
 #include "util.h"
 
 unsigned manager_count_ready(const Manager *m) {
@@ -68,6 +67,12 @@ static void update_status(Manager *m) {
 
 /* ---- slots -------------------------------------------------------------- */
 
+/* The slot array or its length changed: tell those that route to slots. */
+static void slots_changed(Manager *m) {
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        messages_set_slots(&m->messages, m->slots, m->n_slots);
+}
+
 /* Add empty slots up to n (nothing is spawned in them). Returns the new
  * slot count, smaller than n only when out of memory (logged). */
 static unsigned grow_slots(Manager *m, unsigned n) {
@@ -84,7 +89,7 @@ static unsigned grow_slots(Manager *m, unsigned n) {
                 if (!(m->slots[i] = slot_new(&m->pool, i)))
                         break;
         m->n_slots = i;
-        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        slots_changed(m);
         return i;
 }
 
@@ -95,7 +100,7 @@ static void shrink_slots(Manager *m, unsigned n) {
                 slot_dispatch(m->slots[i], SLOT_EV_REMOVE, NULL, 0);
         m->n_slots = n;
         m->n_unstarted = MIN(m->n_unstarted, n);
-        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        slots_changed(m);
 }
 
 static void set_slot_count(Manager *m, unsigned n) {
@@ -191,6 +196,36 @@ static void notify_ready(Manager *m, const char *status_prefix) {
 static void plan_result(Manager *m, RolloutResult res);
 static void arm_recycle(Manager *m);
 
+/* The Pool's configuration changed (a reload, or a failed one going
+ * back): what depends on it follows. */
+static void config_changed(Manager *m) {
+        arm_recycle(m);      /* recycle.* may have been turned on or off */
+        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+}
+
+/* How plans talk to the control client that asked (rollout.h). */
+static void *reply_ref(void *client) {
+        return control_conn_ref(client);
+}
+static void reply_unref(void *client) {
+        control_conn_unref(client);
+}
+static void reply_progress(void *client, const char *line) {
+        control_reply_progress(client, "%s", line);
+}
+static void reply_result(void *client, bool ok, cJSON *fields, const char *error) {
+        if (ok)
+                control_reply_ok(client, fields);
+        else
+                control_reply_error(client, "%s", error);
+}
+static const RolloutReplyOps control_replies = {
+        .ref = reply_ref,
+        .unref = reply_unref,
+        .progress = reply_progress,
+        .result = reply_result,
+};
+
 static void start_plan(Manager *m, Rollout *r) {
         m->pool.changed = true;   /* STATUS= shows the plan */
         m->rollout = r;
@@ -199,104 +234,47 @@ static void start_plan(Manager *m, Rollout *r) {
         plan_result(m, rollout_step(r, m->slots, m->n_slots, manager_config(m)->reload_max_surge));
 }
 
-static void plan_done(Manager *m) {
-        m->pool.changed = true;   /* STATUS= shows the plan */
+/* The plan ended: apply what it asks (rollout.h, RolloutEnd, in that
+ * order), then it logs and replies. */
+static void plan_end(Manager *m, RolloutResult res) {
         Rollout *r = TAKE_PTR(m->rollout);
-        uint64_t ms = (now_usec() - r->start_usec) / USEC_PER_MSEC;
+        RolloutEnd e;
 
-        m->pool.plan = 0;
-        if (r->kind == ROLLOUT_RELOAD && r->target_workers < m->n_slots)
-                set_slot_count(m, r->target_workers);
-        if (r->kind == ROLLOUT_RELOAD) {
-                m->reload_failed = false;
-                m->reloads_done++;
-                LogFields f = event(m, "reload_done");
-                log_emit(LOG_INFO, &f, "reload done: generation %u, %u worker%s replaced in %llu ms",
-                         m->pool.generation, r->replaced, plural(r->replaced), (unsigned long long) ms);
-                if (r->note[0])
-                        log_warning("reload: %s", r->note);
-                notify_ready(m, NULL);
-        } else
-                log_info("%s done: %u worker%s replaced in %llu ms", rollout_kind_to_string(r->kind), r->replaced,
-                         plural(r->replaced), (unsigned long long) ms);
-        if (r->client) {
-                cJSON *o = cJSON_CreateObject();
-                if (o) {
-                        cJSON_AddNumberToObject(o, "generation", m->pool.generation);
-                        cJSON_AddNumberToObject(o, "replaced", r->replaced);
-                        cJSON_AddNumberToObject(o, "duration_ms", (double) ms);
-                        if (r->note[0])
-                                cJSON_AddStringToObject(o, "warning", r->note);
-                }
-                control_reply_ok(r->client, o);
-        }
-        rollout_free(r);
-}
-
-/* End the plan unsuccessfully: stop every replacement still starting,
- * restore a reload's configuration, refill any slot left empty. */
-static void plan_failed(Manager *m) {
         m->pool.changed = true;   /* STATUS= shows the plan */
-        Rollout *r = TAKE_PTR(m->rollout);
-        bool any_old = false;
-
         m->pool.plan = 0;
-        if (r->kind == ROLLOUT_RELOAD) {
-                /* New workers already promoted keep their generation; new
-                 * spawns (respawns included) use the old configuration,
-                 * restart policy and worker count. */
-                config_unref(m->pool.config);
-                m->pool.config = TAKE_PTR(r->old_config);
-                m->pool.generation = r->old_generation;
-                arm_recycle(m);
-                handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
-                (void) pool_reset_failures(&m->pool);
-                if (m->n_slots > r->old_workers)
-                        set_slot_count(m, r->old_workers);
+        rollout_end(r, res, &e);
+        if (e.config) {
+                (void) pool_set_config(&m->pool, TAKE_PTR(e.config), e.generation);
+                config_changed(m);
         }
-        for (unsigned i = 0; i < m->n_slots; i++) {
-                any_old |= slot_current(m->slots[i]) != NULL;
-                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
-        }
-        if (r->kind == ROLLOUT_RECYCLE) {
+        if (e.workers > 0 && e.workers < m->n_slots)
+                set_slot_count(m, e.workers);
+        if (e.cancel)
+                rollout_cancel(r, m->slots, m->n_slots);
+        if (e.pause_recycle)
                 m->recycle_pause_until = now_usec() + manager_config(m)->restart_window_ms * USEC_PER_MSEC;
-                log_warning("recycle failed: %s; the old worker keeps serving", r->error);
-                rollout_free(r);
-                return;
+        if (e.kind == ROLLOUT_RELOAD) {
+                m->reload_failed = !e.ok;
+                if (e.ok)
+                        m->reloads_done++;
+                else
+                        m->reloads_failed++;
         }
-
-        const char *rest = r->replaced ? "; slots already replaced keep their new workers"
-                           : any_old   ? "; the old workers keep serving"
-                                       : "";
-        LogFields f = event(m, r->kind == ROLLOUT_RELOAD ? "reload_failed" : NULL);
-        log_emit(LOG_ERR, &f, "%s failed: %s%s", rollout_kind_to_string(r->kind), r->error, rest);
-        if (r->kind == ROLLOUT_RELOAD) {
-                m->reload_failed = true;
-                m->reloads_failed++;
-        }
-        if (r->kind == ROLLOUT_RELOAD) {
-                char prefix[300];
-                snprintf(prefix, sizeof(prefix), "Reload failed: %.200s; ", r->error);
-                notify_ready(m, prefix);
-        }
-        if (r->client)
-                control_reply_error(r->client, "%s failed: %s", rollout_kind_to_string(r->kind), r->error);
-        rollout_free(r);
+        if (e.tell_systemd)
+                notify_ready(m, e.status_prefix);
+        rollout_finish(r, &e, m->pool.generation, now_usec());
 }
 
 static void plan_result(Manager *m, RolloutResult res) {
-        if (res == ROLLOUT_DONE)
-                plan_done(m);
-        else if (res == ROLLOUT_FAILED)
-                plan_failed(m);
+        if (res != ROLLOUT_RUNNING)
+                plan_end(m, res);
 }
 
 /* A recycle yields to a reload or restart: its replacement is stopped. */
 static void preempt_recycle(Manager *m) {
         if (!m->rollout || m->rollout->kind != ROLLOUT_RECYCLE)
                 return;
-        for (unsigned i = 0; i < m->n_slots; i++)
-                slot_dispatch(m->slots[i], SLOT_EV_CANCEL, NULL, 0);
+        rollout_cancel(m->rollout, m->slots, m->n_slots);
         m->rollout = rollout_free(m->rollout);
         m->pool.plan = 0;
 }
@@ -378,7 +356,8 @@ void manager_reload(Manager *m, ControlConn *client) {
                                             "raise LimitNOFILE=", target, max, open);
                 return;
         }
-        Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), client, now_usec());
+        Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), &control_replies,
+                                  client, now_usec());
         if (!ro) {
                 if (client)
                         control_reply_error(client, "out of memory");
@@ -389,16 +368,13 @@ void manager_reload(Manager *m, ControlConn *client) {
                 snprintf(ro->note, sizeof(ro->note), "listen changes take effect only when corrald restarts");
         else if (c->balance != m->start_config->balance)
                 snprintf(ro->note, sizeof(ro->note), "balance changes take effect only when corrald restarts");
-        ro->old_config = m->pool.config;
+        ro->old_config = config_ref(m->pool.config);
         ro->old_generation = m->pool.generation;
         ro->old_workers = m->n_slots;
         ro->target_workers = target;
-        m->pool.config = TAKE_PTR(c);
-        m->pool.generation++;
-        arm_recycle(m);      /* recycle.* may have been turned on or off */
-        handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
         /* New restart policy, and a reload is a fresh start after giving up. */
-        (void) pool_reset_failures(&m->pool);
+        (void) pool_set_config(&m->pool, TAKE_PTR(c), m->pool.generation + 1);
+        config_changed(m);
 
         (void) sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu\nSTATUS=Reloading: generation %u",
                           (unsigned long long) now_usec(), m->pool.generation);
@@ -427,7 +403,8 @@ void manager_restart(Manager *m, int slot, ControlConn *client) {
                         control_reply_error(client, "no slot %d (there are %u workers)", slot, m->n_slots);
                 return;
         }
-        Rollout *r = rollout_new(ROLLOUT_RESTART, ++m->rollout_serial, m->n_slots, client, now_usec());
+        Rollout *r = rollout_new(ROLLOUT_RESTART, ++m->rollout_serial, m->n_slots, &control_replies, client,
+                                 now_usec());
         if (!r) {
                 if (client)
                         control_reply_error(client, "out of memory");
@@ -510,7 +487,7 @@ static void on_deadline(uv_timer_t *t) {
 
 /* Start a one-slot recycle plan for slot i. */
 static void recycle_slot(Manager *m, unsigned i) {
-        Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, NULL, now_usec());
+        Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, &control_replies, NULL, now_usec());
         if (!r)
                 return;
         m->recycle_next = i + 1;
@@ -581,19 +558,16 @@ void manager_stop(Manager *m, int exit_code) {
                 return;
         m->pool.stopping = true;
         m->exit_code = exit_code;
-        if (m->rollout) {
-                if (m->rollout->client)
-                        control_reply_error(m->rollout->client, "%s aborted: corrald is stopping",
-                                            rollout_kind_to_string(m->rollout->kind));
-                m->rollout = rollout_free(m->rollout);
-        }
+        if (m->rollout)
+                m->rollout = rollout_abort(m->rollout, "corrald is stopping");
         LogFields f = event(m, "stop");
         log_emit(LOG_INFO, &f, "stopping %u worker%s", m->pool.n_workers, plural(m->pool.n_workers));
         (void) sd_notify(0, "STOPPING=1");
-        upgrade_cancel(m);
+        if (m->upgrade && m->upgrade->cancel)
+                m->upgrade->cancel(m);
         uv_timer_stop(&m->recycle);
         handoff_stop(&m->handoff);
-        manager_unfollow_messages(m);
+        messages_unfollow_all(&m->messages);
         shrink_slots(m, 0);
 }
 
@@ -616,7 +590,8 @@ void manager_reap(Manager *m) {
                 if (waitpid(w->pid, &st, WNOHANG) == w->pid)
                         slot_dispatch(w->slot, SLOT_EV_EXIT, w, st);
         }
-        upgrade_reap_strays();
+        if (m->upgrade && m->upgrade->reap)
+                m->upgrade->reap();
 
         /* As PID 1 or a subreaper, the orphans of workers' children are
          * ours too: reap them quietly. A worker that exited since the loop
@@ -669,8 +644,10 @@ static void on_sigttin(uv_signal_t *h, int signum) {
 
 static void on_sigusr2(uv_signal_t *h, int signum) {
         Manager *m = h->data;
+        if (!m->upgrade || !m->upgrade->request)
+                return;
         log_info("received SIGUSR2: upgrading in place");
-        upgrade_request(m, NULL);
+        m->upgrade->request(m, NULL);
 }
 
 /* Every signal the manager handles, once: m->handled_signals, which the
@@ -810,13 +787,13 @@ void manager_close(Manager *m) {
         closer_stop();
 }
 
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands) {
-        char *error = NULL;
-        int r;
-
+int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o,
+                 const ManagerUpgradeOps *upgrade) {
         *m = (Manager) { .loop = loop, .overrides = o, .start_usec = now_usec(), .exec_usec = now_usec(),
-                         .notify.fd = -EBADF, .start_config = config_ref(config),
-                         .message_log = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+                         .notify.fd = -EBADF, .start_config = config_ref(config), .upgrade = upgrade };
+        messages_init(&m->messages);
+        m->host = (Host) { .loop = loop, .listeners = &m->listeners, .notify = &m->notify,
+                           .handoff = &m->handoff, .messages = &m->messages };
 
         /* Every handle exists from here on, so manager_close() is safe
          * whatever fails below. */
@@ -835,15 +812,19 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
         m->prepare.data = m;
         uv_idle_init(loop, &m->busy);
 
-        r = pool_init(&m->pool, &manager_slot_ops, m, now_usec, config);
+        int r = pool_init(&m->pool, &host_slot_ops, &m->host, now_usec, config);
         if (r < 0)
                 return log_error_errno(r, "cannot allocate the failure window: %m");
+        return 0;
+}
 
-        /* Re-executed by an upgrade: adopt what the previous corrald held. */
-        int notify_fd = -EBADF, control_fd = -EBADF, restored = 0;
-        if (upgrade_pending() && (restored = upgrade_adopt_fds(m, &notify_fd, &control_fd)) < 0)
-                return restored;
-        r = restored || m->listeners.n > 0 ? 0 : listener_set_acquire(&m->listeners, config, &error);
+int manager_start(Manager *m, ControlHandler commands, bool adopted, int notify_fd, int control_fd) {
+        const Config *config = manager_config(m);
+        uv_loop_t *loop = m->loop;
+        char *error = NULL;
+        int r;
+
+        r = adopted || m->listeners.n > 0 ? 0 : listener_set_acquire(&m->listeners, config, &error);
         if (r < 0) {
                 log_error("%s", error ? error : "out of memory");
                 free(error);
@@ -891,19 +872,11 @@ int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverr
                 uv_timer_start(&m->watchdog, on_watchdog, ms, ms);
         }
         arm_recycle(m);
+        return 0;
+}
 
-        if (restored) {
-                r = upgrade_restore(m);
-                /* Workers that exited while we were exec'ing are zombies
-                 * waiting for us; what they said first is still in the
-                 * notify socket (manager_reap() reads it before). */
-                if (r >= 0)
-                        manager_reap(m);
-                return r;
-        }
-        if (upgrade_pending())
-                upgrade_stop_orphans(m);
-
+int manager_start_workers(Manager *m) {
+        const Config *config = manager_config(m);
         unsigned n = config_worker_count(config), max, open;
         if (manager_fd_room(m, n, &max, &open) < 0) {
                 log_error("%u workers do not fit in the open-file limit of %u (%u open, %u per worker, %d spare); "
@@ -923,6 +896,6 @@ void manager_done(Manager *m) {
         free(m->slots);
         listener_set_done(&m->listeners);
         config_unref(m->start_config);
-        manager_messages_done(m);
+        messages_done(&m->messages);
         pool_done(&m->pool);
 }

@@ -18,20 +18,20 @@
 #include "config.h"
 #include "control.h"
 #include "handoff.h"
+#include "host.h"
 #include "listener.h"
+#include "messages.h"
 #include "notify-server.h"
 #include "rollout.h"
 #include "slot.h"
 
-/* How many worker messages to the master `corralctl messages` shows, and
- * how many clients may follow them at once. */
-#define MESSAGES_KEPT 64
-#define MESSAGES_FOLLOWERS_MAX 16
-
 /* The signals the manager handles (manager.c's table). */
 #define MANAGER_N_SIGNALS 7
 
-typedef struct Manager {
+typedef struct Manager Manager;
+typedef struct ManagerUpgradeOps ManagerUpgradeOps;
+
+struct Manager {
         uv_loop_t *loop;
         const ConfigOverrides *overrides;
         Config *start_config;      /* what the listeners and balance were set up from */
@@ -40,6 +40,8 @@ typedef struct Manager {
         NotifyServer notify;
         ControlServer control;
         Handoff handoff;           /* balance round-robin/least-conn: started at start-up */
+        Messages messages;         /* worker messages: routing, the last ones kept, followers */
+        Host host;                 /* the Pool's host: its parts above, as host.c sees them */
 
         Slot **slots;
         unsigned n_slots;
@@ -77,16 +79,9 @@ typedef struct Manager {
         uv_prepare_t prepare;      /* drains outcomes once per iteration */
         uv_idle_t busy;            /* active while spawns wait for the next iteration */
         uint64_t watchdog_usec;
+        const ManagerUpgradeOps *upgrade; /* may be NULL */
 
-        /* messages.c */
-        char *kept[MESSAGES_KEPT]; /* the last messages for the master, as JSON objects, oldest at kept_head */
-        unsigned kept_head, n_kept;
-        uint64_t n_messages;       /* messages for the master, ever */
-        RateLimit message_log;     /* those messages in the log, all workers together */
-        uint64_t n_undeliverable;  /* worker messages for a slot that does not exist */
-        ControlConn *followers[MESSAGES_FOLLOWERS_MAX]; /* `messages -f` clients (references) */
-        unsigned n_followers;
-} Manager;
+};
 
 /* Most workers spawned per loop iteration, and most time spent spawning in
  * one: a mass scale-up leaves the loop free for signals, the control
@@ -98,11 +93,38 @@ typedef struct Manager {
 #define SPAWN_BATCH 16
 #define SPAWN_BATCH_USEC 2000
 
-/* Set up everything (listeners, notify socket, signals) and queue the first
- * generation's spawns; control requests go to `commands` (commands.c's
- * dispatcher, given by main()). Takes a reference to config. Returns 0 or a negative
- * errno after logging what failed. */
-int manager_start(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o, ControlHandler commands);
+/* What the manager passes on to the in-place upgrade (upgrade.c). The
+ * upgrade sits above the manager (it reads and restores the manager's
+ * whole state), so the manager does not call it by name: main() fills
+ * these in. Any may be NULL. */
+struct ManagerUpgradeOps {
+        /* SIGUSR2: upgrade in place (client is NULL). */
+        void (*request)(Manager *m, ControlConn *client);
+        /* manager_stop(): end a check in progress, refusing its clients. */
+        void (*cancel)(Manager *m);
+        /* SIGCHLD, after the workers and before any orphan (--subreaper):
+         * reap the children that are no worker (probes, orphans). */
+        void (*reap)(void);
+};
+
+/* Part 1 of the start: every loop handle (so that manager_close() is safe
+ * from here on, whatever fails later) and the Pool with config's
+ * generation. Takes a reference to config. Returns 0 or a negative errno
+ * after logging. */
+int manager_init(Manager *m, uv_loop_t *loop, Config *config, const ConfigOverrides *o,
+                 const ManagerUpgradeOps *upgrade);
+
+/* Part 2: the listeners (unless adopted: `adopted`, or m->listeners
+ * already holds some), the hand-off, the control and notify sockets
+ * (adopting notify_fd and control_fd when >= 0), signals and timers.
+ * Control requests go to `commands` (commands.c's dispatcher, given by
+ * main()). No worker is started yet. Returns 0 or a negative errno after
+ * logging what failed. */
+int manager_start(Manager *m, ControlHandler commands, bool adopted, int notify_fd, int control_fd);
+
+/* Part 3 of a clean start: queue the first generation's spawns. Returns 0,
+ * or -EMFILE (logged) when they do not fit in the open-file limit. */
+int manager_start_workers(Manager *m);
 
 /* Ask every worker to stop; the loop ends when the last one has exited and
  * every handle is closed. exit_code is what main() should return. */
@@ -143,38 +165,9 @@ int manager_check_program(const Config *c, char **ret_error);
 void manager_reload(Manager *m, ControlConn *client);
 void manager_restart(Manager *m, int slot, ControlConn *client);
 
-
 /* Reap every worker that exited (after reading what the notify socket
  * holds), by pid. */
 void manager_reap(Manager *m);
 
 /* The number of slots with a ready worker. */
 unsigned manager_count_ready(const Manager *m);
-
-/* workers.c: the host that starts workers for the Pool (SlotOps): fork and
- * exec through spawn.c, the IPC channel and, in stderr log mode, the
- * output pipe. */
-extern const SlotOps manager_slot_ops;
-/* Upgrade: the fds the master holds for w (-EBADF when none: its channel,
- * the worker's end of it kept for hand-offs, its output pipe), and giving
- * an adopted worker its I/O again (takes every fd, even on failure).
- * Returns 0 or -ENOMEM. */
-int worker_io_fds(Worker *w, int *ret_ipc, int *ret_peer, int *ret_output);
-int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_fd);
-
-/* messages.c: worker messages (SPEC §6) — routed between workers, and
- * those for the master logged, kept (the last MESSAGES_KEPT) and streamed
- * to `corralctl messages -f`. */
-struct IpcMessage;
-void manager_on_message(Manager *m, Worker *from, const struct IpcMessage *msg);
-/* Send data (one JSON value) from "ctl" to the worker of slot `slot`, or
- * to every slot's worker when slot < 0. Returns how many took it, their
- * pids in ret_pids (room for n_slots; may be NULL). */
-unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids);
-/* Stream every message for the master to c from now on (`messages -f`),
- * after the kept ones. Returns 0, or -EBUSY when too many follow. */
-int manager_follow_messages(Manager *m, ControlConn *c);
-/* End every follower's request: we are stopping. */
-void manager_unfollow_messages(Manager *m);
-/* The same, and free what is kept. */
-void manager_messages_done(Manager *m);

@@ -1,4 +1,4 @@
-/* messages: worker messages (SPEC §6), routed by the master.
+/* messages: see messages.h.
  *
  * A worker's line for "all", "others" or a slot is forwarded to those
  * slots' current workers with "from" set to the sender's slot, its data
@@ -13,14 +13,27 @@
 
 #include "ipc.h"
 #include "log.h"
-#include "manager.h"
+#include "messages.h"
 #include "util.h"
 
 /* Longest message kept whole for `corralctl messages`; a longer one is
  * kept with its data replaced by a note, so the buffer stays small. */
 #define KEPT_DATA_MAX 4096
 
-static void keep(Manager *m, const Worker *w, const IpcMessage *msg) {
+void messages_init(Messages *ms) {
+        *ms = (Messages) { .log_limit = RATELIMIT_INIT(WORKER_NOTICE_INTERVAL_USEC, WORKER_NOTICE_BURST) };
+}
+
+void messages_set_slots(Messages *ms, Slot * const *slots, unsigned n_slots) {
+        ms->slots = slots;
+        ms->n_slots = n_slots;
+}
+
+const char *messages_kept(const Messages *ms, unsigned k) {
+        return ms->kept[(ms->kept_head + k) % MESSAGES_KEPT];
+}
+
+static void keep(Messages *ms, const Worker *w, const IpcMessage *msg) {
         char *e = NULL;
         int r;
         if (msg->data_len <= KEPT_DATA_MAX)
@@ -31,18 +44,18 @@ static void keep(Manager *m, const Worker *w, const IpcMessage *msg) {
                              (int) worker_pid(w), w->generation, msg->data_len);
         if (r < 0)
                 return;
-        unsigned i = (m->kept_head + m->n_kept) % MESSAGES_KEPT;
-        if (m->n_kept == MESSAGES_KEPT) {
-                free(m->kept[m->kept_head]);
-                m->kept_head = (m->kept_head + 1) % MESSAGES_KEPT;
+        unsigned i = (ms->kept_head + ms->n_kept) % MESSAGES_KEPT;
+        if (ms->n_kept == MESSAGES_KEPT) {
+                free(ms->kept[ms->kept_head]);
+                ms->kept_head = (ms->kept_head + 1) % MESSAGES_KEPT;
         } else
-                m->n_kept++;
-        m->kept[i] = e;
+                ms->n_kept++;
+        ms->kept[i] = e;
 }
 
-static void log_message(Manager *m, Worker *w, const IpcMessage *msg) {
+static void log_message(Messages *ms, const Worker *w, const IpcMessage *msg) {
         unsigned suppressed;
-        bool ok = ratelimit_below(&m->message_log, now_usec(), &suppressed);
+        bool ok = ratelimit_below(&ms->log_limit, now_usec(), &suppressed);
         LogFields f = { .event = "message", .worker_id = (int) w->id, .pid = worker_pid(w),
                         .generation = w->generation, .exit_status = -1 };
         if (suppressed) {
@@ -63,22 +76,22 @@ static void log_message(Manager *m, Worker *w, const IpcMessage *msg) {
 }
 
 /* Send a formatted line to slot i's current worker; returns its pid, or 0. */
-static pid_t deliver(Manager *m, unsigned i, const char *line) {
-        Worker *w = slot_current(m->slots[i]);
+static pid_t deliver(Messages *ms, unsigned i, const char *line) {
+        Worker *w = slot_current(ms->slots[i]);
         return w && w->pid > 0 && ipc_send_line(w->ipc, line) >= 0 ? w->pid : 0;
 }
 
-static unsigned route(Manager *m, IpcPeer from, unsigned from_slot, IpcPeer to, unsigned to_slot, const char *data,
+static unsigned route(Messages *ms, IpcPeer from, unsigned from_slot, IpcPeer to, unsigned to_slot, const char *data,
                       size_t len, pid_t *ret_pids) {
         size_t cap = len + IPC_MSG_OVERHEAD;
         _cleanup_free_ char *line = malloc(cap);
         if (!line || ipc_msg_format_from(line, cap, from, from_slot, data, len) < 0)
                 return 0;
         unsigned n = 0;
-        for (unsigned i = 0; i < m->n_slots; i++) {
+        for (unsigned i = 0; i < ms->n_slots; i++) {
                 bool target = to == IPC_PEER_ALL || (to == IPC_PEER_OTHERS && i != from_slot) ||
                               (to == IPC_PEER_SLOT && i == to_slot);
-                pid_t pid = target ? deliver(m, i, line) : 0;
+                pid_t pid = target ? deliver(ms, i, line) : 0;
                 if (pid > 0 && ret_pids)
                         ret_pids[n] = pid;
                 n += pid > 0;
@@ -96,65 +109,65 @@ static void send_kept(ControlConn *c, const char *text) {
         cJSON_Delete(o);
 }
 
-static void stream(Manager *m, const char *text) {
+static void stream(Messages *ms, const char *text) {
         unsigned k = 0;
-        for (unsigned i = 0; i < m->n_followers; i++) {
-                ControlConn *c = m->followers[i];
+        for (unsigned i = 0; i < ms->n_followers; i++) {
+                ControlConn *c = ms->followers[i];
                 if (!control_conn_alive(c)) {
                         control_conn_unref(c);
                         continue;
                 }
                 send_kept(c, text);
-                m->followers[k++] = c;
+                ms->followers[k++] = c;
         }
-        m->n_followers = k;
+        ms->n_followers = k;
 }
 
-int manager_follow_messages(Manager *m, ControlConn *c) {
+int messages_follow(Messages *ms, ControlConn *c) {
         /* Make room: followers that went away since the last message. */
-        stream(m, NULL);
-        if (m->n_followers >= MESSAGES_FOLLOWERS_MAX)
+        stream(ms, NULL);
+        if (ms->n_followers >= MESSAGES_FOLLOWERS_MAX)
                 return -EBUSY;
-        for (unsigned k = 0; k < m->n_kept; k++)
-                send_kept(c, m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
-        m->followers[m->n_followers++] = control_conn_ref(c);
+        for (unsigned k = 0; k < ms->n_kept; k++)
+                send_kept(c, ms->kept[(ms->kept_head + k) % MESSAGES_KEPT]);
+        ms->followers[ms->n_followers++] = control_conn_ref(c);
         return 0;
 }
 
-void manager_on_message(Manager *m, Worker *w, const IpcMessage *msg) {
+void messages_on_message(Messages *ms, const Worker *w, const IpcMessage *msg) {
         if (msg->peer == IPC_PEER_MASTER) {
-                m->n_messages++;
-                log_message(m, w, msg);
-                keep(m, w, msg);
-                if (m->n_followers)
-                        stream(m, m->kept[(m->kept_head + m->n_kept - 1) % MESSAGES_KEPT]);
+                ms->n_messages++;
+                log_message(ms, w, msg);
+                keep(ms, w, msg);
+                if (ms->n_followers)
+                        stream(ms, ms->kept[(ms->kept_head + ms->n_kept - 1) % MESSAGES_KEPT]);
                 return;
         }
-        if (msg->peer == IPC_PEER_SLOT && msg->slot >= m->n_slots) {
-                m->n_undeliverable++;
+        if (msg->peer == IPC_PEER_SLOT && msg->slot >= ms->n_slots) {
+                ms->n_undeliverable++;
                 return;
         }
-        (void) route(m, IPC_PEER_SLOT, w->id, msg->peer, msg->slot, msg->data, msg->data_len, NULL);
+        (void) route(ms, IPC_PEER_SLOT, w->id, msg->peer, msg->slot, msg->data, msg->data_len, NULL);
 }
 
-unsigned manager_send(Manager *m, int slot, const char *data, size_t len, pid_t *ret_pids) {
-        return route(m, IPC_PEER_CTL, 0, slot < 0 ? IPC_PEER_ALL : IPC_PEER_SLOT, slot < 0 ? 0 : (unsigned) slot,
+unsigned messages_send(Messages *ms, int slot, const char *data, size_t len, pid_t *ret_pids) {
+        return route(ms, IPC_PEER_CTL, 0, slot < 0 ? IPC_PEER_ALL : IPC_PEER_SLOT, slot < 0 ? 0 : (unsigned) slot,
                      data, len, ret_pids);
 }
 
-void manager_unfollow_messages(Manager *m) {
-        for (unsigned i = 0; i < m->n_followers; i++) {
+void messages_unfollow_all(Messages *ms) {
+        for (unsigned i = 0; i < ms->n_followers; i++) {
                 /* The stream ends normally: there will be no more. */
-                if (control_conn_alive(m->followers[i]))
-                        control_reply_ok(m->followers[i], NULL);
-                control_conn_unref(m->followers[i]);
+                if (control_conn_alive(ms->followers[i]))
+                        control_reply_ok(ms->followers[i], NULL);
+                control_conn_unref(ms->followers[i]);
         }
-        m->n_followers = 0;
+        ms->n_followers = 0;
 }
 
-void manager_messages_done(Manager *m) {
-        manager_unfollow_messages(m);
-        for (unsigned k = 0; k < m->n_kept; k++)
-                free(m->kept[(m->kept_head + k) % MESSAGES_KEPT]);
-        m->n_kept = 0;
+void messages_done(Messages *ms) {
+        messages_unfollow_all(ms);
+        for (unsigned k = 0; k < ms->n_kept; k++)
+                free(ms->kept[(ms->kept_head + k) % MESSAGES_KEPT]);
+        ms->n_kept = 0;
 }

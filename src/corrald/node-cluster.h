@@ -27,7 +27,7 @@
  * listeners it asked for; one that never did (a plain process.on('message')
  * worker) gets every connection as a net.Socket NODE_HANDLE line.
  *
- * One NodeCluster per worker, in its host (workers.c). Lines come parsed
+ * One NodeCluster per worker, in its host (host.c). Lines come parsed
  * with cJSON: they are rare (a few per worker life), but for the
  * newconn answers, which are recognised without parsing. */
 #pragma once

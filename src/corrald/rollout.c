@@ -27,7 +27,12 @@ const char *rollout_describe(const Rollout *r, char *buf, size_t n) {
         return buf;
 }
 
-Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, ControlConn *client, uint64_t now) {
+static const char *plural(unsigned n) {
+        return n == 1 ? "" : "s";
+}
+
+Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, const RolloutReplyOps *reply,
+                     void *client, uint64_t now) {
         Rollout *r = calloc(1, sizeof(Rollout));
         if (!r)
                 return NULL;
@@ -38,7 +43,8 @@ Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, Contr
         }
         r->kind = kind;
         r->serial = serial;
-        r->client = client ? control_conn_ref(client) : NULL;
+        r->reply = reply;
+        r->client = client ? reply->ref(client) : NULL;
         r->start_usec = now;
         return r;
 }
@@ -47,7 +53,7 @@ Rollout *rollout_free(Rollout *r) {
         if (!r)
                 return NULL;
         if (r->client)
-                control_conn_unref(r->client);
+                r->reply->unref(r->client);
         config_unref(r->old_config);
         free(r->queue);
         free(r);
@@ -62,7 +68,7 @@ void rollout_progress(Rollout *r, const char *fmt, ...) {
         va_end(ap);
         log_info("%s: %s", kind_table[r->kind], msg);
         if (r->client)
-                control_reply_progress(r->client, "%s", msg);
+                r->reply->progress(r->client, msg);
 }
 
 void rollout_enqueue(Rollout *r, Slot *s) {
@@ -109,4 +115,99 @@ RolloutResult rollout_on_outcome(Rollout *r, const Outcome *o, Slot * const *slo
                 rollout_progress(r, "replaced %u/%u: slot %u, new worker pid %d", r->replaced, r->n_queue,
                                  o->slot_id, (int) o->pid);
         return rollout_step(r, slots, n_slots, max_surge);
+}
+
+/* ---- the end of a plan --------------------------------------------------- */
+
+void rollout_end(Rollout *r, RolloutResult res, RolloutEnd *ret) {
+        *ret = (RolloutEnd) { .kind = r->kind, .ok = res == ROLLOUT_DONE };
+        if (ret->ok) {
+                /* Surplus slots go once their replacements are in. */
+                if (r->kind == ROLLOUT_RELOAD)
+                        ret->workers = r->target_workers;
+        } else {
+                ret->cancel = true;
+                /* New workers already promoted keep their generation; new
+                 * spawns (respawns included) use the old configuration,
+                 * restart policy and worker count. */
+                if (r->kind == ROLLOUT_RELOAD) {
+                        ret->config = TAKE_PTR(r->old_config);
+                        ret->generation = r->old_generation;
+                        ret->workers = r->old_workers;
+                }
+                ret->pause_recycle = r->kind == ROLLOUT_RECYCLE;
+        }
+        if (r->kind == ROLLOUT_RELOAD) {
+                ret->tell_systemd = true;
+                if (!ret->ok)
+                        snprintf(ret->status_prefix, sizeof(ret->status_prefix), "Reload failed: %.200s; ", r->error);
+        }
+}
+
+void rollout_cancel(Rollout *r, Slot * const *slots, unsigned n_slots) {
+        for (unsigned i = 0; i < n_slots; i++) {
+                r->kept_old |= slot_current(slots[i]) != NULL;
+                slot_dispatch(slots[i], SLOT_EV_CANCEL, NULL, 0);
+        }
+}
+
+static void finish_done(Rollout *r, unsigned generation, uint64_t ms) {
+        if (r->kind == ROLLOUT_RELOAD) {
+                LogFields f = LOG_FIELDS_NONE;
+                f.event = "reload_done";
+                f.generation = generation;
+                log_emit(LOG_INFO, &f, "reload done: generation %u, %u worker%s replaced in %llu ms", generation,
+                         r->replaced, plural(r->replaced), (unsigned long long) ms);
+                if (r->note[0])
+                        log_warning("reload: %s", r->note);
+        } else
+                log_info("%s done: %u worker%s replaced in %llu ms", rollout_kind_to_string(r->kind), r->replaced,
+                         plural(r->replaced), (unsigned long long) ms);
+        if (!r->client)
+                return;
+        cJSON *o = cJSON_CreateObject();
+        if (o) {
+                cJSON_AddNumberToObject(o, "generation", generation);
+                cJSON_AddNumberToObject(o, "replaced", r->replaced);
+                cJSON_AddNumberToObject(o, "duration_ms", (double) ms);
+                if (r->note[0])
+                        cJSON_AddStringToObject(o, "warning", r->note);
+        }
+        r->reply->result(r->client, true, o, NULL);
+}
+
+static void finish_failed(Rollout *r, unsigned generation) {
+        if (r->kind == ROLLOUT_RECYCLE) {
+                log_warning("recycle failed: %s; the old worker keeps serving", r->error);
+                return;
+        }
+        const char *rest = r->replaced ? "; slots already replaced keep their new workers"
+                           : r->kept_old ? "; the old workers keep serving"
+                                         : "";
+        LogFields f = LOG_FIELDS_NONE;
+        f.event = r->kind == ROLLOUT_RELOAD ? "reload_failed" : NULL;
+        f.generation = generation;
+        log_emit(LOG_ERR, &f, "%s failed: %s%s", rollout_kind_to_string(r->kind), r->error, rest);
+        if (r->client) {
+                char why[700];
+                snprintf(why, sizeof(why), "%s failed: %s", rollout_kind_to_string(r->kind), r->error);
+                r->reply->result(r->client, false, NULL, why);
+        }
+}
+
+Rollout *rollout_finish(Rollout *r, const RolloutEnd *e, unsigned generation, uint64_t now) {
+        if (e->ok)
+                finish_done(r, generation, (now - r->start_usec) / USEC_PER_MSEC);
+        else
+                finish_failed(r, generation);
+        return rollout_free(r);
+}
+
+Rollout *rollout_abort(Rollout *r, const char *why) {
+        if (r->client) {
+                char msg[300];
+                snprintf(msg, sizeof(msg), "%s aborted: %s", rollout_kind_to_string(r->kind), why);
+                r->reply->result(r->client, false, NULL, msg);
+        }
+        return rollout_free(r);
 }

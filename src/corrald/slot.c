@@ -58,6 +58,7 @@ enum {
         EV_READY = SLOT_EV_READY,
         EV_STOPPING = SLOT_EV_STOPPING,
         EV_EXIT = SLOT_EV_EXIT,
+        EV_WATCHDOG = SLOT_EV_WATCHDOG,
         EV_INCOMING_READY = _SLOT_EVENT_MAX,
         EV_INCOMING_STOPPING,
         EV_INCOMING_EXIT,
@@ -81,6 +82,7 @@ static const char * const event_table[_EV_MAX] = {
         [EV_READY] = "ready",
         [EV_STOPPING] = "stopping",
         [EV_EXIT] = "exit",
+        [EV_WATCHDOG] = "watchdog",
         [EV_INCOMING_READY] = "incoming-ready",
         [EV_INCOMING_STOPPING] = "incoming-stopping",
         [EV_INCOMING_EXIT] = "incoming-exit",
@@ -165,7 +167,7 @@ void pool_done(Pool *p) {
         p->config = config_unref(p->config);
 }
 
-int pool_reset_failures(Pool *p) {
+static int reset_failures(Pool *p) {
         FailureWindow fw;
         int r = failure_window_init(&fw, p->config->restart_limit, p->config->restart_window_ms * USEC_PER_MSEC);
         if (r < 0)
@@ -174,6 +176,13 @@ int pool_reset_failures(Pool *p) {
         p->failures = fw;
         p->gave_up = false;
         return 0;
+}
+
+int pool_set_config(Pool *p, Config *config, unsigned generation) {
+        config_unref(p->config);
+        p->config = config;
+        p->generation = generation;
+        return reset_failures(p);
 }
 
 Outcome *pool_pop_outcome(Pool *p) {
@@ -257,14 +266,6 @@ static void become_ready(Worker *w) {
         set_deadline(p, &w->deadline, w->config->watchdog_ms ? w->ready_usec + w->config->watchdog_ms * USEC_PER_MSEC : 0);
         log_emit(LOG_INFO, &f, "%s is ready (%.1f ms after spawn)", w->who,
                  (double) (w->ready_usec - w->start_usec) / 1000.0);
-}
-
-static void watchdog_fire(Worker *w, const char *why) {
-        LogFields f = worker_fields(w, "watchdog");
-        w->failure = why;
-        log_emit(LOG_WARNING, &f, "%s %s; sending SIGABRT", w->who, why);
-        (void) worker_signal(w, SIGABRT);
-        enter_stopping(w);
 }
 
 /* Move w to the slot's leaving list, asking it to stop unless it is
@@ -541,6 +542,16 @@ static SlotState leaving_exit(Slot *s, Worker *w) {
         return s->state;
 }
 
+/* w's watchdog fired (w->failure says how): SIGABRT, and it is stopping;
+ * its exit will be a failure. The slot's state changes only then. */
+static SlotState watchdog(Slot *s, Worker *w) {
+        LogFields f = worker_fields(w, "watchdog");
+        log_emit(LOG_WARNING, &f, "%s %s; sending SIGABRT", w->who, w->failure);
+        (void) worker_signal(w, SIGABRT);
+        enter_stopping(w);
+        return s->state;
+}
+
 static SlotState remove_slot(Slot *s, Worker *unused) {
         s->deadline = 0;
         if (s->incoming)
@@ -560,6 +571,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_REPLACE] = replace,
                 [EV_CANCEL] = refill,
                 [EV_REMOVE] = remove_slot,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_STARTING] = {
@@ -568,6 +580,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_READY] = current_ready,
                 [EV_STOPPING] = current_stopping,
                 [EV_EXIT] = current_exit,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_READY] = {
@@ -575,6 +588,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_REMOVE] = remove_slot,
                 [EV_STOPPING] = current_stopping,
                 [EV_EXIT] = current_exit,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_REPLACING] = {
@@ -586,6 +600,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_INCOMING_READY] = promote,
                 [EV_INCOMING_STOPPING] = replace_failed,
                 [EV_INCOMING_EXIT] = replace_failed,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_BACKOFF] = {
@@ -594,6 +609,7 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_REMOVE] = remove_slot,
                 [EV_HOLD] = hold,
                 [EV_BACKOFF_DONE] = start,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_FAILED] = {
@@ -601,9 +617,11 @@ static const Transition transitions[_SLOT_STATE_MAX][_EV_MAX] = {
                 [EV_REPLACE] = replace,
                 [EV_REMOVE] = remove_slot,
                 [EV_HOLD] = hold,
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
         [SLOT_REMOVED] = {
+                [EV_WATCHDOG] = watchdog,
                 [EV_LEAVING_EXIT] = leaving_exit,
         },
 };
@@ -660,6 +678,8 @@ void slot_dispatch(Slot *s, SlotEvent ev, Worker *w, int wait_status) {
         s->pool->changed = true;
         if (ev == SLOT_EV_EXIT)
                 column = reap(s, w, wait_status);
+        else if (ev == SLOT_EV_WATCHDOG)
+                column = EV_WATCHDOG;   /* whatever its role: it stops, and its exit is a failure */
         else if (w && w->role == WORKER_INCOMING)
                 column = ev == SLOT_EV_READY ? EV_INCOMING_READY : ev == SLOT_EV_STOPPING ? EV_INCOMING_STOPPING : -1;
         else if (w && w->role == WORKER_LEAVING)
@@ -705,8 +725,10 @@ void slot_on_notify(Worker *w, const NotifyMsg *msg) {
         if (msg->watchdog && w->state == WORKER_READY && w->config->watchdog_ms > 0)
                 /* Only ever later: no need to lower Pool.earliest. */
                 w->deadline = p->now() + w->config->watchdog_ms * USEC_PER_MSEC;
-        if (msg->watchdog_trigger && w->state != WORKER_STOPPING && w->pid > 0)
-                watchdog_fire(w, "asked for its watchdog to fire (WATCHDOG=trigger)");
+        if (msg->watchdog_trigger && w->state != WORKER_STOPPING && w->pid > 0) {
+                w->failure = "asked for its watchdog to fire (WATCHDOG=trigger)";
+                slot_dispatch(s, SLOT_EV_WATCHDOG, w, 0);
+        }
         if (msg->stopping && !w->said_stopping && !w->stop_sent && w->pid > 0) {
                 w->said_stopping = true;
                 slot_dispatch(s, SLOT_EV_STOPPING, w, 0);
@@ -736,7 +758,8 @@ static void worker_on_time(Worker *w, uint64_t now) {
                 w->slot->pool->ops->kill(w->slot->pool->ops_data, w, SIGKILL, false);
                 break;
         case WORKER_READY:
-                watchdog_fire(w, "sent no WATCHDOG=1 within watchdog_ms");
+                w->failure = "sent no WATCHDOG=1 within watchdog_ms";
+                slot_dispatch(w->slot, SLOT_EV_WATCHDOG, w, 0);
                 break;
         case WORKER_STOPPING:
                 log_emit(LOG_WARNING, &f, "%s did not exit within %llu ms; sending SIGKILL", w->who,

@@ -47,6 +47,7 @@ typedef enum SlotEvent {
         SLOT_EV_READY,             /* the worker sent READY=1 */
         SLOT_EV_STOPPING,          /* the worker sent STOPPING=1 */
         SLOT_EV_EXIT,              /* the worker was reaped */
+        SLOT_EV_WATCHDOG,          /* the worker's watchdog fired (w->failure says how): any role */
         _SLOT_EVENT_MAX,
 } SlotEvent;
 
@@ -112,8 +113,11 @@ typedef struct Pool {
 /* Takes a reference to config. Returns 0 or -ENOMEM. */
 int pool_init(Pool *p, const SlotOps *ops, void *ops_data, uint64_t (*now)(void), Config *config);
 void pool_done(Pool *p);
-/* Replace the restart policy's failure window (a reload). Returns 0 or -ENOMEM. */
-int pool_reset_failures(Pool *p);
+/* Make config (taken) the configuration new workers start in, as
+ * `generation`: a reload, or a failed one going back. The restart
+ * policy's failure window starts afresh (a reload is a fresh start after
+ * giving up). Returns 0, or -ENOMEM when the old window had to stay. */
+int pool_set_config(Pool *p, Config *config, unsigned generation);
 /* Take the oldest outcome; the caller frees it with free(). NULL when empty. */
 Outcome *pool_pop_outcome(Pool *p);
 Worker *pool_find_worker(Pool *p, pid_t pid);
@@ -133,11 +137,6 @@ void slot_on_notify(Worker *w, const NotifyMsg *msg);
 /* Act on every deadline <= now in every slot; returns the earliest
  * deadline left (0 = none) and sets Pool.earliest to it. */
 uint64_t pool_on_time(Pool *p, uint64_t now);
-
-/* Send a signal to a running worker. Returns 0 or -ESRCH. */
-int worker_signal(Worker *w, int sig);
-/* For the host's release: free the lifecycle's part of w. */
-void worker_free(Worker *w);
 
 SlotState slot_state(const Slot *s);
 const char *slot_state_to_string(SlotState s);

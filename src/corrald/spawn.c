@@ -64,8 +64,8 @@ static bool env_overridden(const char *kv, char * const *extra) {
 /* "DEVICE:INODE", two 64-bit decimals. */
 #define JOURNAL_STREAM_DIGITS 41
 
-static int build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, char **ret_watchdog_pid,
-                     char ***ret_journal_stream) {
+int spawn_build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, char **ret_watchdog_pid,
+                    char ***ret_journal_stream) {
         _cleanup_strv_free_ char **env = NULL;
         char *s;
 
@@ -396,7 +396,7 @@ pid_t spawn_worker(const SpawnParams *p, const char **ret_stage) {
         static char stage[8];
 
         *ret_stage = "setup";
-        if (build_env(p, &env, &listen_pid, &watchdog_pid, &journal_stream) < 0)
+        if (spawn_build_env(p, &env, &listen_pid, &watchdog_pid, &journal_stream) < 0)
                 return -ENOMEM;
         if (p->output == SPAWN_OUTPUT_JOURNAL)
                 spawn_journal_prepare(&journal, p->syslog_identifier);

@@ -13,6 +13,7 @@
  * JOURNAL_STREAM names the worker's own stderr stream, or is unset. */
 #pragma once
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -61,3 +62,16 @@ int spawn_check_program(char * const *argv, const char *cwd, char * const *env, 
  * a failure: that fd stays corrald's own, as with SPAWN_OUTPUT_INHERIT.
  * output_fd is not closed; the caller closes its copy after the call. */
 pid_t spawn_worker(const SpawnParams *p, const char **ret_stage);
+
+/* The worker's environment (SPEC §3), built in the parent before fork():
+ * corrald's environment without the variables reserved for corrald
+ * (worker-env.h) and without those the config's env overrides, then the
+ * config's env, then LISTEN_* (only with listening fds: shared balance),
+ * NOTIFY_SOCKET, WATCHDOG_*, CORRAL_*, NODE_* (the node dialect) and
+ * JOURNAL_STREAM last. The pids and the journal stream's device:inode are
+ * placeholders the child fills in: *ret_listen_pid and *ret_watchdog_pid
+ * point at their digits (NULL when absent), *ret_journal_stream at the
+ * entry (NULL when absent). Returns 0 or -ENOMEM. Exposed for
+ * tests/unit/test-spawn.c. */
+int spawn_build_env(const SpawnParams *p, char ***ret, char **ret_listen_pid, char **ret_watchdog_pid,
+                    char ***ret_journal_stream);

@@ -7,7 +7,7 @@
  * open and of its kind, every pid is our own child) before restoring. It
  * changes slots and workers only through slot.c's restore entry points
  * (slot_restore, slot_adopt_worker, pool_restore), and their I/O through
- * workers.c (worker_io_adopt).
+ * the host (host_adopt_worker()).
  *
  * Trust: the state arrives through the environment, which whoever starts
  * corrald controls. Nothing in it is signalled, closed or adopted before it
@@ -438,7 +438,7 @@ static void restore_worker(Manager *m, UpgradeWorker *uw) {
                 safe_close(uw->output_fd);
                 return;
         }
-        (void) worker_io_adopt(m, w, TAKE_FD(uw->ipc_fd), TAKE_FD(uw->peer_fd), TAKE_FD(uw->output_fd));
+        (void) host_adopt_worker(&m->host, w, TAKE_FD(uw->ipc_fd), TAKE_FD(uw->peer_fd), TAKE_FD(uw->output_fd));
         if (uw->ipc_tail && w->ipc) {
                 int r = ipc_resume_line(w->ipc, uw->ipc_tail, strlen(uw->ipc_tail));
                 if (r < 0)
@@ -457,14 +457,14 @@ int upgrade_restore(Manager *m) {
         m->rollout_serial = s->rollout_serial;
         m->recycle_pause_until = s->recycle_pause_until;
         m->recycle_next = s->recycle_next;
-        m->n_messages = s->messages;
+        m->messages.n_messages = s->messages;
         m->draining = s->draining;
         m->reload_failed = s->reload_failed;
         m->reloads_done = s->reloads_done;
         m->scaled = s->scaled;
         m->scaled_file_workers = s->scaled_file_workers;
         m->reloads_failed = s->reloads_failed;
-        m->n_undeliverable = s->undeliverable;
+        m->messages.n_undeliverable = s->undeliverable;
         m->notify.n_dropped = s->notify_dropped;
         snprintf(m->status, sizeof(m->status), "%s", s->status ? s->status : "");
         /* ip-hash: the same key, so that every client keeps its slot. */
@@ -489,6 +489,7 @@ int upgrade_restore(Manager *m) {
         for (unsigned i = 0; i < s->n_workers; i++)
                 restore_worker(m, &s->workers[i]);
         handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
+        messages_set_slots(&m->messages, m->slots, m->n_slots);
 
         uint64_t now = now_usec();
         double ms = s->request_usec && now >= s->request_usec ? (double) (now - s->request_usec) / 1000.0 : 0;
@@ -657,8 +658,8 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 .rollout_serial = m->rollout_serial,
                 .recycle_pause_until = m->recycle_pause_until,
                 .recycle_next = m->recycle_next < m->n_slots ? m->recycle_next : 0,
-                .messages = m->n_messages,
-                .undeliverable = m->n_undeliverable,
+                .messages = m->messages.n_messages,
+                .undeliverable = m->messages.n_undeliverable,
                 .notify_dropped = m->notify.n_dropped,
                 .status = dup_or(m->status, &oom),
                 .gave_up = m->pool.gave_up,
@@ -734,7 +735,7 @@ static int collect(Manager *m, Carried *c, UpgradeState *s) {
                 int ipc, peer, out;
                 const char *tail = NULL;
                 size_t tail_len = 0;
-                (void) worker_io_fds(w, &ipc, &peer, &out);
+                host_worker_fds(w, &ipc, &peer, &out);
                 if (ipc >= 0)
                         tail_len = ipc_unsent_tail(w->ipc, &tail);
                 s->workers[s->n_workers++] = (UpgradeWorker) {

@@ -5,16 +5,20 @@
  * FD_CLOEXEC on exactly the fds the state names, and execve()s its binary
  * on disk with the original argv and CORRALD_UPGRADE_STATE_FD in the
  * environment. The new one reads the state before anything else
- * (upgrade_init() from main), and manager_start() adopts the fds and the
- * workers through upgrade_adopt_fds() and upgrade_restore(). */
+ * (upgrade_init() from main), and main() adopts the fds and the workers
+ * through upgrade_adopt_fds() and upgrade_restore() around
+ * manager_start().
+ *
+ * It sits above the manager: it reads and restores the Manager's fields,
+ * and the manager reaches it only through the ManagerUpgradeOps main()
+ * gives it (SIGUSR2, stop, SIGCHLD). */
 #pragma once
 
 #include <stdbool.h>
 
 #include "config.h"
 #include "control.h"
-
-struct Manager;
+#include "manager.h"
 
 /* The environment variable that names the state fd, and the test-only
  * override of the binary to execute. */
@@ -50,17 +54,18 @@ int upgrade_probe_answer(const Config *config, const char *config_error);
  * cannot be used and the manager must start clean (what could be adopted
  * — the listeners — was, and the orphaned workers are noted for
  * upgrade_stop_orphans()), or a negative errno after logging. */
-int upgrade_adopt_fds(struct Manager *m, int *ret_notify_fd, int *ret_control_fd);
+int upgrade_adopt_fds(Manager *m, int *ret_notify_fd, int *ret_control_fd);
 
-/* Part 2: restore slots and workers, reap those that exited meanwhile,
- * tell systemd READY=1 and answer the client that asked. Returns 0 or a
- * negative errno after logging. */
-int upgrade_restore(struct Manager *m);
+/* Part 2, after manager_start(): restore slots and workers, tell systemd
+ * READY=1 and answer the client that asked. The caller then reaps those
+ * that exited meanwhile (manager_reap()). Returns 0 or a negative errno
+ * after logging. */
+int upgrade_restore(Manager *m);
 
 /* After a clean start that followed an unusable state: answer the clients
  * that asked, and ask the workers of the previous corrald to stop (those
  * that are our own children; nobody else is signalled). */
-void upgrade_stop_orphans(struct Manager *m);
+void upgrade_stop_orphans(Manager *m);
 /* Reap the children that are not workers (those orphans, finished probes)
  * that exited; from the SIGCHLD handler. */
 void upgrade_reap_strays(void);
@@ -71,6 +76,6 @@ void upgrade_reap_strays(void);
  * corrald execve() it, and the new corrald answers every client that
  * asked meanwhile. Whatever fails, the old corrald keeps running and each
  * client gets the reason. Logs. */
-void upgrade_request(struct Manager *m, ControlConn *client);
+void upgrade_request(Manager *m, ControlConn *client);
 /* corrald is stopping: end a check in progress, refusing its clients. */
-void upgrade_cancel(struct Manager *m);
+void upgrade_cancel(Manager *m);

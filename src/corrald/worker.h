@@ -2,7 +2,7 @@
  *
  * A Worker belongs to exactly one Slot from spawn until it has exited and
  * been released. slot.c is the only writer of every field below except
- * `host` and `ipc`, which belong to the host that started the process (workers.c in
+ * `host` and `ipc`, which belong to the host that started the process (host.c in
  * corrald, a fake in the unit tests). Everyone else reads. */
 #pragma once
 
@@ -17,7 +17,7 @@
 
 /* What the workers of an instance, all together, may make the master log
  * per interval, for each kind of line (ERRNO= reports in Pool.errno_log,
- * messages to the master in Manager.message_log), like journald's
+ * messages to the master in Messages.log_limit), like journald's
  * RateLimitBurst=; the rest is counted and summarised. Per instance, not
  * per worker: N flooding workers must not buy N times the journal. */
 #define WORKER_NOTICE_BURST 1000
@@ -62,7 +62,7 @@ struct Worker {
         char who[32];              /* "worker 2 (pid 1234)" */
         char how[80];              /* set when reaped: "exited with status 1" */
         /* Hand-off (balance round-robin/least-conn): written by handoff.c
-         * and by its close reports (workers.c), not by slot.c. */
+         * and by its close reports (host.c), not by slot.c. */
         uint64_t handed;           /* connections handed to it */
         uint64_t closed;           /* connections it reported closed */
         bool reports_closes;       /* it has sent a close report: least-conn can weigh it */
@@ -79,6 +79,11 @@ struct Worker {
 };
 
 const char *worker_state_to_string(WorkerState s);
+
+/* Send a signal to a running worker. Returns 0 or -ESRCH. (slot.c) */
+int worker_signal(Worker *w, int sig);
+/* For the host's release: free the lifecycle's part of w. (slot.c) */
+void worker_free(Worker *w);
 
 /* The pid of a worker, running or reaped. */
 static inline pid_t worker_pid(const Worker *w) {

@@ -11,14 +11,13 @@
 
 #include "test-helpers.h"
 
-#include "control.h"
 #include "log.h"
 #include "rollout.h"
 #include "slot.h"
 
 #define MS 1000ULL
 
-/* ---- stubs for what slot.c and rollout.c log and reply ------------------ */
+/* ---- stubs for what slot.c and rollout.c log ----------------------------- */
 
 /* What was logged about ERRNO= reports: the log budget's test looks. */
 static unsigned n_errno_logged;
@@ -35,14 +34,40 @@ void log_emit(int prio, const LogFields *f, const char *fmt, ...) {
         else if (strstr(line, "suppressed"))
                 snprintf(last_suppressed, sizeof(last_suppressed), "%s", line);
 }
-void control_reply_progress(ControlConn *c, const char *fmt, ...) {
-}
-ControlConn *control_conn_ref(ControlConn *c) {
+
+/* ---- a fake control client for plans ------------------------------------ */
+
+typedef struct Client {
+        unsigned refs, n_progress, n_results;
+        bool ok;
+        char error[800];
+        double generation, replaced;
+} Client;
+
+static void *client_ref(void *c) {
+        ((Client *) c)->refs++;
         return c;
 }
-ControlConn *control_conn_unref(ControlConn *c) {
-        return NULL;
+static void client_unref(void *c) {
+        ((Client *) c)->refs--;
 }
+static void client_progress(void *c, const char *line) {
+        ((Client *) c)->n_progress++;
+}
+static void client_result(void *c, bool ok, cJSON *fields, const char *error) {
+        Client *cl = c;
+        cl->n_results++;
+        cl->ok = ok;
+        snprintf(cl->error, sizeof(cl->error), "%s", error ? error : "");
+        cJSON *g = cJSON_GetObjectItemCaseSensitive(fields, "generation");
+        cJSON *n = cJSON_GetObjectItemCaseSensitive(fields, "replaced");
+        cl->generation = cJSON_IsNumber(g) ? g->valuedouble : -1;
+        cl->replaced = cJSON_IsNumber(n) ? n->valuedouble : -1;
+        cJSON_Delete(fields);
+}
+static const RolloutReplyOps client_ops = {
+        .ref = client_ref, .unref = client_unref, .progress = client_progress, .result = client_result,
+};
 
 /* ---- fake host and clock ------------------------------------------------ */
 
@@ -753,7 +778,7 @@ static unsigned replacing(Fixture *f) {
 static void run_plan(Fixture *f, unsigned surge) {
         for (unsigned i = 0; i < 3; i++)
                 start_ready(f, f->slots[i]);
-        Rollout *r = rollout_new(ROLLOUT_RESTART, 5, 3, NULL, fake_now);
+        Rollout *r = rollout_new(ROLLOUT_RESTART, 5, 3, NULL, NULL, fake_now);
         f->pool.plan = 5;
         for (unsigned i = 0; i < 3; i++)
                 rollout_enqueue(r, f->slots[i]);
@@ -798,7 +823,7 @@ static void test_plan_fails_and_ignores_other_plans(void **state) {
         Fixture *f = *state;
         for (unsigned i = 0; i < 3; i++)
                 start_ready(f, f->slots[i]);
-        Rollout *r = rollout_new(ROLLOUT_RELOAD, 9, 3, NULL, fake_now);
+        Rollout *r = rollout_new(ROLLOUT_RELOAD, 9, 3, NULL, NULL, fake_now);
         f->pool.plan = 9;
         for (unsigned i = 0; i < 3; i++)
                 rollout_enqueue(r, f->slots[i]);
@@ -814,9 +839,108 @@ static void test_plan_fails_and_ignores_other_plans(void **state) {
         rollout_free(r);
 }
 
+/* A plan owns its ending: a restart that is done asks for nothing and
+ * tells its client the generation and how many it replaced. */
+static void test_plan_done_replies(void **state) {
+        Fixture *f = *state;
+        Client cl = {};
+        for (unsigned i = 0; i < 3; i++)
+                start_ready(f, f->slots[i]);
+        Rollout *r = rollout_new(ROLLOUT_RESTART, 4, 3, &client_ops, &cl, fake_now);
+        assert_int_eq(cl.refs, 1);
+        f->pool.plan = 4;
+        rollout_enqueue(r, f->slots[1]);
+        assert_int_eq(rollout_step(r, f->slots, 3, 1), ROLLOUT_RUNNING);
+        ready(f->slots[1], slot_incoming(f->slots[1]));
+        assert_int_eq(feed(f, r, 1), ROLLOUT_DONE);
+        RolloutEnd e;
+        rollout_end(r, ROLLOUT_DONE, &e);
+        assert_true(e.ok);
+        assert_true(!e.config && !e.cancel && !e.pause_recycle && !e.tell_systemd);
+        assert_int_eq(e.workers, 0);
+        assert_null(rollout_finish(r, &e, 1, fake_now + 5 * MS));
+        assert_int_eq(cl.n_results, 1);
+        assert_true(cl.ok);
+        assert_int_eq((long long) cl.generation, 1);
+        assert_int_eq((long long) cl.replaced, 1);
+        assert_int_eq(cl.n_progress, 2);   /* started, replaced */
+        assert_int_eq(cl.refs, 0);
+}
+
+/* A reload that fails gives back the old configuration, generation and
+ * worker count, cancels its replacements and tells systemd and the client
+ * why; a reload that succeeds shrinks to its target. */
+static void test_plan_reload_end(void **state) {
+        Fixture *f = *state;
+        Client cl = {};
+        for (unsigned i = 0; i < 3; i++)
+                start_ready(f, f->slots[i]);
+        Config *old = f->pool.config;
+        Rollout *r = rollout_new(ROLLOUT_RELOAD, 6, 3, &client_ops, &cl, fake_now);
+        r->old_config = config_ref(old);
+        r->old_generation = 1;
+        r->old_workers = 2;
+        r->target_workers = 3;
+        f->pool.plan = 6;
+        for (unsigned i = 0; i < 3; i++)
+                rollout_enqueue(r, f->slots[i]);
+        assert_int_eq(rollout_step(r, f->slots, 3, 2), ROLLOUT_RUNNING);
+        exits(slot_incoming(f->slots[0]), 1);
+        assert_int_eq(feed(f, r, 2), ROLLOUT_FAILED);
+        RolloutEnd e;
+        rollout_end(r, ROLLOUT_FAILED, &e);
+        assert_false(e.ok);
+        assert_true(e.config == old);
+        assert_null(r->old_config);   /* handed over */
+        assert_int_eq(e.generation, 1);
+        assert_int_eq(e.workers, 2);
+        assert_true(e.cancel && e.tell_systemd && !e.pause_recycle);
+        assert_str_contains(e.status_prefix, "Reload failed: ");
+        assert_true(slot_incoming(f->slots[1]) != NULL);
+        rollout_cancel(r, f->slots, 3);
+        assert_null(slot_incoming(f->slots[1]));
+        for (unsigned i = 0; i < 3; i++)
+                assert_true(slot_is_ready(f->slots[i]));
+        assert_null(rollout_finish(r, &e, 1, fake_now));
+        assert_int_eq(cl.n_results, 1);
+        assert_false(cl.ok);
+        assert_str_contains(cl.error, "reload failed: the new worker for slot 0");
+        assert_int_eq(cl.refs, 0);
+        config_unref(e.config);
+
+        r = rollout_new(ROLLOUT_RELOAD, 7, 3, NULL, NULL, fake_now);
+        r->target_workers = 2;
+        rollout_end(r, ROLLOUT_DONE, &e);
+        assert_true(e.ok && e.tell_systemd && !e.cancel && !e.config);
+        assert_int_eq(e.workers, 2);
+        assert_string_equal(e.status_prefix, "");
+        rollout_free(r);
+}
+
+/* A failed recycle pauses recycling; a plan aborted by a stop tells its
+ * client so. */
+static void test_plan_recycle_fails_and_abort(void **state) {
+        Client cl = {};
+        RolloutEnd e;
+        Rollout *r = rollout_new(ROLLOUT_RECYCLE, 2, 1, NULL, NULL, fake_now);
+        snprintf(r->error, sizeof(r->error), "it exited");
+        rollout_end(r, ROLLOUT_FAILED, &e);
+        assert_true(e.pause_recycle && e.cancel && !e.tell_systemd && !e.config);
+        assert_null(rollout_finish(r, &e, 1, fake_now));
+
+        r = rollout_new(ROLLOUT_RESTART, 3, 1, &client_ops, &cl, fake_now);
+        assert_null(rollout_abort(r, "corrald is stopping"));
+        assert_false(cl.ok);
+        assert_string_equal(cl.error, "restart aborted: corrald is stopping");
+        assert_int_eq(cl.refs, 0);
+}
+
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_start_ready, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_done_replies, setup3, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_reload_end, setup3, teardown),
+                cmocka_unit_test_setup_teardown(test_plan_recycle_fails_and_abort, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_crash_backs_off_then_doubles, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_crash_after_a_healthy_run_respawns_at_once, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_ready_timeout_kills_and_counts, setup, teardown),

@@ -1,24 +1,23 @@
-/* workers: the Pool's host in corrald (SlotOps). Starts a worker with the
- * full contract of SPEC §3 through spawn.c, and owns what the master keeps
- * open for it: the IPC channel (CORRAL_IPC_FD) and, in stderr log mode,
- * the pipe its output comes through. When the lifecycle is done with a
- * worker (release), these close; the Worker is freed when the last close
- * has completed, as libuv requires. */
+/* host: see host.h.
+ *
+ * When the lifecycle is done with a worker (release), its handles close;
+ * the Worker is freed when the last close has completed, as libuv
+ * requires. */
 #include <signal.h>
 #include <stdio.h>
 #include <sys/socket.h>
 
 #include "fd-util.h"
+#include "host.h"
 #include "ipc.h"
 #include "log.h"
-#include "manager.h"
 #include "node-cluster.h"
 #include "output.h"
 #include "spawn.h"
 #include "util.h"
 
 typedef struct WorkerIo {
-        Manager *manager;
+        Host *host;
         Worker *worker;
         Ipc ipc;
         NodeCluster node;          /* ipc "node": its side of Node's cluster protocol */
@@ -44,7 +43,7 @@ static void on_output_closed(Output *o) {
 
 static void on_ipc_message(Ipc *ipc, const IpcMessage *msg) {
         WorkerIo *io = ipc->userdata;
-        manager_on_message(io->manager, io->worker, msg);
+        messages_on_message(io->host->messages, io->worker, msg);
 }
 
 /* least-conn and recycle.max_requests: the worker closed n connections. */
@@ -67,7 +66,7 @@ static void on_closed_report(Ipc *ipc, unsigned n) {
 /* It could not receive n hand-offs: at its fd limit (handoff.c decides). */
 static void on_fd_limit(Ipc *ipc, unsigned n) {
         WorkerIo *io = ipc->userdata;
-        handoff_fd_limit(&io->manager->handoff, io->worker, n);
+        handoff_fd_limit(io->host->handoff, io->worker, n);
 }
 
 /* A "notify" line: as a datagram from w on the notify socket (SPEC §3). */
@@ -87,16 +86,16 @@ static void on_ipc_notify(Ipc *ipc, const char *text, size_t len) {
 /* ipc "node": each hand-off as Node takes it (node-cluster.h). */
 static size_t node_handoff_line(Ipc *ipc, uint8_t listener, char *buf, size_t size) {
         WorkerIo *io = ipc->userdata;
-        return node_cluster_handoff_line(&io->node, &io->manager->listeners, listener, buf, size);
+        return node_cluster_handoff_line(&io->node, io->host->listeners, listener, buf, size);
 }
 
 /* ipc "node": Node's cluster protocol (an unchanged listen(PORT) app),
  * turned into the slot's events. */
 static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t len) {
         WorkerIo *io = ipc->userdata;
-        Manager *m = io->manager;
+        Host *h = io->host;
         NotifyMsg n = { .errno_value = -1 };
-        switch (node_cluster_handle(&io->node, ipc, &m->listeners, !m->handoff.started, io->worker->who, msg->cmd,
+        switch (node_cluster_handle(&io->node, ipc, h->listeners, !h->handoff->started, io->worker->who, msg->cmd,
                                     msg->cmd_len, line, len)) {
         case NODE_CLUSTER_READY:
                 n.ready = true;
@@ -107,7 +106,7 @@ static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t le
                 slot_on_notify(io->worker, &n);
                 break;
         case NODE_CLUSTER_REFUSED:
-                handoff_fd_limit(&m->handoff, io->worker, 1);
+                handoff_fd_limit(h->handoff, io->worker, 1);
                 break;
         case NODE_CLUSTER_NONE:
                 break;
@@ -117,9 +116,9 @@ static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t le
 /* Give w its I/O: io (taken) watches the IPC channel and, when there is
  * one, the output pipe; with hand-off, the master keeps the worker's end
  * of the channel too (peer_fd). Every fd is taken, even on failure. */
-static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_fd, int output_fd, pid_t pid) {
+static void io_attach(Host *h, Worker *w, WorkerIo *io, int ipc_fd, int peer_fd, int output_fd, pid_t pid) {
         *io = (WorkerIo) {
-                .manager = m,
+                .host = h,
                 .worker = w,
                 .n_handles = 1,   /* the lifecycle's hold, dropped by host_release() */
                 .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
@@ -131,7 +130,7 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
         w->host = io;
         w->ipc = &io->ipc;
         if (ipc_fd >= 0) {
-                if (ipc_start(&io->ipc, m->loop, ipc_fd) >= 0) {
+                if (ipc_start(&io->ipc, h->loop, ipc_fd) >= 0) {
                         io->n_handles++;
                         ipc_keep_peer(&io->ipc, TAKE_FD(peer_fd));
                 } else
@@ -139,7 +138,7 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
         }
         safe_close(peer_fd);
         if (output_fd >= 0) {
-                if (output_start(&io->output, m->loop, output_fd, w->config->name, w->id, pid) >= 0)
+                if (output_start(&io->output, h->loop, output_fd, w->config->name, w->id, pid) >= 0)
                         io->n_handles++;
                 else
                         log_warning("worker %u (pid %d): cannot read its output", w->id, (int) pid);
@@ -147,16 +146,16 @@ static void io_attach(Manager *m, Worker *w, WorkerIo *io, int ipc_fd, int peer_
 }
 
 static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
-        Manager *m = userdata;
+        Host *h = userdata;
         Config *c = w->config;
         /* With hand-off the master accepts: workers get no listening fds. */
-        unsigned n_listen = m->handoff.started ? 0 : m->listeners.n;
+        unsigned n_listen = h->handoff->started ? 0 : h->listeners->n;
         int fds[n_listen + 1];
         int pair[2];
         int out_r = -EBADF, out_w = -EBADF;
 
         for (unsigned i = 0; i < n_listen; i++)
-                fds[i] = m->listeners.items[i].fd;
+                fds[i] = h->listeners->items[i].fd;
 
         WorkerIo *io = calloc(1, sizeof(WorkerIo));
         if (!io) {
@@ -178,8 +177,8 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
                 .extra_env = c->env,
                 .listen_fds = fds,
                 .n_listen = n_listen,
-                .fdnames = m->listeners.fdnames,
-                .notify_socket = m->notify.path,
+                .fdnames = h->listeners->fdnames,
+                .notify_socket = h->notify->path,
                 .ipc_fd = pair[1],
                 .node_channel = c->ipc == IPC_DIALECT_NODE,
                 .instance = c->name,
@@ -202,21 +201,20 @@ static pid_t host_start(void *userdata, Worker *w, const char **ret_stage) {
         }
         /* With hand-off, its end stays open here too: what it has not read
          * can be counted, and taken back when it dies (SPEC §5). */
-        if (!m->handoff.started)
+        if (!h->handoff->started)
                 pair[1] = safe_close(pair[1]);
-        io_attach(m, w, io, pair[0], pair[1], piped ? out_r : -EBADF, pid);
+        io_attach(h, w, io, pair[0], pair[1], piped ? out_r : -EBADF, pid);
         return pid;
 }
 
-int worker_io_fds(Worker *w, int *ret_ipc, int *ret_peer, int *ret_output) {
+void host_worker_fds(const Worker *w, int *ret_ipc, int *ret_peer, int *ret_output) {
         WorkerIo *io = w->host;
         *ret_ipc = io && io->ipc.open ? io->ipc.fd : -EBADF;
         *ret_peer = io && io->ipc.open ? io->ipc.peer_fd : -EBADF;
         *ret_output = io && io->output.open ? io->output.fd : -EBADF;
-        return 0;
 }
 
-int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_fd) {
+int host_adopt_worker(Host *h, Worker *w, int ipc_fd, int peer_fd, int output_fd) {
         WorkerIo *io = calloc(1, sizeof(WorkerIo));
         if (!io) {
                 safe_close(ipc_fd);
@@ -228,7 +226,7 @@ int worker_io_adopt(Manager *m, Worker *w, int ipc_fd, int peer_fd, int output_f
         (void) fd_cloexec(ipc_fd, true);
         (void) fd_cloexec(peer_fd, true);
         (void) fd_cloexec(output_fd, true);
-        io_attach(m, w, io, ipc_fd, peer_fd, output_fd, worker_pid(w));
+        io_attach(h, w, io, ipc_fd, peer_fd, output_fd, worker_pid(w));
         return 0;
 }
 
@@ -256,7 +254,7 @@ static void host_release(void *userdata, Worker *w) {
         }
         /* It is gone: what it never read of its channel is still there, and
          * goes to another worker (SPEC §5). */
-        unsigned n = handoff_take_back(&io->manager->handoff, w);
+        unsigned n = handoff_take_back(io->host->handoff, w);
         if (n > 0) {
                 LogFields f = LOG_FIELDS_NONE;
                 f.worker_id = (int) w->id;
@@ -269,7 +267,7 @@ static void host_release(void *userdata, Worker *w) {
         io_handle_closed(io);
 }
 
-const SlotOps manager_slot_ops = {
+const SlotOps host_slot_ops = {
         .start = host_start,
         .kill = host_kill,
         .stop = host_stop,
