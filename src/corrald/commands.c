@@ -87,7 +87,8 @@ static void cmd_status(Manager *m, ControlConn *c, const cJSON *req) {
         cJSON_AddStringToObject(o, "instance", config->name);
         cJSON_AddNumberToObject(o, "pid", getpid());
         cJSON_AddStringToObject(o, "version", CORRAL_VERSION);
-        cJSON_AddStringToObject(o, "balance", balance_to_string(config->balance));
+        /* The mode in effect: the one corrald started with (a reload does not change it). */
+        cJSON_AddStringToObject(o, "balance", balance_to_string(m->start_config->balance));
         cJSON_AddStringToObject(o, "ipc", ipc_dialect_to_string(config->ipc));
         cJSON_AddNumberToObject(o, "generation", m->pool.generation);
         cJSON_AddNumberToObject(o, "ready", ready);

@@ -376,7 +376,11 @@ void handoff_kick(Handoff *h) {
 void handoff_set_slots(Handoff *h, Slot * const *slots, unsigned n_slots, const Config *c) {
         h->slots = slots;
         h->n_slots = n_slots;
-        h->balance = c->balance;
+        /* The mode is the one corrald started with: a reload does not
+         * change it (corrald(8), as for shared, whose workers hold the
+         * listening sockets). */
+        if (!h->started)
+                h->balance = c->balance;
         h->max_requests = c->recycle_max_requests;
         if (h->cursor >= n_slots)
                 h->cursor = 0;

@@ -115,6 +115,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
                          &error) < 0)
                 abort();
         manager.pool.config = config;
+        manager.start_config = config;
         manager.loop = uv_default_loop();
         for (unsigned i = 0; i < N_SLOTS; i++)
                 slot_table[i] = (Slot *) &fake_slots[i];

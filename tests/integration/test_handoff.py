@@ -38,6 +38,33 @@ def start(balance, workers=2, listen=None, exec_=None, extra=None):
 
 
 @case
+def a_reload_does_not_change_the_balance_mode():
+    # corrald(8): a balance change takes effect when corrald restarts. The
+    # hand-off used to switch modes at once while status said the new one.
+    port = free_port()
+    path = os.path.join(TMP, "bal%d.json" % port)
+
+    def conf(balance):
+        with open(path, "w") as f:
+            json.dump({"exec": EXAMPLE, "workers": 2, "balance": balance, "listen": ["127.0.0.1:%d" % port]}, f)
+    conf("round-robin")
+    n = NotifySocket()
+    c = Corrald(["-c", path], notify=n)
+    try:
+        n.wait("READY", "1")
+        conf("least-conn")
+        c.signal(signal.SIGHUP)
+        s = wait_for(lambda: (lambda s: s if s["generation"] == 2 and s["ready"] == 2 and not s["incoming"]
+                              and not s["leaving"] else None)(status(c)), 30, "the reload")
+        eq(s["balance"], "round-robin", "the mode corrald started with")
+        c.assert_logged(r"balance changes take effect only when corrald restarts")
+        seen = [http_get(port)[1]["x-worker"] for _ in range(6)]
+        eq(all(seen[i] != seen[i + 1] for i in range(5)), True, "still strict turns: %r" % seen)
+    finally:
+        finish(c, n)
+
+
+@case
 def round_robin_over_tcp_unix_and_ipv6_listeners():
     p4, p6 = free_port(), free_port()
     sock = os.path.join(TMP, "rr.sock")
