@@ -401,6 +401,21 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
 
 /* Close the connection that has been idle longest, other than `keep`,
  * among those without a request in progress. Returns whether one was. */
+/* A result with code "busy": the request (sent or about to be) was not
+ * taken, and corralctl tries again shortly on a new connection (a scrape
+ * storm: more clients at once than CONTROL_CONNS_MAX). */
+static void send_busy(ControlConn *c, const char *why) {
+        cJSON *o = cJSON_CreateObject();
+        if (!o)
+                return;
+        cJSON_AddStringToObject(o, "type", "result");
+        cJSON_AddBoolToObject(o, "ok", false);
+        cJSON_AddStringToObject(o, "code", "busy");
+        cJSON_AddStringToObject(o, "error", why);
+        conn_send(c, o);
+        cJSON_Delete(o);
+}
+
 static bool evict_one(ControlServer *s, ControlConn *keep) {
         ControlConn *victim = NULL;
         for (ControlConn *c = s->conns; c; c = c->next)
@@ -412,6 +427,9 @@ static bool evict_one(ControlServer *s, ControlConn *keep) {
         if (ratelimit_below(&s->evict_log, now_usec(), &suppressed))
                 log_notice("control: %u connections: closed the longest idle one (pid %d) for a new client%s",
                            s->n_conns - 1, (int) victim->pid, suppressed > 0 ? " (more evictions suppressed)" : "");
+        /* It has no request in progress: one it sent and we have not read
+         * yet was not taken, and may be sent again. */
+        send_busy(victim, "closed to make room for another client");
         conn_close(victim);
         return true;
 }
@@ -581,16 +599,7 @@ static void conn_start(ControlConn *c) {
                 if (ratelimit_below(&s->refuse_log, now_usec(), NULL))
                         log_warning("control: refused a client (pid %d): %u connections, each with a request in progress",
                                     (int) c->pid, s->n_conns - 1);
-                /* "busy": corralctl tries again shortly (a scrape storm). */
-                cJSON *o = cJSON_CreateObject();
-                if (o) {
-                        cJSON_AddStringToObject(o, "type", "result");
-                        cJSON_AddBoolToObject(o, "ok", false);
-                        cJSON_AddStringToObject(o, "code", "busy");
-                        cJSON_AddStringToObject(o, "error", "too many control connections");
-                        conn_send(c, o);
-                        cJSON_Delete(o);
-                }
+                send_busy(c, "too many control connections");
                 conn_close(c);
                 return;
         }

@@ -327,13 +327,23 @@ def control_clients_that_never_read_are_not_read_either():
 
 
 def closed_by_peer(s, timeout=10):
+    """Whether the master closed s within timeout. An evicted client gets a
+    "busy" result first (corralctl then tries again), nothing else."""
     s.settimeout(timeout)
+    got = b""
     try:
-        return s.recv(100) == b""
+        while True:
+            d = s.recv(4096)
+            if not d:
+                break
+            got += d
     except ConnectionResetError:
-        return True
+        pass
     except socket.timeout:
         return False
+    for line in got.splitlines():
+        assert json.loads(line).get("code") == "busy", "before the close: %r" % got
+    return True
 
 
 @case
