@@ -372,6 +372,10 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # Without it a check must answer within "inter" (100 ms): one exec of
+    # an ASan corralctl on a loaded machine took longer, both hosts were
+    # marked down at once and HAProxy answered 503.
+    timeout check 3s
     retries 3
     option redispatch
 frontend www
