@@ -54,9 +54,8 @@ static void on_closed_report(Ipc *ipc, unsigned n) {
          * so is counted as malformed, and least-conn keeps its count. */
         if (n > w->handed - w->closed) {
                 ipc->malformed++;
-                if (ratelimit_below(&ipc->log_limit, now_usec(), NULL))
-                        log_warning("%s: reported %u connections closed, with %llu open: ignored", w->who, n,
-                                    (unsigned long long) (w->handed - w->closed));
+                ipc_warn(ipc, "reported %u connections closed, with %llu open: ignored", n,
+                         (unsigned long long) (w->handed - w->closed));
                 n = (unsigned) (w->handed - w->closed);
         }
         w->closed += n;
@@ -75,9 +74,8 @@ static void on_ipc_notify(Ipc *ipc, const char *text, size_t len) {
         NotifyMsg msg;
         if (notify_msg_parse(text, len, &msg) < 0) {
                 ipc->malformed++;
-                if (ratelimit_below(&ipc->log_limit, now_usec(), NULL))
-                        log_warning("%s: a notify line that is not an sd_notify message (empty, NUL byte or no "
-                                    "VAR=VALUE): dropped", io->worker->who);
+                ipc_warn(ipc, "a notify line that is not an sd_notify message (empty, NUL byte or no VAR=VALUE): "
+                         "dropped");
                 return;
         }
         slot_on_notify(io->worker, &msg);

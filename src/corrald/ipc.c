@@ -33,7 +33,7 @@
  * task, that is on the loop, where their close may block (closer.h). */
 #define IPC_FDS_PER_READ CLOSER_MSG_FDS_MAX
 
-_printf_(2, 3) static void log_bad_input(Ipc *ipc, const char *fmt, ...) {
+void ipc_warn(Ipc *ipc, const char *fmt, ...) {
         unsigned suppressed = 0;
         char msg[512];
         va_list ap;
@@ -129,11 +129,11 @@ static void handle_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_
         }
         ipc->malformed++;
         if (!node)
-                log_bad_input(ipc, "a Node.js internal message, but this instance does not speak Node's IPC "
+                ipc_warn(ipc, "a Node.js internal message, but this instance does not speak Node's IPC "
                               "(set \"ipc\": \"node\"): %s%s", escape_excerpt(line, n, esc),
                               n > EXCERPT_MAX ? "..." : "");
         else
-                log_bad_input(ipc, "a Node.js internal message corral does not take: %s%s",
+                ipc_warn(ipc, "a Node.js internal message corral does not take: %s%s",
                               escape_excerpt(line, n, esc), n > EXCERPT_MAX ? "..." : "");
 }
 
@@ -147,7 +147,7 @@ static void handle_line(Ipc *ipc, char *line, size_t n) {
         if (ipc_msg_parse_worker_line(line, n, &msg, &reason) < 0) {
                 char esc[EXCERPT_MAX * 4 + 1];
                 ipc->malformed++;
-                log_bad_input(ipc, "malformed IPC line dropped (%s): %s%s", reason, escape_excerpt(line, n, esc),
+                ipc_warn(ipc, "malformed IPC line dropped (%s): %s%s", reason, escape_excerpt(line, n, esc),
                               n > EXCERPT_MAX ? "..." : "");
                 return;
         }
@@ -175,7 +175,7 @@ static void refuse_fds(Ipc *ipc, struct msghdr *mh) {
                 n++;    /* at least one more, which the kernel closed for us (we ran out of fds) */
         if (n > 0) {
                 ipc->fds_refused += n;
-                log_bad_input(ipc, "sent file descriptors on its IPC channel; closed them");
+                ipc_warn(ipc, "sent file descriptors on its IPC channel; closed them");
         }
 }
 
@@ -189,7 +189,7 @@ static void consume(Ipc *ipc, const char *chunk, size_t n) {
                                 ipc->discarding = false;
                 } else if (ipc->len + take > IPC_LINE_MAX) {
                         ipc->malformed++;
-                        log_bad_input(ipc, "IPC line longer than %d bytes dropped", IPC_LINE_MAX);
+                        ipc_warn(ipc, "IPC line longer than %d bytes dropped", IPC_LINE_MAX);
                         ipc->len = 0;
                         ipc->discarding = !nl;
                 } else {

@@ -38,6 +38,7 @@
 
 #include "closer.h"
 #include "ipc-msg.h"
+#include "macros.h"
 #include "policy.h"
 
 /* IPC_LINE_MAX (64 KiB) comes from ipc-msg.h. */
@@ -191,6 +192,11 @@ size_t ipc_unsent_tail(const Ipc *ipc, const char **ret);
  * Returns 0, -EINVAL (not one line's rest, or the queue is not empty) or
  * -ENOMEM. */
 int ipc_resume_line(Ipc *ipc, const char *tail, size_t len);
+
+/* Log a warning about what this worker sent, "WHO: MESSAGE", within the
+ * channel's log budget (IPC_LOG_BURST per 10 s; the next line that gets
+ * through says how many were suppressed). */
+_printf_(2, 3) void ipc_warn(Ipc *ipc, const char *fmt, ...);
 
 /* Stop reading and close; on_close runs from the loop afterwards (only if
  * the handle was open). Queued lines are discarded. Safe to call twice. */

@@ -6,7 +6,6 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +22,6 @@ static void json_freep(cJSON **j) {
         cJSON_Delete(*j);
 }
 #define _cleanup_json_ _cleanup_(json_freep)
-
-_printf_(2, 3) static void warn(Ipc *ipc, const char *fmt, ...) {
-        char msg[512];
-        va_list ap;
-        if (!ratelimit_below(&ipc->log_limit, now_usec(), NULL))
-                return;
-        va_start(ap, fmt);
-        vsnprintf(msg, sizeof(msg), fmt, ap);
-        va_end(ap);
-        log_warning("%s: %s", ipc->who, msg);
-}
 
 static bool is(const char *s, size_t n, const char *lit) {
         return n == strlen(lit) && memcmp(s, lit, n) == 0;
@@ -195,15 +183,15 @@ static void query_server(NodeCluster *nc, Ipc *ipc, ListenerSet *ls, bool shared
 
         describe_query(q, what, sizeof(what));
         if (err == -EADDRNOTAVAIL)
-                warn(ipc, "listen() on %s refused: this instance serves %s (Node reports EADDRNOTAVAIL); set "
+                ipc_warn(ipc, "listen() on %s refused: this instance serves %s (Node reports EADDRNOTAVAIL); set "
                      "\"listen\" or the socket unit to the app's port, or the app's port to ours", what,
                      ls->fdnames && ls->n ? ls->items[0].display : "no socket");
         else if (err == -EADDRINUSE)
-                warn(ipc, "listen() on %s refused: it already listens there (Node reports EADDRINUSE)", what);
+                ipc_warn(ipc, "listen() on %s refused: it already listens there (Node reports EADDRINUSE)", what);
         else if (err == -EAFNOSUPPORT)
-                warn(ipc, "a UDP socket (dgram) on %s refused: corral passes only stream sockets", what);
+                ipc_warn(ipc, "a UDP socket (dgram) on %s refused: corral passes only stream sockets", what);
         else
-                warn(ipc, "listen() on %s failed: %s", what, strerror(-err));
+                ipc_warn(ipc, "listen() on %s failed: %s", what, strerror(-err));
         cJSON_AddNumberToObject(reply, "errno", err);
         (void) send_json(ipc, reply);
 }
@@ -225,12 +213,12 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
                  * was refused, but Node waits for the ACK before it sends
                  * anything else. */
                 (void) ipc_send_line(ipc, "{\"cmd\":\"NODE_HANDLE_ACK\"}");
-                warn(ipc, "sent a handle to the master; corral takes none (closed it)");
+                ipc_warn(ipc, "sent a handle to the master; corral takes none (closed it)");
                 return NODE_CLUSTER_NONE;
         }
         if (!is(cmd, cmd_len, "NODE_CLUSTER")) {
                 ipc->malformed++;
-                warn(ipc, "a Node.js internal message corral does not take: %.*s", (int) MIN(cmd_len, 64u), cmd);
+                ipc_warn(ipc, "a Node.js internal message corral does not take: %.*s", (int) MIN(cmd_len, 64u), cmd);
                 return NODE_CLUSTER_NONE;
         }
         /* The answer to each newconn, the one frequent line: at once. */
@@ -243,7 +231,7 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
         if (!act) {
                 const cJSON *accepted = cJSON_GetObjectItemCaseSensitive(j, "accepted");
                 if (cJSON_IsFalse(accepted)) {
-                        warn(ipc, "refused a connection (its server is closed, or at server.maxConnections); "
+                        ipc_warn(ipc, "refused a connection (its server is closed, or at server.maxConnections); "
                              "it is lost");
                         return NODE_CLUSTER_REFUSED;
                 }
@@ -251,7 +239,7 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
         }
         if (!cJSON_IsString(act) || !cJSON_IsNumber(seq)) {
                 ipc->malformed++;
-                warn(ipc, "a cluster message without \"act\" or \"seq\" dropped");
+                ipc_warn(ipc, "a cluster message without \"act\" or \"seq\" dropped");
                 return NODE_CLUSTER_NONE;
         }
         const char *a = act->valuestring;
