@@ -4,6 +4,7 @@
  * scanf (with 2,000 workers, stdio and scanf were most of its cost). */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -37,19 +38,6 @@ static int read_stat_tail(pid_t pid, char *buf, size_t size, const char **ret) {
         return 0;
 }
 
-int procfs_read_ppid(pid_t pid, pid_t *ret) {
-        char buf[1024];
-        const char *p;
-        int ppid;
-        int r = read_stat_tail(pid, buf, sizeof(buf), &p);
-        if (r < 0)
-                return r;
-        if (sscanf(p, " %*c %d", &ppid) != 1)
-                return -EIO;
-        *ret = ppid;
-        return 0;
-}
-
 /* Field `field` (1-based, as proc(5) numbers them; >= 3) of the tail
  * that read_stat_tail() found, as an unsigned number. */
 static int stat_field(const char *tail, unsigned field, unsigned long long *ret) {
@@ -70,6 +58,20 @@ static int stat_field(const char *tail, unsigned field, unsigned long long *ret)
         for (; *p >= '0' && *p <= '9'; p++)
                 v = v * 10 + (unsigned long long) (*p - '0');
         *ret = v;
+        return 0;
+}
+
+int procfs_read_ppid(pid_t pid, pid_t *ret) {
+        char buf[1024];
+        unsigned long long ppid;
+        const char *p;
+        int r = read_stat_tail(pid, buf, sizeof(buf), &p);
+        if (r < 0)
+                return r;
+        /* ppid(4). */
+        if (stat_field(p, 4, &ppid) < 0 || ppid > INT32_MAX)
+                return -EIO;
+        *ret = (pid_t) ppid;
         return 0;
 }
 
