@@ -1,5 +1,6 @@
 /* commands: see commands.h. Each handler validates its arguments, acts
  * through the manager/slot/rollout APIs and sends exactly one result. */
+#include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -17,12 +18,9 @@
  * sprintf("%1.15g") and checks it with sscanf(), which with 2,000 workers
  * (14 numbers each) was most of what status cost. */
 static void add_uint(cJSON *o, const char *key, uint64_t v) {
-        char buf[24], *p = buf + sizeof(buf);
-        *--p = 0;
-        do
-                *--p = (char) ('0' + v % 10);
-        while ((v /= 10));
-        cJSON_AddRawToObject(o, key, p);
+        char buf[24];
+        snprintf(buf, sizeof(buf), "%" PRIu64, v);
+        cJSON_AddRawToObject(o, key, buf);
 }
 
 static void add_number_or_null(cJSON *o, const char *key, uint64_t v, bool valid) {
