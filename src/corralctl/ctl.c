@@ -193,13 +193,6 @@ static int ctl_result(Ctl *ctl, int r, cJSON *result, cJSON **ret_result) {
         return CTL_EXIT_OK;
 }
 
-int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
-             void *userdata, cJSON **ret_result) {
-        cJSON *result = NULL;
-        int r = client_call(c, request, timeout_usec, progress, userdata, &result);
-        return ctl_result(ctl, r, result, ret_result);
-}
-
 int ctl_request(Ctl *ctl, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
                 void *userdata, cJSON **ret_result) {
         cJSON *result = NULL;

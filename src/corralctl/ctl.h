@@ -65,14 +65,11 @@ int ctl_client_error(const char *path, const char *name, int r);
 /* ctl_resolve() + client_connect(). Returns 0 or an exit code. */
 int ctl_connect(Ctl *ctl, Client **ret);
 
-/* client_call() that reports. Returns CTL_EXIT_OK with the ok:true result
- * in *ret_result (caller frees), CTL_EXIT_FAILED after printing the
- * server's error for ok:false (and, with --json, the result itself), or
- * CTL_EXIT_UNREACHABLE. */
-int ctl_call(Ctl *ctl, Client *c, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
-             void *userdata, cJSON **ret_result);
-
-/* Connect and send one request; the common shape of most commands. */
+/* Connect and send one request (client_request(): a "busy" corrald is
+ * asked again), the common shape of most commands. Returns CTL_EXIT_OK with
+ * the ok:true result in *ret_result (caller frees), CTL_EXIT_FAILED after
+ * printing the server's error for ok:false (and, with --json, the result
+ * itself), or CTL_EXIT_UNREACHABLE. */
 int ctl_request(Ctl *ctl, const cJSON *request, uint64_t timeout_usec, client_progress_t progress,
                 void *userdata, cJSON **ret_result);
 /* ctl_request() of a command that takes no arguments ({"command": ...}),
