@@ -51,24 +51,9 @@ def get_from(client, port, host="127.0.0.1", timeout=10):
     """One request from source address `client` on a fresh connection: the
     slot that served it, and how long it took."""
     t0 = time.monotonic()
-    s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        s.settimeout(timeout)
-        s.bind((client, 0))
-        s.connect((host, port))
-        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        s.close()
-    head = data.partition(b"\r\n\r\n")[0].decode("latin1").split("\r\n")
-    assert head[0].split()[1] == "200", "status line %r" % head[0]
-    worker = next(l.split(":", 1)[1].strip() for l in head[1:] if l.lower().startswith("x-worker:"))
-    return int(worker), time.monotonic() - t0
+    status_, headers, _ = http_get(port, host=host, source=client, timeout=timeout)
+    eq(status_, 200, "status of a request from %s" % client)
+    return int(headers["x-worker"]), time.monotonic() - t0
 
 
 def slots_of(client, port, n, **kw):
