@@ -3,7 +3,9 @@
  * The loop's side: closer_close() writes fd numbers into the pipe
  * (non-blocking write end, only ever written by the loop's thread),
  * closer_ready() polls that end for POLLOUT, and a uv_poll_t on it wakes
- * the waiters. The thread's side: closer_main() reads numbers (blocking
+ * the waiters. Only the loop writes and the thread only takes out, so once
+ * poll() said there is room, there still is until the loop writes again:
+ * readers of channels that never send fds ask poll() only once. The thread's side: closer_main() reads numbers (blocking
  * read end) and closes them.
  *
  * Why POLLOUT means "room for CLOSER_MSG_FDS_MAX": a pipe reports
@@ -40,6 +42,7 @@ static struct {
         CloserWaiter *waiters;
         int overflow[OVERFLOW_MAX];
         unsigned n_overflow;
+        bool room;                      /* poll said POLLOUT, and nothing was written since */
         uint64_t queued, closed_on_loop;
 } c = { .rfd = -EBADF, .wfd = -EBADF };
 
@@ -156,6 +159,7 @@ static bool pipe_has_room(void) {
 static void flush_overflow(void) {
         while (c.n_overflow > 0) {
                 size_t n = MIN((size_t) c.n_overflow, (size_t) (PIPE_BUF / sizeof(int)));
+                c.room = false;
                 ssize_t w = write(c.wfd, c.overflow, n * sizeof(int));
                 if (w == -1 && errno == EINTR)
                         continue;
@@ -211,6 +215,7 @@ int closer_close(int fd) {
         /* Keep the order: nothing jumps the overflow. */
         if (c.n_overflow == 0) {
                 ssize_t w;
+                c.room = false;
                 do
                         w = write(c.wfd, &fd, sizeof(fd));
                 while (w == -1 && errno == EINTR);
@@ -244,7 +249,9 @@ bool closer_ready(void) {
                 if (c.n_overflow > 0)
                         return false;
         }
-        return pipe_has_room();
+        if (!c.room)
+                c.room = pipe_has_room();
+        return c.room;
 }
 
 void closer_wait(CloserWaiter *w) {
