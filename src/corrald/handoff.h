@@ -72,6 +72,7 @@ struct Handoff {
         uint8_t *held_index;
         unsigned n_held, cap_held;
         uv_timer_t retry;
+        unsigned retry_ms;         /* the next retry's delay while holding */
         uv_timer_t stall;          /* looks at workers at the bound */
         unsigned cursor;           /* where the next round starts */
         bool recycle_due;          /* some worker reached max_requests: the owner checks */
