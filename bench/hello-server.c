@@ -14,6 +14,15 @@
  *       a child at once on SIGCHLD. A child prints "ready PID" on stdout
  *       once it listens. SIGTERM/SIGINT stop everything.
  *
+ *   hello-server floor PORT N
+ *       The syscall floor of a hand-off: a master binds 127.0.0.1:PORT,
+ *       forks N children that each get one end of a socketpair as their
+ *       channel (they serve as "worker" does, without close reports), and
+ *       then does nothing but what a hand-off needs: on each wakeup,
+ *       accept4() until EAGAIN, and per connection one sendmsg() of one
+ *       byte with the fd to the next child in turn, then close(). Nothing
+ *       is read back. What corrald's master costs above this is corral.
+ *
  *   hello-server worker [--greedy]
  *       A corral worker written the plain way (docs/protocol.md, no
  *       libcorral): in balance "shared" it accepts from the LISTEN_FDS
@@ -63,6 +72,7 @@ static bool greedy;
 static int epfd = -1;
 static int ipc_fd = -1;
 static unsigned long pending_closed;            /* close reports not sent yet */
+static bool no_reports;                         /* floor children: nobody reads them */
 static char report[64];
 static size_t report_len, report_off;
 static char ipc_buf[65536 + 8];                 /* unparsed channel bytes */
@@ -133,7 +143,7 @@ static void flush_report(void) {
 static void conn_close(Conn *c) {
         (void) epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
         close(c->fd);
-        if (c->handed_off)
+        if (c->handed_off && !no_reports)
                 pending_closed++;
         free(c);
 }
@@ -365,6 +375,86 @@ static int ref_master(int port, int n) {
         return 0;
 }
 
+static void floor_child(int channel) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setup_signals();
+        ipc_fd = channel;
+        no_reports = true;
+        struct epoll_event ev = { .events = EPOLLIN, .data.u64 = TAG_IPC };
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, ipc_fd, &ev) < 0)
+                die("epoll_ctl channel");
+        loop();
+}
+
+static void floor_handoff(int channel, int fd) {
+        char byte = 'h';
+        union {
+                struct cmsghdr h;
+                char space[CMSG_SPACE(sizeof(int))];
+        } cbuf = { 0 };
+        struct iovec iov = { &byte, 1 };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = &cbuf,
+                             .msg_controllen = sizeof(cbuf) };
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&mh);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+        (void) sendmsg(channel, &mh, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static int floor_master(int port, int n) {
+        if (n < 1 || n > 64) {
+                fprintf(stderr, "hello-server: floor: N must be 1..64\n");
+                return 2;
+        }
+        int channels[64];
+        pid_t kids[64];
+        for (int i = 0; i < n; i++) {
+                int sv[2];
+                if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+                        die("socketpair");
+                pid_t p = fork();
+                if (p < 0)
+                        die("fork");
+                if (p == 0) {
+                        close(sv[0]);
+                        floor_child(sv[1]);
+                }
+                close(sv[1]);
+                channels[i] = sv[0];
+                kids[i] = p;
+        }
+        setup_signals();
+        int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), one = 1;
+        if (lfd < 0)
+                die("socket");
+        setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        if (bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(lfd, 4096) < 0)
+                die("bind/listen");
+        struct epoll_event ev = { .events = EPOLLIN }, evs[8];
+        if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev) < 0)
+                die("epoll_ctl listener");
+        int next = 0;
+        while (!stop_requested) {
+                if (epoll_wait(epfd, evs, 8, -1) <= 0)
+                        continue;
+                int fd;
+                while ((fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0) {
+                        floor_handoff(channels[next], fd);
+                        next = (next + 1) % n;
+                        close(fd);
+                }
+        }
+        for (int i = 0; i < n; i++)
+                kill(kids[i], SIGTERM);
+        while (wait(NULL) > 0)
+                ;
+        return 0;
+}
+
 static int worker(void) {
         setup_signals();
         const char *e = getenv("LISTEN_FDS"), *pid = getenv("LISTEN_PID");
@@ -392,10 +482,12 @@ static int worker(void) {
 int main(int argc, char **argv) {
         if (argc == 4 && strcmp(argv[1], "ref") == 0)
                 return ref_master(atoi(argv[2]), atoi(argv[3]));
+        if (argc == 4 && strcmp(argv[1], "floor") == 0)
+                return floor_master(atoi(argv[2]), atoi(argv[3]));
         if (argc >= 2 && strcmp(argv[1], "worker") == 0) {
                 greedy = argc == 3 && strcmp(argv[2], "--greedy") == 0;
                 return worker();
         }
-        fprintf(stderr, "usage: hello-server ref PORT N | hello-server worker [--greedy]\n");
+        fprintf(stderr, "usage: hello-server ref PORT N | hello-server floor PORT N | hello-server worker [--greedy]\n");
         return 2;
 }
