@@ -273,7 +273,10 @@ static void cmd_signal(Manager *m, ControlConn *c, const cJSON *req) {
 
         if (cJSON_IsString(s))
                 sig = parse_signal(s->valuestring);
-        else if (cJSON_IsNumber(s) && s->valuedouble >= 1 && s->valuedouble <= 64) {
+        else if (cJSON_IsNumber(s) && s->valuedouble >= 1 && s->valuedouble <= 64 &&
+                 s->valuedouble == (int) s->valuedouble) {
+                /* A whole number only: 9.5 is no signal, and truncating it
+                 * would send SIGKILL. */
                 snprintf(num, sizeof(num), "%d", (int) s->valuedouble);
                 sig = parse_signal(num);
         }

@@ -195,10 +195,9 @@ static void test_signals(void **state) {
                 assert_int_eq(c.n_ok, 1);
                 assert_string_equal(c.fields, "{\"pids\":[]}");
         }
-        /* A fractional number is truncated today (9.5 is SIGKILL), unlike
-         * a fractional target; refusing it would change what clients see,
-         * so it is left untested here rather than pinned. */
-        const char *bad[] = { "\"FOO\"", "\"SIG\"", "\"\"", "0", "65", "-9", "null", "[15]" };
+        /* A fraction is refused like a fractional target (it was
+         * truncated: 9.5 sent SIGKILL). */
+        const char *bad[] = { "\"FOO\"", "\"SIG\"", "\"\"", "0", "65", "-9", "null", "[15]", "9.5", "1e-3" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++) {
                 char req[128];
                 snprintf(req, sizeof(req), "{\"command\":\"signal\",\"signal\":%s,\"target\":1}", bad[i]);
