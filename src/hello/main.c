@@ -58,7 +58,6 @@
 #include <unistd.h>
 
 #include <corral.h>
-#include <systemd/sd-daemon.h>
 #include <uv.h>
 
 #include "http.h"
@@ -943,7 +942,7 @@ int main(int argc, char *argv[]) {
         };
         static Server server;
         Server *s = &server;
-        uint64_t watchdog_usec = 0;
+        uint64_t watchdog_usec = corral_watchdog_usec();
         int opt, r, n_inherited, *fds = NULL, ret = EXIT_FAILURE;
         size_t n_listeners;
         bool channel;
@@ -1058,7 +1057,7 @@ int main(int argc, char *argv[]) {
         uv_unref((uv_handle_t *) &s->sigterm);
         uv_unref((uv_handle_t *) &s->sigint);
         (void) uv_timer_init(&s->loop, &s->watchdog);
-        if (sd_watchdog_enabled(0, &watchdog_usec) > 0 && watchdog_usec > 0) {
+        if (watchdog_usec > 0) {
                 uint64_t ms = watchdog_usec / 2 / 1000 > 0 ? watchdog_usec / 2 / 1000 : 1;
                 uv_timer_start(&s->watchdog, on_watchdog, ms, ms);
                 uv_unref((uv_handle_t *) &s->watchdog);

@@ -10,7 +10,8 @@
  *   - a graceful stop in one call:           corral_drain()
  *   - listening sockets in "shared" balance:  corral_listen_fds()
  *   - state notifications to the master:      corral_ready(), corral_status(),
- *                                             corral_stopping(), corral_watchdog()
+ *                                             corral_stopping(), corral_watchdog(),
+ *                                             corral_watchdog_usec()
  *   - its identity:                           corral_worker_id(), corral_generation()
  *   - connections handed off by the master
  *     in "round-robin"/"least-conn":          corral_accept(), corral_accept_nonblock()
@@ -55,6 +56,12 @@ int corral_ready(void);
 int corral_stopping(void);
 int corral_watchdog(void);
 int corral_status(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+/* The watchdog interval in µs the master (or systemd) expects
+ * corral_watchdog() within (WATCHDOG_USEC, for this process), or 0 when
+ * there is no watchdog; as sd_watchdog_enabled(3). Send WATCHDOG=1 every
+ * half of it. */
+unsigned long long corral_watchdog_usec(void);
 
 /* CORRAL_WORKER_ID (the slot, stable across restarts of that slot) and
  * CORRAL_GENERATION (bumped by every reload). Return the value (>= 0),

@@ -43,12 +43,12 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <systemd/sd-daemon.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "corral-internal.h"
 #include "corral.h"
+#include "daemon.h"
 #include "fd-util.h"
 #include "ipc-msg.h"
 #include "macros.h"
@@ -172,21 +172,23 @@ int corral_generation(void) {
 }
 
 int corral_listen_fds(char ***ret_names) {
-        if (ret_names)
-                return sd_listen_fds_with_names(0, ret_names);
-        return sd_listen_fds(0);
+        return daemon_listen_fds(ret_names);
 }
 
 int corral_ready(void) {
-        return sd_notify(0, "READY=1");
+        return daemon_notify("READY=1");
 }
 
 int corral_stopping(void) {
-        return sd_notify(0, "STOPPING=1");
+        return daemon_notify("STOPPING=1");
 }
 
 int corral_watchdog(void) {
-        return sd_notify(0, "WATCHDOG=1");
+        return daemon_notify("WATCHDOG=1");
+}
+
+unsigned long long corral_watchdog_usec(void) {
+        return daemon_watchdog_usec();
 }
 
 int corral_status(const char *format, ...) {
@@ -197,7 +199,9 @@ int corral_status(const char *format, ...) {
         va_end(ap);
         if (k < 0)
                 return -ENOMEM;
-        int r = sd_notifyf(0, "STATUS=%s", status);
+        char *line = NULL;
+        int r = asprintf(&line, "STATUS=%s", status) < 0 ? -ENOMEM : daemon_notify(line);
+        free(line);
         free(status);
         return r;
 }
@@ -524,7 +528,7 @@ static int listeners_init(void) {
                 return n;
         for (int i = 0; i < n; i++) {
                 int fd = CORRAL_LISTEN_FDS_START + i;
-                if (sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+                if (!daemon_is_listening_stream(fd))
                         continue;
                 if ((r = fd_nonblock(fd, true)) < 0 || (r = listener_add(fd, (unsigned) i)) < 0) {
                         free(ls.l);
@@ -541,7 +545,7 @@ int corral_add_listener(int fd) {
         int r = listeners_init();
         if (r < 0)
                 return r;
-        if (fd < 0 || sd_is_socket(fd, AF_UNSPEC, SOCK_STREAM, 1) <= 0)
+        if (!daemon_is_listening_stream(fd))
                 return -ENOTSOCK;
         unsigned index = 0;
         int n = corral_listen_fds(NULL);

@@ -895,6 +895,108 @@ static void test_drain(void **state) {
         close(nsock);
 }
 
+/* The notify and LISTEN_FDS protocols, spoken without libsystemd
+ * (daemon.c): what sd_notify(3), sd_listen_fds(3) and
+ * sd_watchdog_enabled(3) do. */
+static void test_daemon_protocols(void **state) {
+        (void) state;
+        char pid[32], dir[] = "/tmp/test-libcorral.XXXXXX", path[128];
+        snprintf(pid, sizeof(pid), "%d", (int) getpid());
+
+        /* Not under a manager: nothing sent, no error. */
+        unsetenv("NOTIFY_SOCKET");
+        assert_int_eq(corral_ready(), 0);
+        /* A path socket. */
+        assert_non_null(mkdtemp(dir));
+        snprintf(path, sizeof(path), "%s/notify", dir);
+        int nsock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        memcpy(sun.sun_path, path, strlen(path) + 1);
+        assert_int_eq(bind(nsock, (struct sockaddr *) &sun, sizeof(sun)), 0);
+        setenv("NOTIFY_SOCKET", path, 1);
+        assert_int_eq(corral_ready(), 1);
+        notify_expect(nsock, "READY=1");
+        assert_int_eq(corral_status("%d of %s", 3, "4"), 1);
+        notify_expect(nsock, "STATUS=3 of 4");
+        assert_int_eq(corral_watchdog(), 1);
+        notify_expect(nsock, "WATCHDOG=1");
+        /* Not an address: refused, not sent somewhere else. */
+        setenv("NOTIFY_SOCKET", "relative/path", 1);
+        assert_true(corral_ready() < 0);
+        snprintf(path, sizeof(path), "%s/nobody-listens", dir);
+        setenv("NOTIFY_SOCKET", path, 1);
+        assert_int_eq(corral_stopping(), -ENOENT);
+        unsetenv("NOTIFY_SOCKET");
+        close(nsock);
+        snprintf(path, sizeof(path), "%s/notify", dir);
+        unlink(path);
+        rmdir(dir);
+
+        /* LISTEN_FDS: only for the process LISTEN_PID names. */
+        int l = socket(AF_INET, SOCK_STREAM, 0), moved = -1;
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        assert_int_eq(bind(l, (struct sockaddr *) &sin, sizeof(sin)), 0);
+        assert_int_eq(listen(l, 4), 0);
+        if (l != 3) {
+                /* fd 3 may be taken by the test runner: keep it aside. */
+                moved = fcntl(3, F_DUPFD_CLOEXEC, 100);
+                assert_int_eq(dup2(l, 3), 3);
+        }
+        assert_int_eq(fcntl(3, F_SETFD, 0), 0);
+        setenv("LISTEN_PID", "1", 1);
+        setenv("LISTEN_FDS", "1", 1);
+        assert_int_eq(corral_listen_fds(NULL), 0);
+        setenv("LISTEN_PID", pid, 1);
+        assert_int_eq(corral_listen_fds(NULL), 1);
+        assert_int_eq(fcntl(3, F_GETFD), FD_CLOEXEC);
+        char **names = NULL;
+        unsetenv("LISTEN_FDNAMES");
+        assert_int_eq(corral_listen_fds(&names), 1);
+        assert_string_equal(names[0], "unknown");
+        assert_null(names[1]);
+        free(names[0]);
+        free(names);
+        setenv("LISTEN_FDNAMES", "web", 1);
+        assert_int_eq(corral_listen_fds(&names), 1);
+        assert_string_equal(names[0], "web");
+        free(names[0]);
+        free(names);
+        setenv("LISTEN_FDNAMES", "web:extra", 1);
+        assert_int_eq(corral_listen_fds(&names), -EINVAL);
+        assert_null(names);
+        setenv("LISTEN_FDS", "1x", 1);
+        assert_int_eq(corral_listen_fds(NULL), -EINVAL);
+        unsetenv("LISTEN_PID");
+        unsetenv("LISTEN_FDS");
+        unsetenv("LISTEN_FDNAMES");
+        /* A listening stream socket is one; a connected or datagram one is not. */
+        int dgram = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        assert_int_eq(corral_add_listener(dgram), -ENOTSOCK);
+        close(dgram);
+        if (moved >= 0) {
+                assert_int_eq(dup2(moved, 3), 3);
+                close(moved);
+        } else
+                close(3);
+        if (l != 3)
+                close(l);
+
+        /* The watchdog interval, for this process only. */
+        unsetenv("WATCHDOG_PID");
+        unsetenv("WATCHDOG_USEC");
+        assert_int_eq(corral_watchdog_usec(), 0);
+        setenv("WATCHDOG_USEC", "3000000", 1);
+        assert_int_eq(corral_watchdog_usec(), 3000000);
+        setenv("WATCHDOG_PID", pid, 1);
+        assert_int_eq(corral_watchdog_usec(), 3000000);
+        setenv("WATCHDOG_PID", "1", 1);
+        assert_int_eq(corral_watchdog_usec(), 0);
+        unsetenv("WATCHDOG_PID");
+        setenv("WATCHDOG_USEC", "soon", 1);
+        assert_int_eq(corral_watchdog_usec(), 0);
+        unsetenv("WATCHDOG_USEC");
+}
+
 /* Close reports: counted while the worker works, one line per turn. */
 static void test_closed_once_per_turn(void **state) {
         Fixture *f = *state;
@@ -982,6 +1084,7 @@ static void test_typed_peers(void **state) {
 int main(void) {
         const struct CMUnitTest tests[] = {
                 cmocka_unit_test_setup_teardown(test_environment, setup, teardown),
+                cmocka_unit_test_setup_teardown(test_daemon_protocols, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_no_channel, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_interleaved, setup, teardown),
                 cmocka_unit_test_setup_teardown(test_handler, setup, teardown),

@@ -1,0 +1,137 @@
+/* daemon: see daemon.h. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "daemon.h"
+#include "fd-util.h"
+#include "macros.h"
+
+int daemon_notify(const char *state) {
+        const char *path = getenv("NOTIFY_SOCKET");
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        size_t len;
+
+        if (!state)
+                return -EINVAL;
+        if (!path || !*path)
+                return 0;
+        len = strlen(path);
+        if ((path[0] != '/' && path[0] != '@') || len > sizeof(sa.sun_path))
+                return -EAFNOSUPPORT;
+        if (path[0] == '/' && len == sizeof(sa.sun_path))
+                return -EINVAL;         /* no room for the terminating NUL */
+        memcpy(sa.sun_path, path, len);
+        if (path[0] == '@')
+                sa.sun_path[0] = '\0';
+        socklen_t salen = (socklen_t) (offsetof(struct sockaddr_un, sun_path) + len + (path[0] == '/'));
+
+        _cleanup_close_ int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return -errno;
+        if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *) &sa, salen) < 0)
+                return -errno;
+        return 1;
+}
+
+/* A decimal number in [min, max] from the whole of s. */
+static int parse_int(const char *s, long min, long max, long *ret) {
+        char *end;
+        if (!s || !*s)
+                return -EINVAL;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno != 0 || *end || v < min || v > max)
+                return -EINVAL;
+        *ret = v;
+        return 0;
+}
+
+static void free_names(char **names) {
+        for (size_t i = 0; names && names[i]; i++)
+                free(names[i]);
+        free(names);
+}
+
+/* n names from "a:b:c", or n times "unknown" when s is NULL. */
+static int split_names(const char *s, long n, char ***ret) {
+        char **names = calloc((size_t) n + 1, sizeof(char *));
+        if (!names)
+                return -ENOMEM;
+        for (long i = 0; i < n; i++) {
+                const char *end = s ? strchrnul(s, ':') : NULL;
+                names[i] = s ? strndup(s, (size_t) (end - s)) : strdup("unknown");
+                if (!names[i]) {
+                        free_names(names);
+                        return -ENOMEM;
+                }
+                if (s && !*end && i + 1 < n) {
+                        free_names(names);
+                        return -EINVAL;         /* fewer names than fds */
+                }
+                if (s)
+                        s = *end ? end + 1 : end;
+        }
+        if (s && *s) {
+                free_names(names);
+                return -EINVAL;                 /* more names than fds */
+        }
+        *ret = names;
+        return 0;
+}
+
+int daemon_listen_fds(char ***ret_names) {
+        const char *e = getenv("LISTEN_PID");
+        long pid, n;
+
+        if (ret_names)
+                *ret_names = NULL;
+        if (!e)
+                return 0;
+        if (parse_int(e, 1, INT_MAX, &pid) < 0)
+                return -EINVAL;
+        if ((pid_t) pid != getpid())
+                return 0;               /* meant for another process */
+        if (parse_int(getenv("LISTEN_FDS"), 0, INT_MAX - 3, &n) < 0)
+                return -EINVAL;
+        for (long i = 0; i < n; i++)
+                if (fcntl(3 + (int) i, F_SETFD, FD_CLOEXEC) < 0)
+                        return -errno;
+        if (ret_names && n > 0) {
+                int r = split_names(getenv("LISTEN_FDNAMES"), n, ret_names);
+                if (r < 0)
+                        return r;
+        }
+        return (int) n;
+}
+
+bool daemon_is_listening_stream(int fd) {
+        struct stat st;
+        int type = 0, listening = 0;
+        socklen_t len = sizeof(int);
+
+        if (fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode))
+                return false;
+        if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) < 0 || type != SOCK_STREAM)
+                return false;
+        len = sizeof(int);
+        return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening;
+}
+
+unsigned long long daemon_watchdog_usec(void) {
+        const char *e = getenv("WATCHDOG_PID");
+        long pid, usec;
+
+        if (e && (parse_int(e, 1, INT_MAX, &pid) < 0 || (pid_t) pid != getpid()))
+                return 0;
+        if (parse_int(getenv("WATCHDOG_USEC"), 1, LONG_MAX, &usec) < 0)
+                return 0;
+        return (unsigned long long) usec;
+}
