@@ -62,7 +62,7 @@ static int offer(Handoff *h, Worker *w, int fd, uint8_t index) {
         h->n_handed++;
         if (h->max_requests && w->handed == h->max_requests)
                 h->recycle_due = true;
-        return 0;
+        return r;
 }
 
 /* least-conn's view of a worker that never reports a close: until it has
@@ -73,16 +73,18 @@ static bool silent(const Worker *w) {
         return !w->reports_closes && w->handed >= HANDOFF_SILENT_AFTER;
 }
 
-/* Offer fd to the worker of slot i; on success fd is closed here and the
- * turn moves past i. */
+/* Offer fd to the worker of slot i; on success fd is closed here (unless
+ * the channel kept it until the worker answers) and the turn moves past i. */
 static bool try_slot(Handoff *h, unsigned i, int fd, uint8_t index) {
         Worker *w = slot_ready_worker(h->slots[i]);
-        if (!w || offer(h, w, fd, index) < 0) {
+        int r = w ? offer(h, w, fd, index) : -ENOENT;
+        if (r < 0) {
                 h->n_retried++;
                 return false;
         }
         h->cursor = i + 1;
-        safe_close(fd);
+        if (r == 0)
+                safe_close(fd);
         return true;
 }
 
@@ -320,6 +322,27 @@ void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost) {
         log_limited(h, "%s is at its fd limit (%u connection%s lost): no connections for it for %d ms%s", w->who,
                     n_lost, n_lost == 1 ? "" : "s", HANDOFF_FD_LIMIT_PAUSE_MS,
                     n > 0 ? ", its unread ones go to other workers" : "");
+}
+
+void handoff_refused(Handoff *h, Worker *w, int fd, uint8_t listener_index) {
+        uint64_t until = now_usec() + HANDOFF_FD_LIMIT_PAUSE_MS * USEC_PER_MSEC;
+        unsigned n = 0;
+
+        /* It will report no close for it: least-conn must not count it. */
+        w->handed -= MIN((uint64_t) 1, w->handed - w->closed);
+        /* Full (maxConnections) or closing: none for it for a while, and
+         * what it has not read goes elsewhere too, after the refused one. */
+        if (h->started && w->ipc) {
+                n = handoff_take_back(h, w);
+                w->stalled_until = MAX(w->stalled_until, until);
+        }
+        if (fd >= 0)
+                requeue(h, fd, listener_index);         /* closes it when stopping */
+        else
+                h->n_lost++;
+        log_limited(h, "%s refused a connection: %s; none for it for %d ms%s", w->who,
+                    fd >= 0 ? "it goes to another worker" : "it is lost", HANDOFF_FD_LIMIT_PAUSE_MS,
+                    n > 0 ? ", nor its unread ones" : "");
 }
 
 static void on_readable(uv_poll_t *p, int status, int events) {

@@ -116,6 +116,12 @@ unsigned handoff_take_back(Handoff *h, Worker *w);
  * w, logged at a bounded rate. */
 void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost);
 
+/* w refused the connection fd it had been handed (Node's cluster answer
+ * accepted: false; the master kept fd, or -1 if it could not): fd goes to
+ * another worker first, and w gets none for HANDOFF_FD_LIMIT_PAUSE_MS.
+ * Takes fd. */
+void handoff_refused(Handoff *h, Worker *w, int fd, uint8_t listener_index);
+
 /* Connections held by the master now. */
 static inline unsigned handoff_held(const Handoff *h) {
         return h->n_held;

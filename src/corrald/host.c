@@ -87,6 +87,17 @@ static size_t node_handoff_line(Ipc *ipc, uint8_t listener, char *buf, size_t si
         return node_cluster_handoff_line(&io->node, io->host->listeners, listener, buf, size);
 }
 
+/* ipc "node": the master's copy of each newconn until the worker answers. */
+static bool node_keep_handoff(Ipc *ipc, int fd, uint8_t listener) {
+        WorkerIo *io = ipc->userdata;
+        return node_cluster_keep(&io->node, fd, listener);
+}
+
+static void on_taken_back(Ipc *ipc, unsigned n) {
+        WorkerIo *io = ipc->userdata;
+        node_cluster_taken_back(&io->node, n);
+}
+
 /* ipc "node": Node's cluster protocol (an unchanged listen(PORT) app),
  * turned into the slot's events. */
 static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t len) {
@@ -104,7 +115,7 @@ static void on_node(Ipc *ipc, const IpcMessage *msg, const char *line, size_t le
                 slot_on_notify(io->worker, &n);
                 break;
         case NODE_CLUSTER_REFUSED:
-                handoff_fd_limit(h->handoff, io->worker, 1);
+                handoff_refused(h->handoff, io->worker, io->node.refused_fd, io->node.refused_listener);
                 break;
         case NODE_CLUSTER_NONE:
                 break;
@@ -122,7 +133,8 @@ static void io_attach(Host *h, Worker *w, WorkerIo *io, int ipc_fd, int peer_fd,
                 .ipc = { .on_message = on_ipc_message, .on_closed_report = on_closed_report,
                          .on_fd_limit = on_fd_limit, .on_notify = on_ipc_notify, .on_close = on_ipc_closed,
                          .who = w->who, .userdata = io, .dialect = w->config->ipc,
-                         .handoff_line = node_handoff_line, .on_node = on_node },
+                         .handoff_line = node_handoff_line, .on_node = on_node,
+                         .keep_handoff = node_keep_handoff, .on_taken_back = on_taken_back },
                 .output = { .on_close = on_output_closed, .userdata = io },
         };
         w->host = io;

@@ -490,6 +490,8 @@ unsigned ipc_take_back(Ipc *ipc, IpcTakeBackCallback cb, void *userdata) {
                 ipc->dropped += lines;
         }
         ipc->inflight_head = ipc->n_inflight = 0;
+        if (n > 0 && ipc->on_taken_back)
+                ipc->on_taken_back(ipc, n);
         return n;
 }
 
@@ -606,6 +608,8 @@ int ipc_send_fd(Ipc *ipc, int fd, uint8_t listener_index) {
                 ipc->inflight_len[at] = (uint16_t) len;
                 ipc->n_inflight++;
         }
+        if (ipc->dialect == IPC_DIALECT_NODE && ipc->keep_handoff && ipc->keep_handoff(ipc, fd, listener_index))
+                return 1;
         return 0;
 }
 

@@ -73,6 +73,12 @@ typedef size_t (*IpcHandoffLine)(Ipc *ipc, uint8_t listener, char *buf, size_t s
  * itself (all but NODE_HANDLE_ACK/NACK): line is NUL-terminated, msg->cmd
  * points into it. */
 typedef void (*IpcNodeCallback)(Ipc *ipc, const IpcMessage *msg, const char *line, size_t len);
+/* The node dialect: a hand-off line went with fd. True when the callee
+ * keeps fd (Node's cluster protocol answers each newconn, and a refused
+ * connection must go elsewhere); the caller then must not close it. */
+typedef bool (*IpcKeepHandoff)(Ipc *ipc, int fd, uint8_t listener);
+/* n hand-offs, the newest sent, were taken back unread. */
+typedef void (*IpcTakenBackCallback)(Ipc *ipc, unsigned n);
 /* Called for each valid "notify" line: text (len bytes, NUL-terminated,
  * unescaped, may contain NUL bytes) as a datagram on NOTIFY_SOCKET would
  * carry it. */
@@ -130,6 +136,8 @@ struct Ipc {
         IpcDialect dialect;
         IpcHandoffLine handoff_line;     /* IPC_DIALECT_NODE: required for hand-offs */
         IpcNodeCallback on_node;         /* IPC_DIALECT_NODE: NULL counts them malformed */
+        IpcKeepHandoff keep_handoff;     /* IPC_DIALECT_NODE: may be NULL */
+        IpcTakenBackCallback on_taken_back;      /* may be NULL */
         const char *who;         /* for log messages, e.g. "worker 2" */
         void *userdata;
 };
@@ -151,7 +159,8 @@ int ipc_send_line(Ipc *ipc, const char *line);
  * (-EBUSY when it makes none), written only at a line boundary. If a line is partly written, its rest
  * is written first; if that does not go through, the hand-off is not
  * attempted. Returns 0 when the kernel took the fd (the caller then closes
- * its own copy), -EAGAIN when the channel is full now and -EBUSY when the
+ * its own copy), 1 when it did and keep_handoff() kept the caller's copy
+ * (not to be closed), -EAGAIN when the channel is full now and -EBUSY when the
  * worker has IPC_INFLIGHT_MAX hand-offs unread (try another worker), -EPIPE/-ECONNRESET/-ENOTCONN when the worker is gone, -EINVAL
  * for an index above IPC_LISTENER_INDEX_MAX. fd is never closed here.
  * Does not log. */

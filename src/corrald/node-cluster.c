@@ -18,6 +18,8 @@
 #include "node-cluster.h"
 #include "util.h"
 
+static void answered(NodeCluster *nc, const char *line, size_t len, bool accepted);
+
 static void json_freep(cJSON **j) {
         cJSON_Delete(*j);
 }
@@ -147,7 +149,7 @@ static void query_server(NodeCluster *nc, Ipc *ipc, ListenerSet *ls, bool shared
         cJSON_AddStringToObject(reply, "key", key);
         cJSON_AddNumberToObject(reply, "ack", seq);
         cJSON_AddItemToObject(reply, "data", err == 0 ? shared_data(ls, i, q) : cJSON_CreateNull());
-        cJSON_AddNumberToObject(reply, "seq", (double) nc->seq++);
+        cJSON_AddNumberToObject(reply, "seq", (double) ++nc->seq);
 
         if (err == 0 && shared) {
                 /* The listening socket itself. Node's libuv expects it
@@ -222,8 +224,10 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
                 return NODE_CLUSTER_NONE;
         }
         /* The answer to each newconn, the one frequent line: at once. */
-        if (memmem(line, len, "\"accepted\":true", 15) && !memmem(line, len, "\"act\"", 5))
+        if (memmem(line, len, "\"accepted\":true", 15) && !memmem(line, len, "\"act\"", 5)) {
+                answered(nc, line, len, true);
                 return NODE_CLUSTER_NONE;
+        }
 
         _cleanup_json_ cJSON *j = cJSON_ParseWithLength(line, len);
         const cJSON *act = cJSON_GetObjectItemCaseSensitive(j, "act");
@@ -231,8 +235,9 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
         if (!act) {
                 const cJSON *accepted = cJSON_GetObjectItemCaseSensitive(j, "accepted");
                 if (cJSON_IsFalse(accepted)) {
-                        ipc_warn(ipc, "refused a connection (its server is closed, or at server.maxConnections); "
-                             "it is lost");
+                        answered(nc, line, len, false);
+                        ipc_warn(ipc, "refused a connection (its server is closed, or at server.maxConnections): "
+                                 "%s", nc->refused_fd >= 0 ? "it goes to another worker" : "it is lost");
                         return NODE_CLUSTER_REFUSED;
                 }
                 return NODE_CLUSTER_NONE;
@@ -257,7 +262,7 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
                 /* It waits for this answer before it disconnects and exits. */
                 char reply[96];
                 snprintf(reply, sizeof(reply), "{\"cmd\":\"NODE_CLUSTER\",\"ack\":%.0f,\"seq\":%llu}",
-                         seq->valuedouble, (unsigned long long) nc->seq++);
+                         seq->valuedouble, (unsigned long long) ++nc->seq);
                 (void) ipc_send_line(ipc, reply);
                 return NODE_CLUSTER_LEAVING;
         }
@@ -266,17 +271,79 @@ NodeClusterEvent node_cluster_handle(NodeCluster *nc, Ipc *ipc, ListenerSet *ls,
         return NODE_CLUSTER_NONE;
 }
 
+/* ---- the master's copies of newconn connections ------------------------- */
+
+static NodePending *pending_at(NodeCluster *nc, unsigned i) {
+        return &nc->pending[(nc->pending_head + i) % NODE_PENDING_MAX];
+}
+
+static void pending_pop_front(NodeCluster *nc) {
+        safe_close(pending_at(nc, 0)->fd);
+        nc->pending_head = (nc->pending_head + 1) % NODE_PENDING_MAX;
+        nc->n_pending--;
+}
+
+bool node_cluster_keep(NodeCluster *nc, int fd, uint8_t listener) {
+        if (!nc->line_seq)
+                return false;
+        uint64_t seq = nc->line_seq;
+        nc->line_seq = 0;
+        if (!nc->pending && !(nc->pending = calloc(NODE_PENDING_MAX, sizeof(NodePending))))
+                return false;
+        if (nc->n_pending == NODE_PENDING_MAX)
+                pending_pop_front(nc);
+        *pending_at(nc, nc->n_pending++) = (NodePending) { .seq = seq, .fd = fd, .listener = listener };
+        return true;
+}
+
+void node_cluster_taken_back(NodeCluster *nc, unsigned n) {
+        for (; n > 0 && nc->n_pending > 0; n--) {
+                NodePending *p = pending_at(nc, nc->n_pending - 1);
+                safe_close(p->fd);
+                nc->n_pending--;
+        }
+}
+
+/* The answer to newconn "ack": copies of older ones (never answered) and
+ * of an accepted one are closed; a refused one's goes to refused_fd. */
+static void answered(NodeCluster *nc, const char *line, size_t len, bool accepted) {
+        const char *p = memmem(line, len, "\"ack\":", 6);
+        char *end;
+        nc->refused_fd = -EBADF;
+        if (!p)
+                return;
+        errno = 0;
+        unsigned long long ack = strtoull(p + 6, &end, 10);
+        if (errno || end == p + 6)
+                return;
+        while (nc->n_pending > 0 && pending_at(nc, 0)->seq < ack)
+                pending_pop_front(nc);
+        if (nc->n_pending == 0 || pending_at(nc, 0)->seq != ack)
+                return;
+        if (accepted) {
+                pending_pop_front(nc);
+                return;
+        }
+        NodePending *front = pending_at(nc, 0);
+        nc->refused_fd = front->fd;
+        nc->refused_listener = front->listener;
+        nc->pending_head = (nc->pending_head + 1) % NODE_PENDING_MAX;
+        nc->n_pending--;
+}
+
 size_t node_cluster_handoff_line(NodeCluster *nc, const ListenerSet *ls, uint8_t listener, char *buf, size_t size) {
         int n;
+        nc->line_seq = 0;
         if (nc->disconnecting || listener >= ls->n)
                 return 0;
         if (nc->cluster) {
                 if (listener >= nc->n_keys || !nc->keys[listener])
                         return 0;
+                nc->line_seq = ++nc->seq;       /* seqs start at 1: 0 means "no newconn" */
                 n = snprintf(buf, size,
                              "{\"cmd\":\"NODE_HANDLE\",\"type\":\"net.Native\",\"msg\":{\"cmd\":\"NODE_CLUSTER\","
                              "\"act\":\"newconn\",\"key\":\"%s\",\"seq\":%llu}}\n",
-                             nc->keys[listener], (unsigned long long) nc->seq++);
+                             nc->keys[listener], (unsigned long long) nc->line_seq);
         } else
                 n = snprintf(buf, size, "%s", ls->node_handles[listener]);
         return n > 0 && (size_t) n < size ? (size_t) n : 0;
@@ -289,7 +356,7 @@ bool node_cluster_disconnect(NodeCluster *nc, Ipc *ipc) {
         if (nc->disconnecting)
                 return true;
         snprintf(line, sizeof(line), "{\"cmd\":\"NODE_CLUSTER\",\"act\":\"disconnect\",\"seq\":%llu}",
-                 (unsigned long long) nc->seq++);
+                 (unsigned long long) ++nc->seq);
         if (ipc_send_line(ipc, line) < 0)
                 return false;
         nc->disconnecting = true;
@@ -297,6 +364,9 @@ bool node_cluster_disconnect(NodeCluster *nc, Ipc *ipc) {
 }
 
 void node_cluster_done(NodeCluster *nc) {
+        while (nc->n_pending > 0)
+                pending_pop_front(nc);
+        free(nc->pending);
         for (unsigned i = 0; i < nc->n_keys; i++)
                 free(nc->keys[i]);
         free(nc->keys);

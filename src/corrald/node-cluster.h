@@ -19,7 +19,9 @@
  *   act "listening"                      (READY=1 for the slot)
  *   act "close" (key)                    (no more connections for it)
  *   act "exitedAfterDisconnect" (seq S)  ack S (STOPPING=1 for the slot)
- *   ack N, accepted true|false           false: the connection is lost
+ *   ack N, accepted true|false           false: the connection goes to
+ *                                          another worker (the master kept
+ *                                          its copy until this answer)
  *   act "online"                         (nothing)
  *                                        act "disconnect": a graceful stop
  *
@@ -39,12 +41,33 @@
 #include "ipc.h"
 #include "listener.h"
 
+/* A newconn the worker has not answered yet: the master's copy of the
+ * connection. Node's primary keeps its handle the same way, so that a
+ * refused connection (its server closed, or at server.maxConnections)
+ * goes to another worker instead of being lost. */
+typedef struct NodePending {
+        uint64_t seq;              /* of the newconn message */
+        int fd;
+        uint8_t listener;
+} NodePending;
+
+/* At most this many unanswered newconns are kept per worker; past it, the
+ * oldest copy is closed (its connection is then lost if refused). The
+ * worker answers each as it reads it, so what is unanswered is what it
+ * has not read yet (IPC_INFLIGHT_MAX) and the few in the read in progress. */
+#define NODE_PENDING_MAX (2 * IPC_INFLIGHT_MAX)
+
 typedef struct NodeCluster {
         char **keys;               /* per listener: the key the worker listens with, or NULL */
         unsigned n_keys;           /* entries in keys (the listener count) */
         bool cluster;              /* it asked for a server: it takes only its keys' connections */
         bool disconnecting;        /* "disconnect" sent */
         uint64_t seq;              /* of the master's messages to it */
+        uint64_t line_seq;         /* the seq of the last newconn line made, 0: none */
+        NodePending *pending;      /* a ring of NODE_PENDING_MAX, allocated at the first newconn */
+        unsigned pending_head, n_pending;
+        int refused_fd;            /* with NODE_CLUSTER_REFUSED: the connection, or -1 */
+        uint8_t refused_listener;
 } NodeCluster;
 
 /* What a line means for the worker's slot. */
@@ -52,7 +75,7 @@ typedef enum NodeClusterEvent {
         NODE_CLUSTER_NONE,
         NODE_CLUSTER_READY,        /* it listens: READY=1 */
         NODE_CLUSTER_LEAVING,      /* cluster.worker.disconnect(): STOPPING=1 */
-        NODE_CLUSTER_REFUSED,      /* it refused a connection (accepted: false), which is lost */
+        NODE_CLUSTER_REFUSED,      /* it refused a connection (accepted: false): refused_fd */
 } NodeClusterEvent;
 
 /* Handle one NODE_CLUSTER or NODE_HANDLE line of worker `who` (line is
@@ -72,6 +95,15 @@ size_t node_cluster_handoff_line(NodeCluster *nc, const ListenerSet *ls, uint8_t
  * it closes its servers, lets its connections finish, and exits). Returns
  * true when sent; false when the worker is not a cluster worker or the
  * line could not be queued (then signal it instead). */
+/* After a newconn line went with fd: keep the master's copy until the
+ * worker answers. Returns true when fd was taken (not to be closed by the
+ * caller), false when it is not a newconn (the caller closes fd). */
+bool node_cluster_keep(NodeCluster *nc, int fd, uint8_t listener);
+
+/* n hand-offs were taken back unread (the newest n sent): their copies are
+ * closed; the connections themselves go on from the channel. */
+void node_cluster_taken_back(NodeCluster *nc, unsigned n);
+
 bool node_cluster_disconnect(NodeCluster *nc, Ipc *ipc);
 
 void node_cluster_done(NodeCluster *nc);

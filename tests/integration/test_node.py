@@ -225,6 +225,40 @@ def unchanged_listen_app_serves_through_the_cluster_protocol():
 
 
 @case
+def a_connection_a_full_cluster_worker_refuses_goes_to_another():
+    # Node's cluster answers a newconn with accepted: false when the server
+    # is at server.maxConnections; the master kept its copy until then.
+    port = free_port()
+    c, n, _ = start("round-robin", script=LISTEN_APP, env={"PORT": str(port), "FULL_SLOT": "0"}, port=port)
+    held = []
+    try:
+        # Fill slot 0: keep-alive connections until one is served there.
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            held.append(s)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            if b"X-Worker: 0" in s.recv(4096):
+                break
+        else:
+            raise AssertionError("no keep-alive connection reached slot 0")
+        seen = []
+        for _ in range(10):
+            try:
+                seen.append(http_get(port, timeout=5)[1]["x-worker"])
+            except (OSError, IndexError, ValueError) as e:
+                seen.append("failed: %s" % e)
+        eq(seen, ["1"] * 10, "every request served, by the worker with room")
+        c.assert_logged(r"worker 0 \(pid \d+\) refused a connection: it goes to another worker")
+        k = status(c)["counters"]
+        eq(k["handoffs_lost"], 0, "none lost")
+        eq(k["handoffs_taken_back"] >= 1, True, "the refused ones were taken back (%d)" % k["handoffs_taken_back"])
+    finally:
+        for s in held:
+            s.close()
+        finish(c, n)
+
+
+@case
 def unchanged_app_on_another_port_is_refused_with_the_reason():
     port, other = free_port(), free_port()
     c, n, _ = start("round-robin", script=LISTEN_APP, env={"PORT": str(other)}, port=port, ready=False,
