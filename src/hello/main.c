@@ -7,14 +7,15 @@
  * next connection, in any balance mode: accepted from the LISTEN_FDS
  * sockets in "shared" balance (one connection per listener per wakeup, the
  * fair way: a busy worker does not drain the backlog while its siblings
- * wait; see take_connections() and bench/fairness.sh), handed off by the
- * master over CORRAL_IPC_FD in "round-robin", "least-conn" and "ip-hash",
- * or, run by hand, accepted from the sockets --listen ADDRESS binds. Every
- * connection is reported with corral_closed() when it ends (the library
- * reports only the handed-off ones, so least-conn knows our load), once
- * per loop turn (corral_flush() before the loop waits). Messages from the
- * master or other workers arrive on the channel in any mode and are
- * logged.
+ * wait; see bench/fairness.sh), handed off by the master over
+ * CORRAL_IPC_FD in "round-robin", "least-conn" and "ip-hash", or, run by
+ * hand, accepted from the sockets --listen ADDRESS binds. <corral-uv.h>'s
+ * CorralUvTake drives both on our libuv loop and gives us each connection
+ * as an fd (on_connection_fd()). Every connection is reported with
+ * corral_closed() when it ends (the library reports only the handed-off
+ * ones, so least-conn knows our load), once per loop turn (the take calls
+ * corral_flush() before the loop waits). Messages from the master or other
+ * workers arrive on the channel in any mode and are logged.
  *
  * Lifecycle: READY=1 and STATUS= once serving, WATCHDOG=1 at half of
  * WATCHDOG_USEC, and on SIGTERM/SIGINT a graceful stop: corral_drain()
@@ -41,7 +42,6 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
-#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -57,7 +57,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <corral.h>
+#include <corral-uv.h>
 #include <uv.h>
 
 #include "http.h"
@@ -80,9 +80,6 @@
 /* During a stop, how long a connection that has a request arriving (or
  * responses stuck in its socket) may take before we close it. */
 #define STOP_GRACE_MS 3000
-/* On EMFILE and friends, stop watching the listeners for a moment instead
- * of spinning on a level-triggered listener we cannot drain. */
-#define ACCEPT_PAUSE_MS 100
 /* Defaults of --header-timeout and --idle-timeout. A real client sends a
  * request head in milliseconds, and 10 s leaves room for a slow mobile
  * link; a keep-alive pause of 15 s outlasts most clients' own idle
@@ -100,14 +97,6 @@ static const char hello_body[] = "Hello World\n";
 static const char bad_body[] = "Bad Request\n";
 
 typedef struct Server Server;
-
-/* An fd of corral_poll_fds(): the channel or a listener. */
-typedef struct Source {
-        uv_poll_t poll;
-        Server *server;
-        int fd;
-        bool open;              /* poll handle initialised and not closed */
-} Source;
 
 /* A socket --listen bound (run by hand): ours to close, and to unlink. */
 typedef struct Bound {
@@ -143,14 +132,11 @@ typedef struct Conn {
 
 struct Server {
         uv_loop_t loop;
-        Source *sources;        /* what corral_poll_fds() gave */
-        size_t n_sources;
+        CorralUvTake take;      /* our connections, in any balance mode */
         Bound *bound;
         size_t n_bound;
-        bool shared;            /* we accept ourselves: yield after a turn */
-        uv_prepare_t flush;     /* close reports, once per loop turn */
         uv_signal_t sigterm, sigint;
-        uv_timer_t watchdog, accept_pause;
+        uv_timer_t watchdog;
         uv_timer_t sweep;       /* header and idle timeouts */
         uint64_t header_timeout_ms, idle_timeout_ms;    /* 0: none */
         Conn *conns;            /* connections not yet closing */
@@ -534,15 +520,11 @@ static void conn_pump(Conn *c) {
 }
 
 /* Serve an accepted stream (initialised, open; owned by us from here). */
-static void on_free_closed(uv_handle_t *h) {
-        free(h);
-}
-
 static void conn_start(Server *s, uv_stream_t *stream) {
         Conn *c = malloc(sizeof(*c));
 
         if (!c) {
-                uv_close((uv_handle_t *) stream, on_free_closed);
+                uv_close((uv_handle_t *) stream, corral_uv_free_on_close);
                 (void) corral_closed(1);
                 return;
         }
@@ -625,158 +607,39 @@ static void sweep_start(Server *s) {
 
 /* ---- taking connections, in any balance mode ------------------------------ */
 
-static void source_close(Source *src) {
-        if (!src->open)
-                return;
-        src->open = false;
-        /* The fd is libcorral's (a listener or the channel): not closed. */
-        uv_close((uv_handle_t *) &src->poll, NULL);
-}
-
-static void sources_close(Server *s) {
-        for (size_t i = 0; i < s->n_sources; i++)
-                source_close(&s->sources[i]);
-}
-
-/* After an error the library may have dropped a source (a listener that
- * failed, the channel the master closed): stop watching what it no longer
- * lists. */
-static void sources_sync(Server *s) {
-        int fds[64];
-        int n = corral_poll_fds(fds, sizeof(fds) / sizeof(fds[0]));
-
-        for (size_t i = 0; i < s->n_sources; i++) {
-                bool listed = false;
-                for (int k = 0; k < n && k < (int) (sizeof(fds) / sizeof(fds[0])); k++)
-                        listed = listed || fds[k] == s->sources[i].fd;
-                if (!listed)
-                        source_close(&s->sources[i]);
-        }
-}
-
-static void on_source_readable(uv_poll_t *p, int status, int events);
-
-/* Watch the listeners (not the channel) or stop for a while. */
-static void sources_pause(Server *s, bool pause) {
-        int channel = corral_ipc_fd();
-
-        for (size_t i = 0; i < s->n_sources; i++) {
-                Source *src = &s->sources[i];
-                if (!src->open || src->fd == channel)
-                        continue;
-                if (pause)
-                        (void) uv_poll_stop(&src->poll);
-                else
-                        (void) uv_poll_start(&src->poll, UV_READABLE, on_source_readable);
-        }
-}
-
-static void on_accept_resume(uv_timer_t *t) {
-        Server *s = t->data;
-
-        if (!s->stopping)
-                sources_pause(s, false);
-}
-
-/* Wrap a connection in a libuv stream and serve it; closes it on failure. */
-static void serve_fd(Server *s, int fd) {
+/* A connection from the take: wrap it in a libuv stream and serve it. */
+static void on_connection_fd(CorralUvTake *t, int fd, unsigned listener) {
         uv_stream_t *stream;
-        int domain = 0, r;
-        socklen_t len = sizeof(domain);
 
-        (void) getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
-        if (domain == AF_UNIX) {
-                uv_pipe_t *p = malloc(sizeof(*p));
-                r = p ? uv_pipe_init(&s->loop, p, 0) : UV_ENOMEM;
-                if (r >= 0 && (r = uv_pipe_open(p, fd)) < 0)
-                        uv_close((uv_handle_t *) p, on_free_closed);
-                else if (r < 0)
-                        free(p);
-                stream = (uv_stream_t *) p;
-        } else {
-                uv_tcp_t *t = malloc(sizeof(*t));
-                r = t ? uv_tcp_init(&s->loop, t) : UV_ENOMEM;
-                if (r >= 0 && (r = uv_tcp_open(t, fd)) < 0)
-                        uv_close((uv_handle_t *) t, on_free_closed);
-                else if (r < 0)
-                        free(t);
-                stream = (uv_stream_t *) t;
-        }
-        if (r < 0) {
+        (void) listener;
+        if (corral_uv_stream_open(t->loop, fd, &stream) < 0) {
                 close(fd);
                 (void) corral_closed(1);
                 return;
         }
-        conn_start(s, stream);
+        conn_start(t->data, stream);
 }
 
-/* Take what this wakeup has: every hand-off read, at most one connection
- * per readable listener (libcorral's turn, SPEC §5). */
-static void take_connections(Server *s) {
-        unsigned taken = 0;
-
-        for (;;) {
-                int fd = corral_next_nonblock(NULL);
-
-                if (fd >= 0) {
-                        serve_fd(s, fd);
-                        taken++;
-                        continue;
-                }
-                switch (fd) {
-                case -EAGAIN:           /* this turn is over */
-                case -ESHUTDOWN:        /* stopping: the kept hand-offs are taken */
-                        break;
-                case -EMFILE:
-                case -ENFILE:
-                case -ENOBUFS:
-                case -ENOMEM:
-                        /* The connection stays queued, and the level-triggered
-                         * poll would spin: pause, and leave it to a sibling. */
-                        log_msg(LOG_WARNING, "accept: %s; pausing %d ms", strerror(-fd), ACCEPT_PAUSE_MS);
-                        sources_pause(s, true);
-                        uv_timer_start(&s->accept_pause, on_accept_resume, ACCEPT_PAUSE_MS, 0);
-                        break;
-                case -ECONNRESET:
-                        /* The master is gone: no connection will come. */
-                        sources_close(s);
-                        break;
-                default:
+/* The take dealt with the error; we only log it. */
+static void on_take_error(CorralUvTake *t, int error, int fd) {
+        (void) t;
+        switch (error) {
+        case -EMFILE:
+        case -ENFILE:
+        case -ENOBUFS:
+        case -ENOMEM:
+                log_msg(LOG_WARNING, "accept: %s; pausing %d ms", strerror(-error), CORRAL_UV_TAKE_PAUSE_MS);
+                break;
+        case -ECONNRESET:
+                break;          /* the master is gone: we end with our last connection */
+        default:
+                if (fd >= 0)
+                        log_msg(LOG_ERR, "Polling fd %d failed, no longer serving it: %s", fd, strerror(-error));
+                else
                         log_msg(LOG_ERR, "Taking a connection failed, no longer serving that socket: %s",
-                                strerror(-fd));
-                        sources_sync(s);
-                        break;
-                }
+                                strerror(-error));
                 break;
         }
-        /* Fairness in shared balance, the second rule: give up the CPU
-         * after taking connections, so that a sibling woken by the same
-         * burst but waiting for a CPU runs now rather than after we took
-         * it all. bench/fairness.sh, 2 workers, wrk -c50 keep-alive, on a
-         * busy 2-CPU machine: busiest/idlest worker median 1.87 over 11
-         * runs with one accept per wakeup alone, 1.17 over 25 with both;
-         * it costs about 20% of the connection-per-request rate there. For
-         * an exact split, use round-robin or least-conn. */
-        if (taken > 0 && s->shared)
-                (void) sched_yield();
-}
-
-static void on_source_readable(uv_poll_t *p, int status, int events) {
-        Source *src = p->data;
-
-        (void) events;
-        if (status < 0) {
-                log_msg(LOG_ERR, "Polling fd %d failed, no longer serving it: %s", src->fd, uv_strerror(status));
-                source_close(src);
-                return;
-        }
-        take_connections(src->server);
-}
-
-/* Before the loop waits: the close reports of this turn, as one line. */
-static void on_flush(uv_prepare_t *h) {
-        (void) h;
-        (void) corral_flush();
 }
 
 static void on_message(const CorralMessage *msg, void *userdata) {
@@ -822,12 +685,10 @@ static void on_stop_signal(uv_signal_t *h, int signum) {
         }
         s->stopping = true;
         log_msg(LOG_INFO, "%s: stopping, %zu connections open", strsignal(signum), s->n_conns);
-        /* STOPPING=1, nothing new taken, the hand-offs already sent kept. */
-        (void) corral_drain();
-        uv_timer_stop(&s->accept_pause);
-        sources_close(s);
+        /* STOPPING=1, nothing new taken, the hand-offs already sent kept
+         * and served from here. */
+        (void) corral_uv_take_drain(&s->take);
         bound_release(s);
-        take_connections(s);
         for (Conn *c = s->conns, *next; c; c = next) {
                 next = c->next;
                 conn_begin_stop(c);
@@ -943,8 +804,7 @@ int main(int argc, char *argv[]) {
         static Server server;
         Server *s = &server;
         uint64_t watchdog_usec = corral_watchdog_usec();
-        int opt, r, n_inherited, *fds = NULL, ret = EXIT_FAILURE;
-        size_t n_listeners;
+        int opt, r, n_inherited, n_listeners, ret = EXIT_FAILURE;
         bool channel;
 
         s->pid = getpid();
@@ -1008,47 +868,23 @@ int main(int argc, char *argv[]) {
         channel = r >= 0;
         corral_set_message_handler(on_message, s);
 
-        /* What to watch: the master's channel (hand-offs and messages) and
-         * the listeners, whichever there are. */
-        r = corral_poll_fds(NULL, 0);
+        /* Watch the master's channel (hand-offs and messages) and the
+         * listeners, whichever there are. */
+        s->take.data = s;
+        r = corral_uv_take_start(&s->take, &s->loop, on_connection_fd, on_take_error);
+        if (r == -ENOENT) {
+                log_msg(LOG_ERR, "Nothing to serve: no LISTEN_FDS, no CORRAL_IPC_FD, no --listen; see --help");
+                goto out;
+        }
         if (r < 0) {
                 log_msg(LOG_ERR, "Cannot set up the listening sockets: %s", strerror(-r));
                 goto out;
         }
-        if (r == 0) {
-                log_msg(LOG_ERR, "Nothing to serve: no LISTEN_FDS, no CORRAL_IPC_FD, no --listen; see --help");
-                goto out;
-        }
-        s->sources = calloc((size_t) r, sizeof(Source));
-        fds = calloc((size_t) r, sizeof(int));
-        if (!s->sources || !fds)
-                goto out;
-        s->n_sources = (size_t) corral_poll_fds(fds, (size_t) r);
-        n_listeners = s->n_sources - channel;
-        s->shared = n_listeners > 0;
-        for (size_t i = 0; i < s->n_sources; i++) {
-                Source *src = &s->sources[i];
-
-                *src = (Source) { .server = s, .fd = fds[i] };
-                if ((r = uv_poll_init(&s->loop, &src->poll, src->fd)) < 0) {
-                        log_msg(LOG_ERR, "Cannot poll fd %d: %s", src->fd, uv_strerror(r));
-                        goto out;
-                }
-                src->poll.data = src;
-                src->open = true;
-                (void) uv_poll_start(&src->poll, UV_READABLE, on_source_readable);
-        }
-        (void) uv_prepare_init(&s->loop, &s->flush);
-        if (channel) {
-                (void) uv_prepare_start(&s->flush, on_flush);
-                uv_unref((uv_handle_t *) &s->flush);
-        }
-        (void) uv_timer_init(&s->loop, &s->accept_pause);
-        s->accept_pause.data = s;
+        n_listeners = corral_poll_fds(NULL, 0) - channel;
         sweep_start(s);
 
         /* These never keep the loop alive by themselves: it runs as long
-         * as the sources or connections do. */
+         * as the take watches something or connections are open. */
         (void) uv_signal_init(&s->loop, &s->sigterm);
         (void) uv_signal_init(&s->loop, &s->sigint);
         s->sigterm.data = s->sigint.data = s;
@@ -1065,7 +901,7 @@ int main(int argc, char *argv[]) {
 
         (void) corral_ready();
         if (n_listeners > 0)
-                (void) corral_status("serving on %zu listener%s", n_listeners, n_listeners == 1 ? "" : "s");
+                (void) corral_status("serving on %d listener%s", n_listeners, n_listeners == 1 ? "" : "s");
         else
                 (void) corral_status("serving connections handed off by corrald");
 
@@ -1087,14 +923,12 @@ out:
                 next = c->next;
                 conn_close(c);
         }
-        sources_close(s);
+        corral_uv_take_stop(&s->take, NULL);
         bound_release(s);
         uv_walk(&s->loop, on_walk_close, NULL);
         uv_run(&s->loop, UV_RUN_DEFAULT);
         if ((r = uv_loop_close(&s->loop)) < 0)
                 log_msg(LOG_WARNING, "uv_loop_close: %s", uv_strerror(r));
-        free(s->sources);
         free(s->bound);
-        free(fds);
         return ret;
 }
