@@ -27,7 +27,9 @@
  * channel reader and, once corral_next() or its kin are called, the set of
  * listening sockets it accepts from.
  *
- * libuv users: see <corral-uv.h>, which yields uv_tcp_t / uv_pipe_t handles. */
+ * libuv users: see <corral-uv.h>, which drives corral_next_nonblock() on a
+ * libuv loop (CorralUvTake), or yields hand-offs as uv_tcp_t / uv_pipe_t
+ * handles (CorralUv). */
 #ifndef CORRAL_H
 #define CORRAL_H
 
