@@ -15,36 +15,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALD, CORRALCTL, HELLO, TWORKER, finish,  # noqa: E402
-                    free_port, proc_environ, request)
+from corral import (Corrald, FakeJournal, CORRALD, CORRALCTL, HELLO, TWORKER, children, ctl,  # noqa: E402
+                    exec_done, finish, free_port, proc_environ, request, rss_kb, run, timed_status,
+                    wait_control)
 
 TMP = tempfile.mkdtemp(prefix="corral-hard-")
-
-
-def run(args, exec_=None, **kw):
-    n = NotifySocket()
-    c = Corrald(args, exec_, notify=n, env=dict(kw.pop("env", {}), CORRAL_TEST_DIR=TMP), **kw)
-    return c, n
-
-
-def ctl(c, *args, timeout=10):
-    return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def wait_control(c):
-    wait_for(lambda: os.path.exists(c.control), 10, "the control socket")
-
-
-def timed_status(c, limit=2.0):
-    """`corralctl status --json` must answer, and within `limit` seconds."""
-    wait_control(c)
-    t0 = time.monotonic()
-    p = ctl(c, "--json", "status", timeout=limit + 10)
-    dt = time.monotonic() - t0
-    eq(p.returncode, 0, "corralctl status: %s%s" % (p.stdout, p.stderr))
-    assert dt < limit, "corralctl status took %.2fs (limit %.1fs)" % (dt, limit)
-    return json.loads(p.stdout), dt
 
 
 @case
@@ -78,73 +53,6 @@ def config(name, **keys):
     with open(path, "w") as f:
         json.dump(keys, f)
     return path
-
-
-class FakeJournal:
-    """A stream socket standing in for journald's /run/systemd/journal/stdout
-    (corrald is pointed at it with CORRAL_TEST_JOURNAL_STDOUT). Stuck: its
-    backlog is full and it never accepts. Else it accepts and records what
-    each stream sends."""
-
-    def __init__(self, stuck):
-        self.path = os.path.join(tempfile.mkdtemp(dir=TMP), "stdout")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(self.path)
-        self.fillers = []
-        self.streams = []
-        if stuck:
-            self.sock.listen(0)
-            while True:
-                f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                f.setblocking(False)
-                try:
-                    f.connect(self.path)
-                except BlockingIOError:
-                    f.close()
-                    break
-                self.fillers.append(f)
-        else:
-            self.sock.listen(64)
-            self.sock.settimeout(0.2)
-            self.closed = False
-            import threading
-            self.lock = threading.Lock()
-            threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        import threading
-        while not self.closed:
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            buf = bytearray()
-            with self.lock:
-                self.streams.append(buf)
-            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
-
-    def _read(self, conn, buf):
-        while True:
-            try:
-                d = conn.recv(65536)
-            except OSError:
-                return
-            if not d:
-                return
-            with self.lock:
-                buf.extend(d)
-
-    def texts(self):
-        with self.lock:
-            return [bytes(b).decode(errors="replace") for b in self.streams]
-
-    def close(self):
-        self.closed = True
-        for f in self.fillers:
-            f.close()
-        self.sock.close()
 
 
 @case
@@ -278,14 +186,6 @@ def journal_unreachable_is_said_once_and_falls_back():
         eq(c.count(r"the journal is not reachable"), 1, "said once\n" + c.output())
     finally:
         finish(c, n)
-
-
-def rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for l in f:
-            if l.startswith("VmRSS:"):
-                return int(l.split()[1])
-    return 0
 
 
 def connect_control(c, n):
@@ -520,18 +420,6 @@ def corralctl_does_not_trust_another_users_server():
             p.wait()
         shutil.rmtree(base, ignore_errors=True)
 
-def exec_done(c, n, prog="sleep"):
-    """The workers once they have exec'd prog: a child seen before its exec
-    still has corrald's environment and limits."""
-    def done():
-        ws = c.workers()
-        try:
-            return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
-        except FileNotFoundError:
-            return None
-    return wait_for(done, 20, "%d workers running %s" % (n, prog))
-
-
 def nofile(pid):
     with open("/proc/%d/limits" % pid) as f:
         for l in f:
@@ -620,7 +508,7 @@ def everything_at_once_status_answers_and_workers_serve():
                 s.send(req)
             except BlockingIOError:
                 pass
-        notify = proc_environ(children_of(p.pid)[0])["NOTIFY_SOCKET"]
+        notify = proc_environ(children(p.pid)[0])["NOTIFY_SOCKET"]
         ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         ns.setblocking(False)
         for i in range(20000):
@@ -697,11 +585,6 @@ def message_log_budget_is_the_instances_not_each_workers():
         assert logged >= budget, "only %d lines logged: the budget goes unused" % logged
     finally:
         finish(c, n)
-
-
-def children_of(pid):
-    with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
-        return [int(x) for x in f.read().split()]
 
 
 def teardown(_):

@@ -1,6 +1,7 @@
 """Helpers for corral's integration tests: find the binaries, own a notify
-socket like systemd's, run corrald, ask its control socket for its status
-and watch its log lines.
+socket like systemd's (and a stand-in for journald's stdout socket), run
+corrald, ask its control socket for its status (directly or through
+corralctl, against a deadline) and watch its log lines.
 
 Tests synchronise on state, not on the wording of log lines: the status
 reply of the control socket (`status`, `wait_status`), the messages corrald
@@ -111,6 +112,15 @@ def children(pid):
         return []
 
 
+def rss_kb(pid):
+    """The resident set size of pid in KiB (VmRSS in /proc/PID/status)."""
+    with open("/proc/%d/status" % pid) as f:
+        for l in f:
+            if l.startswith("VmRSS:"):
+                return int(l.split()[1])
+    return 0
+
+
 def listening(port, udp=False):
     """Whether a socket is bound to 127.0.0.1:port (TCP: in LISTEN state),
     by /proc/net, so that probing does not itself connect."""
@@ -208,6 +218,73 @@ class NotifySocket:
         os.rmdir(self.dir)
 
 
+class FakeJournal:
+    """A stream socket standing in for journald's /run/systemd/journal/stdout
+    (corrald is pointed at it with CORRAL_TEST_JOURNAL_STDOUT). Stuck: its
+    backlog is full and it never accepts. Else it accepts and records what
+    each stream sends."""
+
+    def __init__(self, stuck):
+        self.dir = tempfile.mkdtemp(prefix="corral-journal-")
+        self.path = os.path.join(self.dir, "stdout")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.fillers = []
+        self.streams = []
+        if stuck:
+            self.sock.listen(0)
+            while True:
+                f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                f.setblocking(False)
+                try:
+                    f.connect(self.path)
+                except BlockingIOError:
+                    f.close()
+                    break
+                self.fillers.append(f)
+        else:
+            self.sock.listen(64)
+            self.sock.settimeout(0.2)
+            self.closed = False
+            self.lock = threading.Lock()
+            threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            buf = bytearray()
+            with self.lock:
+                self.streams.append(buf)
+            threading.Thread(target=self._read, args=(conn, buf), daemon=True).start()
+
+    def _read(self, conn, buf):
+        while True:
+            try:
+                d = conn.recv(65536)
+            except OSError:
+                return
+            if not d:
+                return
+            with self.lock:
+                buf.extend(d)
+
+    def texts(self):
+        with self.lock:
+            return [bytes(b).decode(errors="replace") for b in self.streams]
+
+    def close(self):
+        self.closed = True
+        for f in self.fillers:
+            f.close()
+        self.sock.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Ctl:
     """One connection to corrald's control socket
     (docs/internals/control-protocol.md); every read has a deadline."""
@@ -274,6 +351,29 @@ def request(c, obj, timeout=10):
         return k.req(obj, timeout)
     finally:
         k.close()
+
+
+def ctl(c, *args, timeout=10):
+    """corralctl -s CONTROL ARGS against corrald c; the completed process
+    (text)."""
+    return subprocess.run([CORRALCTL, "-s", c.control] + list(args), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def wait_control(c):
+    wait_for(lambda: os.path.exists(c.control), 10, "the control socket")
+
+
+def timed_status(c, limit=2.0):
+    """`corralctl status --json` must answer, and within `limit` seconds:
+    (the reply, how long it took)."""
+    wait_control(c)
+    t0 = time.monotonic()
+    p = ctl(c, "--json", "status", timeout=limit + 10)
+    dt = time.monotonic() - t0
+    eq(p.returncode, 0, "corralctl status: %s%s" % (p.stdout, p.stderr))
+    assert dt < limit, "corralctl status took %.2fs (limit %.1fs)" % (dt, limit)
+    return json.loads(p.stdout), dt
 
 
 def sanitizer_report(c):
@@ -480,3 +580,23 @@ class Corrald:
         if self.control_dir:
             shutil.rmtree(self.control_dir, ignore_errors=True)
             self.control_dir = None
+
+
+def run(args, exec_=None, **kw):
+    """corrald (Corrald's arguments) with a NotifySocket of its own; returns
+    both, for finish(c, n)."""
+    n = NotifySocket()
+    c = Corrald(args, exec_, notify=n, **kw)
+    return c, n
+
+
+def exec_done(c, n, prog="sleep"):
+    """The workers once they have exec'd prog: a child seen before its exec
+    still has corrald's environment and limits."""
+    def done():
+        ws = c.workers()
+        try:
+            return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
+        except FileNotFoundError:
+            return None
+    return wait_for(done, 20, "%d workers running %s" % (n, prog))
