@@ -22,32 +22,6 @@ from corral import (Corrald, FakeJournal, CORRALD, CORRALCTL, HELLO, TWORKER, ch
 TMP = tempfile.mkdtemp(prefix="corral-hard-")
 
 
-@case
-def notify_socket_name_cannot_be_squatted():
-    """#11.1: the notify socket used to be @corral/NAME/PID/notify; a user
-    who bound it for the next pids kept corrald from starting."""
-    held = []
-    nxt = int(open("/proc/sys/kernel/ns_last_pid").read()) if os.path.exists("/proc/sys/kernel/ns_last_pid") else os.getpid()
-    for pid in range(nxt + 1, nxt + 300):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.bind("\0corral/squat/%d/notify" % pid)
-        held.append(s)
-    try:
-        c, n = run(["-n", "squat", "-w", "1"], TWORKER + ["pysystemd"])
-        try:
-            n.wait("READY", "1")
-            assert c.master_pid() in range(nxt + 1, nxt + 300), "corrald's pid %d was squatted" % c.master_pid()
-            env = proc_environ(c.workers()[0])
-            # Not an abstract name at all any more: a socket file beside
-            # the control socket (issue 19, item 2).
-            eq(env["NOTIFY_SOCKET"], c.control[:-len(".sock")] + ".notify", "NOTIFY_SOCKET")
-        finally:
-            finish(c, n)
-    finally:
-        for s in held:
-            s.close()
-
-
 def config(name, **keys):
     path = os.path.join(TMP, name + ".json")
     with open(path, "w") as f:

@@ -1,6 +1,9 @@
 #!/usr/bin/python3
-"""Nothing from outside can freeze the master through the notify socket or
-the IPC channel (SPEC §3, issue 19 item 2).
+"""The notify socket and the IPC channel against everyone else (SPEC §3,
+issue 19 item 2): the notify socket is a private file beside the control
+socket that nobody can squat in advance, reach as another user, or find in
+`corralctl list`; it survives an upgrade; and nothing from outside can
+freeze the master through it or through the IPC channel.
 
 The weapon: a TCP socket with unsent data, a zero window (the peer, a
 listener of this test, never reads) and SO_LINGER {1, 20}. Whoever drops
@@ -29,8 +32,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, PY, finish, free_port, http_get,  # noqa: E402
-                    proc_environ, slot, wait_status)
+from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, PY, TWORKER, finish, free_port,  # noqa: E402
+                    http_get, proc_environ, run, slot, wait_status)
 
 TMP = tempfile.mkdtemp(prefix="corral-trust-")
 os.chmod(TMP, 0o755)            # nobody runs the attacker from here
@@ -222,6 +225,32 @@ def notify_socket_is_a_private_file_next_to_the_control_socket():
     finally:
         finish(c, n)
     assert not os.path.lexists(path), "the notify socket is left behind after a clean exit"
+
+
+@case
+def notify_socket_name_cannot_be_squatted():
+    """#11.1: the notify socket used to be @corral/NAME/PID/notify; a user
+    who bound it for the next pids kept corrald from starting."""
+    held = []
+    nxt = int(open("/proc/sys/kernel/ns_last_pid").read()) if os.path.exists("/proc/sys/kernel/ns_last_pid") else os.getpid()
+    for pid in range(nxt + 1, nxt + 300):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        s.bind("\0corral/squat/%d/notify" % pid)
+        held.append(s)
+    try:
+        c, n = run(["-n", "squat", "-w", "1"], TWORKER + ["pysystemd"])
+        try:
+            n.wait("READY", "1")
+            assert c.master_pid() in range(nxt + 1, nxt + 300), "corrald's pid %d was squatted" % c.master_pid()
+            env = proc_environ(c.workers()[0])
+            # Not an abstract name at all any more: a socket file beside
+            # the control socket (issue 19, item 2).
+            eq(env["NOTIFY_SOCKET"], c.control[:-len(".sock")] + ".notify", "NOTIFY_SOCKET")
+        finally:
+            finish(c, n)
+    finally:
+        for s in held:
+            s.close()
 
 
 @case
