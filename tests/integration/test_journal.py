@@ -1,12 +1,19 @@
 #!/usr/bin/python3
 """Worker output and corrald's events (SPEC §8): into the journal under a
 real systemd (tests/lib/sandbox.py), and as prefixed lines on stderr in
-embedded mode. Also: a frozen journald never stalls the master, and the
-line rate through corral against the same program run directly by
-systemd."""
+embedded mode. Also: a frozen or stuck journald, or a stderr pipe nobody
+reads, never stalls the master; JOURNAL_STREAM names the worker's own
+stream; control characters from workers are escaped on stderr; an
+unreachable journald is said once; and the line rate through corral
+against the same program run directly by systemd. The embedded-mode cases
+run corrald on the host, not in the sandbox, some with a stand-in for
+journald's stdout socket (FakeJournal in tests/lib/corral.py)."""
 import json
 import os
 import re
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,9 +21,11 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq, Skip, diag  # noqa: E402
 from sandbox import Sandbox  # noqa: E402
-from corral import CORRALD, PY, Corrald, workers_of  # noqa: E402
+from corral import (CORRALD, PY, Corrald, FakeJournal, ctl, exec_done, finish, proc_environ, run,  # noqa: E402
+                    timed_status, workers_of)
 
 SANITIZED = os.environ.get("CORRAL_SANITIZED") == "1"
+TMP = tempfile.mkdtemp(prefix="corral-journal-test-")
 
 # The test worker. Modes:
 #   prio          "<3>boom" and a plain line on stdout, a plain line on stderr
@@ -130,6 +139,7 @@ def setup():
 def teardown(sb):
     if sb:
         sb.stop()
+    shutil.rmtree(TMP, ignore_errors=True)
 
 
 # journalctl 252 returns nothing for --after-cursor combined with a field
@@ -414,6 +424,146 @@ def journal_mode_without_journald_inherits(_sb):
         eq(c.stop(), 0, "exit status")
     finally:
         c.kill()
+
+
+def config(name, **keys):
+    path = os.path.join(TMP, name + ".json")
+    with open(path, "w") as f:
+        json.dump(keys, f)
+    return path
+
+
+@case
+def stuck_journald_does_not_freeze_spawning(_sb):
+    """#11.3: a journald that never accepts used to block the child in
+    connect(2) and the master in its read of the exec status."""
+    j = FakeJournal(stuck=True)
+    c, n = run(["-w", "3"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path})
+    try:
+        st, _ = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 3, 5, "3 workers spawned")
+        ctl(c, "scale", "6")
+        st, dt = timed_status(c)
+        wait_for(lambda: len(c.workers()) == 6, 5, "6 workers spawned")
+        timed_status(c)
+    finally:
+        finish(c, n)
+        j.close()
+
+
+@case
+def journal_stream_names_the_workers_own_stream(_sb):
+    """#12.2: JOURNAL_STREAM is the worker's own stderr stream in journal
+    mode, and unset in stderr mode; never corrald's."""
+    j = FakeJournal(stuck=False)
+    sh = 'echo "js=$JOURNAL_STREAM" >&2; echo "st=$(stat -L -c %d:%i /proc/self/fd/2)" >&2; exec sleep 3600'
+    path = config("jstream", workers=1, ready={"mode": "spawn"}, exec=["/bin/sh", "-c", sh])
+    c, n = run(["-c", path], log="journal",
+               env={"CORRAL_TEST_JOURNAL_STDOUT": j.path, "JOURNAL_STREAM": "1:2"})
+    try:
+        def both():
+            for t in j.texts():
+                m1, m2 = re.search(r"js=(\S*)\n", t), re.search(r"st=(\S*)\n", t)
+                if m1 and m2:
+                    return t, m1.group(1), m2.group(1)
+            return None
+        t, js, st = wait_for(both, 10, "the worker's lines on its stderr stream")
+        assert t.startswith("jstream\n\n4\n1\n0\n0\n0\n"), "stream header: %r" % t[:40]
+        eq(js, st, "JOURNAL_STREAM is DEVICE:INODE of the worker's stderr")
+    finally:
+        finish(c, n)
+        j.close()
+    c, n = run(["-w", "1", "-n", "jstream2"], ["/bin/sh", "-c", "exec sleep 3600"],
+               env={"JOURNAL_STREAM": "1:2"})
+    try:
+        w = exec_done(c, 1)[0]
+        assert "JOURNAL_STREAM" not in proc_environ(w), "JOURNAL_STREAM leaked in stderr mode"
+    finally:
+        finish(c, n)
+
+
+def stat_state(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+@case
+def blocked_stderr_never_blocks_the_master(_sb):
+    """#11.8: with stderr on a pipe nobody reads, the master used to hang in
+    write(2): the control socket went silent, a killed worker stayed a
+    zombie. Two workers flood their stdout; nobody reads corrald's."""
+    d = tempfile.mkdtemp(dir=TMP)
+    ctl_path = os.path.join(d, "ctl.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "JOURNAL_STREAM", "LISTEN_FDS")}
+    flood = "while :; do echo flood-line-of-some-length-$$-0123456789abcdef; done"
+    p = subprocess.Popen([CORRALD, "--log", "stderr", "-n", "blk", "-w", "2", "--control", ctl_path, "--",
+                          "/bin/sh", "-c", flood], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    class C:
+        control = ctl_path
+    try:
+        wait_for(lambda: os.path.exists(ctl_path), 10, "control socket")
+        # The pipe holds 64 KiB by default (pipe(7)); the floods fill it at once.
+        wait_for(lambda: _pipe_full(p.stdout.fileno()), 10, "corrald's stderr pipe full")
+        st, _ = timed_status(C)
+        victim = [s["pid"] for s in st["slots"] if s["pid"]][0]
+        os.kill(victim, signal.SIGKILL)
+
+        def respawned():
+            st, _ = timed_status(C)
+            pids = [s["pid"] for s in st["slots"] if s["pid"]]
+            return len(pids) == 2 and victim not in pids and stat_state(victim) is None
+        wait_for(respawned, 10, "the killed worker reaped (no zombie) and replaced")
+        timed_status(C)
+    finally:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(10)
+
+
+def _pipe_full(fd):
+    import fcntl
+    import termios
+    buf = bytearray(4)
+    fcntl.ioctl(fd, termios.FIONREAD, buf)
+    return int.from_bytes(buf, sys.byteorder) >= 60000
+
+
+@case
+def control_characters_from_workers_are_escaped_on_stderr(_sb):
+    """#11.9: STATUS= text with ESC/BEL/CR reached the terminal raw."""
+    w = ("import os,socket; s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM); p=os.environ['NOTIFY_SOCKET'];"
+         "os.write(int(os.environ['CORRAL_IPC_FD']), b'{\"type\":\"message\",\"data\":\"evil\\x1b[2J\\x07\\rX\"}\\n');"
+         "s.sendto(b'READY=1\\nSTATUS=evil\\x1b[2J\\x07\\rX', p);"
+         "import time; time.sleep(3600)")
+    c, n = run(["-w", "1", "-n", "esc"], [sys.executable, "-c", w], env={"CORRAL_DEBUG": "1"})
+    try:
+        n.wait("READY", "1")
+        c.wait_line(r"evil")  # logged as a message, or as a malformed line
+        out = c.output()
+        assert "\x1b" not in out and "\x07" not in out and "\r" not in out, "raw control bytes on stderr: %r" % out
+    finally:
+        finish(c, n)
+
+
+@case
+def journal_unreachable_is_said_once_and_falls_back(_sb):
+    """#12.15: with --log journal and no journald, our events vanished."""
+    if os.path.exists("/run/systemd/journal/socket"):
+        raise Skip("a journald runs here")
+    c, n = run(["-w", "1", "-n", "nojd"], ["/bin/sh", "-c", "exec sleep 3600"], log="journal")
+    try:
+        c.wait_line(r"^corrald\[nojd\]: worker 0 \(pid \d+\) started")
+        eq(c.count(r"the journal is not reachable"), 1, "said once\n" + c.output())
+    finally:
+        finish(c, n)
 
 
 main(setup=setup, teardown=teardown)
