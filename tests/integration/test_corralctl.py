@@ -4,7 +4,8 @@
 Two halves. The first runs corralctl against a fake control server (a unix
 socket in this process speaking docs/internals/control-protocol.md with
 canned replies) to pin down output, exit codes, argument handling, the
-requests sent and robustness against a broken server. The second runs it
+requests sent, robustness against a broken server and which servers it
+trusts (one case runs its fake servers as another user). The second runs it
 end to end against a real corrald and skips, with the reason, when that
 corrald does not create its control socket."""
 import json
@@ -790,6 +791,75 @@ def socket_path_resolution():
         assert os.path.join(empty, "corral", "nope.sock") in p.err, "names the user's path: %r" % p.err
     finally:
         s.close()
+
+
+# Unlike FakeServer, a control server of another user (nobody) in a process
+# of its own: for what root's corralctl trusts.
+FAKE_SERVER = r'''
+import os, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = s.accept()
+    try:
+        conn.recv(65536)
+        conn.sendall(b'{"type":"result","ok":true}\n')
+    except OSError:
+        pass
+    conn.close()
+'''
+
+
+def _fake_server(path):
+    p = subprocess.Popen(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                          "-c", FAKE_SERVER, path], stdout=subprocess.PIPE, text=True)
+    eq(p.stdout.readline().strip(), "listening", "fake server up")
+    return p
+
+
+@case
+def corralctl_does_not_trust_another_users_server():
+    """#11.10: a fake socket of another user made root's corralctl print
+    success. Root trusts another user's server (an instance with
+    DynamicUser= or User=) only where nobody but root and that user could
+    have put the socket."""
+    if os.geteuid() != 0:
+        raise Skip("needs root to run a server as another user")
+    if not os.access("/run", os.W_OK):
+        raise Skip("needs a root-owned place to write to")
+    base = tempfile.mkdtemp(prefix="corral-fake-", dir="/run")
+    os.chmod(base, 0o755)
+    shared = os.path.join(base, "shared")      # like /tmp: anyone may create a socket there
+    os.mkdir(shared)
+    os.chmod(shared, 0o1777)
+    own = os.path.join(base, "own")            # like RuntimeDirectory= of a DynamicUser= instance
+    os.mkdir(own, 0o755)
+    os.chown(own, 65534, 65534)
+    nested = os.path.join(own, "sub")          # below a directory of another user: not root's
+    os.mkdir(nested, 0o755)
+    os.chown(nested, 65534, 65534)
+    link = os.path.join(base, "link")          # the other user's symlink to that place
+    os.symlink(own, link)
+    os.lchown(link, 65534, 65534)
+    procs = []
+    try:
+        procs.append(_fake_server(os.path.join(shared, "fake.sock")))
+        procs.append(_fake_server(os.path.join(own, "app.sock")))
+        procs.append(_fake_server(os.path.join(nested, "app.sock")))
+        for path in (os.path.join(shared, "fake.sock"), os.path.join(link, "app.sock"),
+                     os.path.join(nested, "app.sock")):
+            r = subprocess.run([CORRALCTL, "-s", path, "reload"], capture_output=True, text=True, timeout=20)
+            eq(r.returncode, 3, "corralctl refuses %s: %s%s" % (path, r.stdout, r.stderr))
+            assert "not trusting" in r.stderr, r.stderr
+        r = subprocess.run([CORRALCTL, "-s", os.path.join(own, "app.sock"), "reload"], capture_output=True,
+                           text=True, timeout=20)
+        eq(r.returncode, 0, "root trusts the user's own place: %s%s" % (r.stdout, r.stderr))
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def fake_journalctl(spawn_lines):
