@@ -1,6 +1,9 @@
 #!/usr/bin/python3
 """corrald core, outside systemd: embedded mode and systemd-socket-activate,
-with a test-owned NOTIFY_SOCKET standing in for systemd's."""
+with a test-owned NOTIFY_SOCKET standing in for systemd's. The master as a
+process: its command line and exit statuses, what a worker inherits (the
+environment, fds, the fd limit), reaping, stopping, signals, give-up,
+watchdogs, recycling, config checks."""
 import glob
 import json
 import os
@@ -8,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -15,8 +19,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, diag, main, wait_for, eq, Skip  # noqa: E402
-from corral import (Corrald, NotifySocket, HELLO, TWORKER, finish, free_port, http_get,  # noqa: E402
-                    listening, pid_alive, proc_environ, slot, status, wait_status)
+from corral import (Corrald, NotifySocket, CORRALD, HELLO, TWORKER, exec_done, finish, free_port,  # noqa: E402
+                    http_get, listening, pid_alive, proc_environ, slot, status, wait_status)
 
 TMP = tempfile.mkdtemp(prefix="corral-test-")
 
@@ -91,6 +95,36 @@ def worker_contract_env_and_fds():
             m = re.search(r"SigBlk:\s*([0-9a-f]+)", d["sigmask"])
             eq(int(m.group(1), 16), 0, "signal mask is empty")
         eq(ids, {"0", "1"}, "CORRAL_WORKER_ID per slot")
+    finally:
+        finish(c, n)
+
+
+def nofile(pid):
+    with open("/proc/%d/limits" % pid) as f:
+        for l in f:
+            if l.startswith("Max open files"):
+                soft, hard = l.split()[3:5]
+                return int(soft), int(hard)
+
+
+@case
+def master_raises_its_fd_limit_workers_get_the_original():
+    """#11.4: the master uses the whole hard fd limit; workers see the soft
+    limit corrald was started with, as under systemd."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 2048 or hard == resource.RLIM_INFINITY:
+        raise Skip("hard fd limit %s too low to tell apart" % hard)
+    old = (soft, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+    try:
+        c, n = run(["-w", "1", "-n", "nofile"], ["/bin/sh", "-c", "exec sleep 3600"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    try:
+        w = exec_done(c, 1)[0]
+        eq(nofile(c.master_pid()), (hard, hard), "master's soft limit raised to the hard one")
+        eq(nofile(w), (512, hard), "worker's soft limit is the original")
     finally:
         finish(c, n)
 
@@ -786,6 +820,22 @@ def bad_config_and_check_config():
     r = subprocess.run([CORRALD, "--check-config", bad], capture_output=True, text=True)
     eq(r.returncode, 1, "an unknown balance")
     assert "balance" in r.stderr, r.stderr
+
+
+@case
+def usage_errors_exit_2_and_early_errors_use_the_name():
+    """#12.14: a bad --listen exited 1 (usage errors are 2, SPEC §7), and
+    early errors said corrald[corral]: although -n NAME was given."""
+    def rc(*args):
+        r = subprocess.run([CORRALD] + list(args), capture_output=True, text=True, timeout=20)
+        return r.returncode, r.stderr
+    for args in (["--listen", "foo"], ["-n", "bad name!"], ["-w", "0"], ["--control", "relative.sock"]):
+        code, err = rc(*(args + ["--", "/bin/true"]))
+        eq(code, 2, "%r is a usage error: %s" % (args, err))
+        assert "Try 'corrald --help'." in err, err
+    code, err = rc("--log", "stderr", "-n", "myname", "-c", os.path.join(TMP, "missing.json"))
+    eq(code, 1, "a missing config file is not a usage error")
+    assert err.startswith("corrald[myname]: "), err
 
 
 @case

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """balance round-robin and least-conn (SPEC §5) and worker messages (§6):
-corrald accepts and hands each connection over CORRAL_IPC_FD. The worker
-is examples/python-worker.py, which speaks the protocol without libcorral;
-hostile workers are inline Python."""
+corrald accepts and hands each connection over CORRAL_IPC_FD, and counts,
+keeps and logs (within one budget for the instance) what workers send it.
+The worker is examples/python-worker.py, which speaks the protocol without
+libcorral; hostile workers are inline Python."""
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 from tap import case, main, wait_for, eq  # noqa: E402
 from corral import (Corrald, NotifySocket, PY, SRC, finish, free_port, http_get, proc_environ,  # noqa: E402
-                    request, status)
+                    request, run, status, wait_control)
 
 TMP = tempfile.mkdtemp(prefix="corral-handoff-")
 EXAMPLE = [PY, os.path.join(SRC, "examples", "python-worker.py")]
@@ -363,6 +364,49 @@ def hostile_channel_leaves_the_master_responsive_with_flat_fds():
                  "the master's fd count back to %d" % fds_before)
         eq(sum(1 for m in request(c, {"command": "messages"})["messages"] if m["data"] == 1), 20,
            "the 20 valid lines arrived, their fds refused")
+    finally:
+        finish(c, n)
+
+
+FLOODER = r'''
+import os, socket
+ipc = socket.socket(fileno=int(os.environ["CORRAL_IPC_FD"]))
+addr = os.environ["NOTIFY_SOCKET"]
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", "\0" + addr[1:] if addr.startswith("@") else addr)
+ipc.sendall(b"".join(b'{"type":"message","data":%d}\n' % i for i in range(int(os.environ["FLOOD"]))))
+ipc.recv(1)   # until the master goes
+'''
+
+
+@case
+def message_log_budget_is_the_instances_not_each_workers():
+    """#19.8: messages to the master were logged up to 1000 per 10 s per
+    worker, so 2 flooding workers wrote 2000 lines in 10 s. The count stays
+    exact; only the log is bounded, for the instance as a whole."""
+    path = os.path.join(TMP, "flood.py")
+    with open(path, "w") as f:
+        f.write(FLOODER)
+    workers, each, budget = 3, 1500, 1000
+    t0 = time.monotonic()
+    c, n = run(["-w", str(workers), "-l", "127.0.0.1:%d" % free_port()], [sys.executable, path],
+               env={"FLOOD": str(each)})
+    try:
+        wait_control(c)
+        # The count is exact; wait for every message on it, not on time.
+        wait_for(lambda: request(c, {"command": "messages"})["total"] == workers * each, 30,
+                 "all %d messages counted" % (workers * each), interval=0.1)
+        elapsed = time.monotonic() - t0
+        logged = c.count(r"^corrald\[.*\]: worker \d+ \(pid \d+\) message: \d+$")
+        notices = c.count(r"suppressed \d+ messages")
+        # The budget is per 10 s interval: a window that (on a very slow
+        # machine) spans more of them may use each one's budget.
+        intervals = 1 + int(elapsed // 10)
+        print("# %d messages in %.2fs: %d logged, %d suppression notices" % (workers * each, elapsed, logged,
+                                                                           notices))
+        assert logged <= budget * intervals + notices, \
+            "%d message lines logged in %.1fs (budget %d per 10 s for the instance)" % (logged, elapsed, budget)
+        assert logged >= budget, "only %d lines logged: the budget goes unused" % logged
     finally:
         finish(c, n)
 
