@@ -1,8 +1,13 @@
 #!/usr/bin/python3
-"""corrald lifecycle edge cases: rollouts racing scale, recycle and
-STOPPING=1, give-up inside a reload. Each case drives the real binary with
-small inline Python workers; run it against the ASan+UBSan build to see the
-memory errors (CORRALD=build-sanitize/src/corrald/corrald)."""
+"""Rollouts racing the rest of the lifecycle: the plans of rollout.c
+(reload, restart, recycle; docs/internals/lifecycle.md, "Generations and
+plans") meeting scale, crashing workers, STOPPING=1, give-up and a release
+that cannot be executed, and what a plan reports meanwhile. Two neighbours
+share the harness: a worker that leaves before it is ready (backoff, no
+tight loop) and a scale beyond the fd limit (refused up front). Each case
+drives the real binary with small inline Python workers; run it against
+the ASan+UBSan build to see the memory errors
+(CORRALD=build-sanitize/src/corrald/corrald)."""
 import json
 import re
 import os
@@ -18,7 +23,7 @@ from tap import case, main, wait_for, eq  # noqa: E402
 from corral import (Corrald, Ctl, NotifySocket, PY, assert_clean, finish, pid_alive, slot, status,  # noqa: E402
                     try_status, wait_status)
 
-TMP = tempfile.mkdtemp(prefix="corral-edge-")
+TMP = tempfile.mkdtemp(prefix="corral-rollout-")
 
 PRELUDE = r'''
 import os, socket, sys, time, signal
