@@ -487,7 +487,7 @@ def stat_state(pid):
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):     # ESRCH: reaped after the open
         return None
 
 

@@ -100,7 +100,9 @@ def pid_alive(pid):
         with open("/proc/%d/stat" % pid) as f:
             # A zombie still has a /proc entry; it is not alive for our purposes.
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone before the open, or reaped between the open and the read
+        # (the read then fails with ESRCH).
         return False
 
 
@@ -108,7 +110,7 @@ def children(pid):
     try:
         with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
             return [int(x) for x in f.read().split()]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):     # ESRCH: reaped after the open
         return []
 
 
@@ -597,6 +599,6 @@ def exec_done(c, n, prog="sleep"):
         ws = c.workers()
         try:
             return ws if len(ws) == n and all(open("/proc/%d/comm" % w).read().strip() == prog for w in ws) else None
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):     # ESRCH: reaped after the open
             return None
     return wait_for(done, 20, "%d workers running %s" % (n, prog))
