@@ -283,6 +283,29 @@ void control_reply_progress(ControlConn *c, const char *fmt, ...) {
         send_simple(c, "progress", false, "message", msg);
 }
 
+static void *reply_ref(void *client) {
+        return control_conn_ref(client);
+}
+static void reply_unref(void *client) {
+        control_conn_unref(client);
+}
+static void reply_progress(void *client, const char *line) {
+        control_reply_progress(client, "%s", line);
+}
+static void reply_result(void *client, bool ok, cJSON *fields, const char *error) {
+        if (ok)
+                control_reply_ok(client, fields);
+        else
+                control_reply_error(client, "%s", error);
+}
+
+const ReplyOps control_reply_ops = {
+        .ref = reply_ref,
+        .unref = reply_unref,
+        .progress = reply_progress,
+        .result = reply_result,
+};
+
 void control_reply_error(ControlConn *c, const char *fmt, ...) {
         char msg[1024];
         va_list ap;

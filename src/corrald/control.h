@@ -17,6 +17,7 @@
 
 #include "macros.h"
 #include "policy.h"
+#include "reply.h"
 
 #define CONTROL_LINE_MAX (64 * 1024)
 
@@ -87,6 +88,10 @@ bool control_conn_alive(const ControlConn *c);
 void control_send_event(ControlConn *c, cJSON *obj);
 /* Send {"type":"progress","message":...}. */
 _printf_(2, 3) void control_reply_progress(ControlConn *c, const char *fmt, ...);
+
+/* The replies of work that outlives its request (a rollout) to the
+ * connection that asked: client is a ControlConn. */
+extern const ReplyOps control_reply_ops;
 /* Send {"type":"result","ok":false,"error":...} and end the request. */
 _printf_(2, 3) void control_reply_error(ControlConn *c, const char *fmt, ...);
 /* Send {"type":"result","ok":true, ...fields} and end the request. Takes

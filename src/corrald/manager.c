@@ -203,29 +203,6 @@ static void config_changed(Manager *m) {
         handoff_set_slots(&m->handoff, m->slots, m->n_slots, manager_config(m));
 }
 
-/* How plans talk to the control client that asked (rollout.h). */
-static void *reply_ref(void *client) {
-        return control_conn_ref(client);
-}
-static void reply_unref(void *client) {
-        control_conn_unref(client);
-}
-static void reply_progress(void *client, const char *line) {
-        control_reply_progress(client, "%s", line);
-}
-static void reply_result(void *client, bool ok, cJSON *fields, const char *error) {
-        if (ok)
-                control_reply_ok(client, fields);
-        else
-                control_reply_error(client, "%s", error);
-}
-static const RolloutReplyOps control_replies = {
-        .ref = reply_ref,
-        .unref = reply_unref,
-        .progress = reply_progress,
-        .result = reply_result,
-};
-
 static void start_plan(Manager *m, Rollout *r) {
         m->pool.changed = true;   /* STATUS= shows the plan */
         m->rollout = r;
@@ -356,7 +333,7 @@ void manager_reload(Manager *m, ControlConn *client) {
                                             "raise LimitNOFILE=", target, max, open);
                 return;
         }
-        Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), &control_replies,
+        Rollout *ro = rollout_new(ROLLOUT_RELOAD, ++m->rollout_serial, MAX(target, m->n_slots), &control_reply_ops,
                                   client, now_usec());
         if (!ro) {
                 if (client)
@@ -403,7 +380,7 @@ void manager_restart(Manager *m, int slot, ControlConn *client) {
                         control_reply_error(client, "no slot %d (there are %u workers)", slot, m->n_slots);
                 return;
         }
-        Rollout *r = rollout_new(ROLLOUT_RESTART, ++m->rollout_serial, m->n_slots, &control_replies, client,
+        Rollout *r = rollout_new(ROLLOUT_RESTART, ++m->rollout_serial, m->n_slots, &control_reply_ops, client,
                                  now_usec());
         if (!r) {
                 if (client)
@@ -487,7 +464,7 @@ static void on_deadline(uv_timer_t *t) {
 
 /* Start a one-slot recycle plan for slot i. */
 static void recycle_slot(Manager *m, unsigned i) {
-        Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, &control_replies, NULL, now_usec());
+        Rollout *r = rollout_new(ROLLOUT_RECYCLE, ++m->rollout_serial, 1, &control_reply_ops, NULL, now_usec());
         if (!r)
                 return;
         m->recycle_next = i + 1;

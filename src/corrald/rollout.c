@@ -31,7 +31,7 @@ static const char *plural(unsigned n) {
         return n == 1 ? "" : "s";
 }
 
-Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, const RolloutReplyOps *reply,
+Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, const ReplyOps *reply,
                      void *client, uint64_t now) {
         Rollout *r = calloc(1, sizeof(Rollout));
         if (!r)

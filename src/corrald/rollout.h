@@ -13,7 +13,7 @@
  * slot count to shrink to, its replacements cancelled, recycling paused,
  * systemd told), the manager applies it, and rollout_finish() logs the end
  * and replies. Progress and the result go to the client that asked, if
- * any, through RolloutReplyOps: the plan knows nothing of the control
+ * any, through ReplyOps: the plan knows nothing of the control
  * socket. Pure: no libuv. */
 #pragma once
 
@@ -22,20 +22,8 @@
 #include <stdint.h>
 
 #include "config.h"
+#include "reply.h"
 #include "slot.h"
-
-/* What a plan says to the client that asked for it (corralctl reload,
- * restart): manager.c gives control.c's connection, the unit test a
- * fake. */
-typedef struct RolloutReplyOps {
-        void *(*ref)(void *client);
-        void (*unref)(void *client);
-        /* A progress line. */
-        void (*progress)(void *client, const char *line);
-        /* The one result: ok with its fields (a JSON object, taken; may be
-         * NULL), or failed with why. */
-        void (*result)(void *client, bool ok, cJSON *fields, const char *error);
-} RolloutReplyOps;
 
 typedef enum RolloutKind {
         ROLLOUT_RELOAD,
@@ -60,7 +48,7 @@ typedef struct Rollout {
         unsigned target_workers;   /* a reload's new worker count */
         Config *old_config;        /* a reload's: restored if it fails */
         unsigned old_generation;
-        const RolloutReplyOps *reply;
+        const ReplyOps *reply;
         void *client;              /* reference, or NULL */
         bool kept_old;             /* rollout_cancel() found a slot with its old worker */
         uint64_t start_usec;
@@ -71,7 +59,7 @@ typedef struct Rollout {
 /* A plan over up to `capacity` slots; client (may be NULL) gets its
  * progress and result through reply, and a reference is taken. Returns
  * NULL when out of memory. */
-Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, const RolloutReplyOps *reply,
+Rollout *rollout_new(RolloutKind kind, unsigned serial, unsigned capacity, const ReplyOps *reply,
                      void *client, uint64_t now);
 Rollout *rollout_free(Rollout *r);
 

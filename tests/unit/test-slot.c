@@ -65,7 +65,7 @@ static void client_result(void *c, bool ok, cJSON *fields, const char *error) {
         cl->replaced = cJSON_IsNumber(n) ? n->valuedouble : -1;
         cJSON_Delete(fields);
 }
-static const RolloutReplyOps client_ops = {
+static const ReplyOps client_ops = {
         .ref = client_ref, .unref = client_unref, .progress = client_progress, .result = client_result,
 };
 
