@@ -44,6 +44,20 @@ def diag(msg):
         print("# " + line, flush=True)
 
 
+class Unavailable:
+    """What cases get when setup() raised Skip: a case that uses it is
+    skipped with setup's reason, a case that does not use it still runs."""
+
+    def __init__(self, reason):
+        self._reason = reason
+
+    def __getattr__(self, name):
+        raise Skip(self._reason)
+
+    def __bool__(self):
+        return False
+
+
 def main(setup=None, teardown=None):
     print("1..%d" % len(_cases), flush=True)
     failed = 0
@@ -51,6 +65,9 @@ def main(setup=None, teardown=None):
     try:
         if setup:
             ctx = setup()
+    except Skip as e:
+        ctx = Unavailable(str(e))
+        diag("setup skipped: %s (cases that need it are skipped)" % e)
     except Exception:
         for i, fn in enumerate(_cases, 1):
             print("not ok %d - %s" % (i, fn.__name__), flush=True)
