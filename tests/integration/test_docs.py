@@ -18,7 +18,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, eq  # noqa: E402
+from tap import case, main  # noqa: E402
 from corral import BUILD  # noqa: E402
 from source_tables import (balance_names, config_keys, corrald_source_options, corralctl_source_commands,  # noqa: E402
                            corralctl_source_options, handled_signals, read)

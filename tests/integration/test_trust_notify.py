@@ -17,21 +17,17 @@ the notify socket: EACCES) and from a worker (its own notify datagrams and
 IPC channel, which it may use, so the fds must be closed off the loop).
 While it runs, `corralctl status` answers within 1.5 s and requests
 through corrald (balance round-robin) within 2 s."""
-import array
-import fcntl
 import json
 import os
 import socket
 import stat
-import struct
 import subprocess
 import sys
 import tempfile
-import termios
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
+from tap import case, main, wait_for, eq, diag  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, HELLO, PY, TWORKER, finish, free_port,  # noqa: E402
                     http_get, proc_environ, run, slot, wait_status)
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import corral  # noqa: E402
 from tap import case, main, wait_for, eq, diag, Skip  # noqa: E402
 from corral import (Corrald, NotifySocket, CORRALCTL, CORRALD, HELLO, WORKERS, TWORKER, finish, wait_status,  # noqa: E402,E501
-                    free_port, http_get, pid_alive, rss_kb, shipped_unit)
+                    free_port, http_get, rss_kb, shipped_unit)
 from sandbox import Sandbox  # noqa: E402
 
 TMP = tempfile.mkdtemp(prefix="corral-upgrade-")
