@@ -13,6 +13,7 @@
 #include "daemon.h"
 #include "fd-util.h"
 #include "macros.h"
+#include "util.h"
 
 int daemon_notify(const char *state) {
         const char *path = getenv("NOTIFY_SOCKET");
@@ -41,46 +42,32 @@ int daemon_notify(const char *state) {
         return 1;
 }
 
-/* A decimal number in [min, max] from the whole of s. */
-static int parse_int(const char *s, long min, long max, long *ret) {
-        char *end;
-        if (!s || !*s)
-                return -EINVAL;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno != 0 || *end || v < min || v > max)
-                return -EINVAL;
-        *ret = v;
-        return 0;
-}
-
-static void free_names(char **names) {
-        for (size_t i = 0; names && names[i]; i++)
-                free(names[i]);
-        free(names);
+/* Is s a decimal number in [min, max]? */
+static bool parse_in(const char *s, uint64_t min, uint64_t max, uint64_t *ret) {
+        return parse_u64(s, ret) == 0 && *ret >= min && *ret <= max;
 }
 
 /* n names from "a:b:c", or n times "unknown" when s is NULL. */
-static int split_names(const char *s, long n, char ***ret) {
+static int split_names(const char *s, uint64_t n, char ***ret) {
         char **names = calloc((size_t) n + 1, sizeof(char *));
         if (!names)
                 return -ENOMEM;
-        for (long i = 0; i < n; i++) {
+        for (uint64_t i = 0; i < n; i++) {
                 const char *end = s ? strchrnul(s, ':') : NULL;
                 names[i] = s ? strndup(s, (size_t) (end - s)) : strdup("unknown");
                 if (!names[i]) {
-                        free_names(names);
+                        strv_free(names);
                         return -ENOMEM;
                 }
                 if (s && !*end && i + 1 < n) {
-                        free_names(names);
+                        strv_free(names);
                         return -EINVAL;         /* fewer names than fds */
                 }
                 if (s)
                         s = *end ? end + 1 : end;
         }
         if (s && *s) {
-                free_names(names);
+                strv_free(names);
                 return -EINVAL;                 /* more names than fds */
         }
         *ret = names;
@@ -89,19 +76,19 @@ static int split_names(const char *s, long n, char ***ret) {
 
 int daemon_listen_fds(char ***ret_names) {
         const char *e = getenv("LISTEN_PID");
-        long pid, n;
+        uint64_t pid, n;
 
         if (ret_names)
                 *ret_names = NULL;
         if (!e)
                 return 0;
-        if (parse_int(e, 1, INT_MAX, &pid) < 0)
+        if (!parse_in(e, 1, INT_MAX, &pid))
                 return -EINVAL;
         if ((pid_t) pid != getpid())
                 return 0;               /* meant for another process */
-        if (parse_int(getenv("LISTEN_FDS"), 0, INT_MAX - 3, &n) < 0)
+        if (!parse_in(getenv("LISTEN_FDS"), 0, INT_MAX - 3, &n))
                 return -EINVAL;
-        for (long i = 0; i < n; i++)
+        for (uint64_t i = 0; i < n; i++)
                 if (fcntl(3 + (int) i, F_SETFD, FD_CLOEXEC) < 0)
                         return -errno;
         if (ret_names && n > 0) {
@@ -127,11 +114,11 @@ bool daemon_is_listening_stream(int fd) {
 
 unsigned long long daemon_watchdog_usec(void) {
         const char *e = getenv("WATCHDOG_PID");
-        long pid, usec;
+        uint64_t pid, usec;
 
-        if (e && (parse_int(e, 1, INT_MAX, &pid) < 0 || (pid_t) pid != getpid()))
+        if (e && (!parse_in(e, 1, INT_MAX, &pid) || (pid_t) pid != getpid()))
                 return 0;
-        if (parse_int(getenv("WATCHDOG_USEC"), 1, LONG_MAX, &usec) < 0)
+        if (!parse_in(getenv("WATCHDOG_USEC"), 1, LONG_MAX, &usec))
                 return 0;
-        return (unsigned long long) usec;
+        return usec;
 }
