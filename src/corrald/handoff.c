@@ -307,35 +307,43 @@ static void on_stall_check(uv_timer_t *t) {
         }
 }
 
+/* w can take no connections for a while (at its fd limit, or refusing
+ * them): the n_gone it was handed and will report no close for are not
+ * open (least-conn), it gets none for HANDOFF_FD_LIMIT_PAUSE_MS, and what
+ * it has not read goes to other workers. Returns how many that were;
+ * false in *ret_live (may be NULL) when it is no longer served (stopping,
+ * no channel). */
+static unsigned pause_worker(Handoff *h, Worker *w, unsigned n_gone, bool *ret_live) {
+        bool live = h->started && w->ipc;
+        w->handed -= MIN((uint64_t) n_gone, w->handed - w->closed);
+        if (ret_live)
+                *ret_live = live;
+        if (!live)
+                return 0;
+        unsigned n = handoff_take_back(h, w);
+        w->stalled_until = MAX(w->stalled_until, now_usec() + HANDOFF_FD_LIMIT_PAUSE_MS * USEC_PER_MSEC);
+        return n;
+}
+
 void handoff_fd_limit(Handoff *h, Worker *w, unsigned n_lost) {
-        uint64_t until = now_usec() + HANDOFF_FD_LIMIT_PAUSE_MS * USEC_PER_MSEC;
+        bool live;
 
         w->fd_limit_reports++;
         w->fd_limit_lost += n_lost;
-        /* The kernel closed them: least-conn must not count them open. */
-        w->handed -= MIN((uint64_t) n_lost, w->handed - w->closed);
-        if (!h->started || !w->ipc)
+        /* The kernel closed them; the ones still queued would be lost the
+         * same way. */
+        unsigned n = pause_worker(h, w, n_lost, &live);
+        if (!live)
                 return;
-        /* The ones still queued would be lost the same way. */
-        unsigned n = handoff_take_back(h, w);
-        w->stalled_until = MAX(w->stalled_until, until);
         log_limited(h, "%s is at its fd limit (%u connection%s lost): no connections for it for %d ms%s", w->who,
                     n_lost, n_lost == 1 ? "" : "s", HANDOFF_FD_LIMIT_PAUSE_MS,
                     n > 0 ? ", its unread ones go to other workers" : "");
 }
 
 void handoff_refused(Handoff *h, Worker *w, int fd, uint8_t listener_index) {
-        uint64_t until = now_usec() + HANDOFF_FD_LIMIT_PAUSE_MS * USEC_PER_MSEC;
-        unsigned n = 0;
-
-        /* It will report no close for it: least-conn must not count it. */
-        w->handed -= MIN((uint64_t) 1, w->handed - w->closed);
-        /* Full (maxConnections) or closing: none for it for a while, and
-         * what it has not read goes elsewhere too, after the refused one. */
-        if (h->started && w->ipc) {
-                n = handoff_take_back(h, w);
-                w->stalled_until = MAX(w->stalled_until, until);
-        }
+        /* Full (maxConnections) or closing; the refused one goes first,
+         * ahead of what it had not read. */
+        unsigned n = pause_worker(h, w, 1, NULL);
         if (fd >= 0)
                 requeue(h, fd, listener_index);         /* closes it when stopping */
         else
