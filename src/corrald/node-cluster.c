@@ -277,10 +277,15 @@ static NodePending *pending_at(NodeCluster *nc, unsigned i) {
         return &nc->pending[(nc->pending_head + i) % NODE_PENDING_MAX];
 }
 
-static void pending_pop_front(NodeCluster *nc) {
-        safe_close(pending_at(nc, 0)->fd);
+static NodePending pending_take_front(NodeCluster *nc) {
+        NodePending p = *pending_at(nc, 0);
         nc->pending_head = (nc->pending_head + 1) % NODE_PENDING_MAX;
         nc->n_pending--;
+        return p;
+}
+
+static void pending_pop_front(NodeCluster *nc) {
+        safe_close(pending_take_front(nc).fd);
 }
 
 bool node_cluster_keep(NodeCluster *nc, int fd, uint8_t listener) {
@@ -324,11 +329,9 @@ static void answered(NodeCluster *nc, const char *line, size_t len, bool accepte
                 pending_pop_front(nc);
                 return;
         }
-        NodePending *front = pending_at(nc, 0);
-        nc->refused_fd = front->fd;
-        nc->refused_listener = front->listener;
-        nc->pending_head = (nc->pending_head + 1) % NODE_PENDING_MAX;
-        nc->n_pending--;
+        NodePending refused = pending_take_front(nc);
+        nc->refused_fd = refused.fd;
+        nc->refused_listener = refused.listener;
 }
 
 size_t node_cluster_handoff_line(NodeCluster *nc, const ListenerSet *ls, uint8_t listener, char *buf, size_t size) {
