@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "lib"))
+from corral import children  # noqa: E402  (the master's children, from /proc)
+
 SERVICES = {"log.c", "closer.c", "util.h", "fd-util.h", "macros.h", "worker.h", "-"}
 
 GDB_SCRIPT = r'''
@@ -213,17 +216,6 @@ def main():
     print("most visits of one file in one callback: %d (limit %d): %s" % (worst, a.max,
                                                                            "ok" if worst <= a.max else "MORE"))
     return 0 if worst <= a.max else 1
-
-def children(pid):
-    out = []
-    for tid in os.listdir("/proc/%d/task" % pid):
-        try:
-            with open("/proc/%d/task/%s/children" % (pid, tid)) as f:
-                out += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return out
-
 
 def status_retry(ctl, sock):
     for _ in range(50):
