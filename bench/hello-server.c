@@ -318,18 +318,26 @@ static void setup_signals(void) {
                 die("epoll_create1");
 }
 
-static void ref_child(int port) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        setup_signals();
+/* A listening TCP socket on 127.0.0.1:port (one of several, with
+ * reuseport); dies on failure. */
+static int bind_loopback(int port, bool reuseport) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
         if (fd < 0)
                 die("socket");
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+        if (reuseport)
+                setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
         struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         if (bind(fd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0)
                 die("bind/listen");
+        return fd;
+}
+
+static void ref_child(int port) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        setup_signals();
+        int fd = bind_loopback(port, true);
         greedy = true;
         watch_listener(fd);
         char line[32];
@@ -426,17 +434,9 @@ static int floor_master(int port, int n) {
                 kids[i] = p;
         }
         setup_signals();
-        int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0), one = 1;
-        if (lfd < 0)
-                die("socket");
-        setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t) port),
-                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-        if (bind(lfd, (struct sockaddr *) &sa, sizeof(sa)) < 0 || listen(lfd, 4096) < 0)
-                die("bind/listen");
-        struct epoll_event ev = { .events = EPOLLIN }, evs[8];
-        if (epoll_ctl(epfd, EPOLL_CTL_ADD, lfd, &ev) < 0)
-                die("epoll_ctl listener");
+        int lfd = bind_loopback(port, false);
+        watch_listener(lfd);    /* the only fd watched: no need to look at events */
+        struct epoll_event evs[8];
         int next = 0;
         while (!stop_requested) {
                 if (epoll_wait(epfd, evs, 8, -1) <= 0)
